@@ -1,0 +1,415 @@
+//! One running `claude` child: spawning it in its own process group, the threads that
+//! keep its pipes moving, and the ladder that stops it.
+//!
+//! Three threads serve a child, so the session loop never blocks on a pipe:
+//! - stdout reader: splits lines (no length cap: a tool result can be many MB), parses
+//!   each as JSON and sends it on a bounded channel. The bound is the back-pressure: a
+//!   session that stops taking events (its client is not reading) stops the reader, the
+//!   pipe fills, and the child pauses. When the session lets go of the channel the
+//!   reader keeps draining and discarding until EOF, so a child being stopped is never
+//!   stuck writing.
+//! - stderr reader: always drains (an undrained stderr pipe blocks the child at 64 KiB),
+//!   logs at debug, and keeps the tail for error reports.
+//! - stdin writer: takes lines from a bounded channel. Closing stdin is dropping the
+//!   sender; the writer then drops the pipe and the CLI writes its session and exits.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde_json::{Map, Value};
+
+use crate::sys::{self, Signal};
+
+/// How many parsed stdout events may wait for the session.
+const EVENT_QUEUE: usize = 256;
+/// How many stdin lines may wait for a child that is not reading.
+const STDIN_QUEUE: usize = 64;
+/// How much of stderr is kept for error reports.
+const STDERR_TAIL: usize = 4096;
+
+/// What a child needs to start: program, argv (never a shell line), cwd, environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// The complete environment; nothing of the server's own is inherited.
+    pub env: Vec<(String, String)>,
+}
+
+/// Something the child's stdout produced.
+#[derive(Debug)]
+pub enum ChildEvent {
+    /// One line that parsed as a JSON object.
+    Line(Map<String, Value>),
+    /// A line that is not a JSON object (lossily decoded, at most 200 characters).
+    Invalid(String),
+    /// stdout reached end of file (or failed): the child exited or is exiting.
+    Closed,
+}
+
+/// Why a child could not be started.
+#[derive(Debug)]
+pub struct SpawnError {
+    pub program: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not start {}: {}", self.program.display(), self.source)
+    }
+}
+
+/// How a child ended, as the stop ladder saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited by itself (or after stdin closed) with this status.
+    Exited(ExitStatus),
+    /// SIGTERM to its group ended it.
+    Terminated(ExitStatus),
+    /// It had to be SIGKILLed.
+    Killed(ExitStatus),
+}
+
+/// A running `claude` process and the threads around it.
+pub struct Child {
+    proc: std::process::Child,
+    pid: u32,
+    stdin: Option<Sender<Vec<u8>>>,
+    events: Receiver<ChildEvent>,
+    stderr_tail: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    ended: Option<Ending>,
+}
+
+impl Child {
+    /// Start the child in a new process group with piped stdio. `label` names the
+    /// session in log lines and thread names.
+    pub fn spawn(spec: &ChildSpec, label: &str) -> Result<Child, SpawnError> {
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Its own group, so a stop reaches Bash-tool grandchildren too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if let Some(cwd) = &spec.cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut proc = cmd.spawn().map_err(|source| SpawnError {
+            program: spec.program.clone(),
+            source,
+        })?;
+        let pid = proc.id();
+        let (stdout, stderr, stdin) = match (proc.stdout.take(), proc.stderr.take(), proc.stdin.take()) {
+            (Some(o), Some(e), Some(i)) => (o, e, i),
+            _ => {
+                // Cannot happen with Stdio::piped(); clean up rather than panic.
+                let _ = proc.kill();
+                let _ = proc.wait();
+                return Err(SpawnError {
+                    program: spec.program.clone(),
+                    source: std::io::Error::other("child pipes missing"),
+                });
+            }
+        };
+        log::info!("[{label}] started claude pid={pid}");
+        let (event_tx, events) = bounded(EVENT_QUEUE);
+        let (stdin_tx, stdin_rx) = bounded::<Vec<u8>>(STDIN_QUEUE);
+        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::with_capacity(3);
+        let spawn_thread = |name: String, f: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new().stack_size(128 * 1024).name(name).spawn(f)
+        };
+        let threads = [
+            spawn_thread(
+                format!("stdout-{pid}"),
+                Box::new(move || read_stdout(stdout, event_tx)),
+            ),
+            spawn_thread(format!("stderr-{pid}"), {
+                let tail = stderr_tail.clone();
+                let label = label.to_string();
+                Box::new(move || read_stderr(stderr, tail, label, pid))
+            }),
+            spawn_thread(
+                format!("stdin-{pid}"),
+                Box::new(move || write_stdin(stdin, stdin_rx)),
+            ),
+        ];
+        for t in threads {
+            match t {
+                Ok(h) => readers.push(h),
+                Err(source) => {
+                    let _ = sys::signal_group(pid, Signal::Kill);
+                    let _ = proc.wait();
+                    return Err(SpawnError {
+                        program: spec.program.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(Child {
+            proc,
+            pid,
+            stdin: Some(stdin_tx),
+            events,
+            stderr_tail,
+            readers,
+            ended: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The channel of stdout events. Cloning it is cheap.
+    pub fn events(&self) -> &Receiver<ChildEvent> {
+        &self.events
+    }
+
+    /// Queue one line (a JSON object, newline added here) for the child's stdin without
+    /// blocking. `false` when the child is not keeping up or stdin is closed.
+    pub fn send_line(&self, json: &Value) -> bool {
+        let Some(tx) = &self.stdin else { return false };
+        let mut line = json.to_string().into_bytes();
+        line.push(b'\n');
+        match tx.try_send(line) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Close the child's stdin (after the lines already queued). The CLI then finishes
+    /// its turn, writes its session file and exits.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The last few KiB the child wrote to stderr, lossily decoded and trimmed.
+    pub fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&tail).trim().to_string()
+    }
+
+    /// The exit status, if the child has exited (reaps it).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if let Some(e) = self.ended {
+            return Some(ending_status(e));
+        }
+        match self.proc.try_wait() {
+            Ok(Some(s)) => {
+                self.ended = Some(Ending::Exited(s));
+                Some(s)
+            }
+            _ => None,
+        }
+    }
+
+    /// Wait up to `limit` for the child to exit by itself.
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Polling is confined to a child that is being stopped; std offers no
+            // wait-with-timeout and a stop happens once per child.
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stop the child the way that keeps its conversation: close stdin and give it
+    /// `grace` to finish and write its session file; then SIGTERM its process group,
+    /// wait `grace` again; then SIGKILL the group. Whatever is left in the group after
+    /// the child itself has gone (a Bash-tool command) is killed too. Each step is
+    /// logged with what ended it. Safe to call twice.
+    pub fn stop(&mut self, grace: Duration, label: &str) -> Ending {
+        if let Some(e) = self.ended.filter(|_| !sys::group_exists(self.pid)) {
+            return e;
+        }
+        let pid = self.pid;
+        self.close_stdin();
+        let ending = if let Some(s) = self.wait_for(grace) {
+            log::info!("[{label}] claude pid={pid} exited after stdin closed ({s})");
+            Ending::Exited(s)
+        } else {
+            log::info!("[{label}] claude pid={pid} still running {grace:?} after stdin closed; SIGTERM to its group");
+            let _ = sys::signal_group(pid, Signal::Term);
+            if let Some(s) = self.wait_for(grace) {
+                log::info!("[{label}] claude pid={pid} ended by SIGTERM ({s})");
+                Ending::Terminated(s)
+            } else {
+                log::warn!("[{label}] claude pid={pid} ignored SIGTERM; SIGKILL to its group");
+                self.kill_group_and_reap()
+            }
+        };
+        self.sweep_group(label);
+        self.ended = Some(ending);
+        self.join_readers();
+        ending
+    }
+
+    /// End the child and its group now (SIGTERM, a short wait, SIGKILL), without the
+    /// stdin step: for an interrupt the child did not honour.
+    pub fn kill(&mut self, label: &str) -> Ending {
+        if let Some(e) = self.ended {
+            return e;
+        }
+        let pid = self.pid;
+        let _ = sys::signal_group(pid, Signal::Term);
+        let ending = match self.wait_for(Duration::from_millis(500)) {
+            Some(s) => Ending::Terminated(s),
+            None => self.kill_group_and_reap(),
+        };
+        log::info!("[{label}] claude pid={pid} ended: {ending:?}");
+        self.sweep_group(label);
+        self.ended = Some(ending);
+        self.join_readers();
+        ending
+    }
+
+    fn kill_group_and_reap(&mut self) -> Ending {
+        let _ = sys::signal_group(self.pid, Signal::Kill);
+        let _ = self.proc.kill();
+        match self.proc.wait() {
+            Ok(s) => Ending::Killed(s),
+            // Already reaped: report what try_wait saw, or a generic kill.
+            Err(_) => self
+                .ended
+                .unwrap_or(Ending::Killed(std::os::unix::process::ExitStatusExt::from_raw(9))),
+        }
+    }
+
+    /// Kill what is left of the process group once its leader is gone.
+    fn sweep_group(&self, label: &str) {
+        if sys::group_exists(self.pid) {
+            log::info!(
+                "[{label}] processes left in group {} after claude exited; SIGKILL",
+                self.pid
+            );
+            let _ = sys::signal_group(self.pid, Signal::Kill);
+        }
+    }
+
+    /// Wait briefly for the pipe threads; they end at EOF, which follows the exit of
+    /// every process holding the pipes.
+    fn join_readers(&mut self) {
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for h in self.readers.drain(..) {
+            while !h.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    /// The last line of defence: a child nobody stopped is killed with its group.
+    fn drop(&mut self) {
+        if self.ended.is_none() {
+            log::warn!("claude pid={} dropped while running; killing its group", self.pid);
+            self.kill("drop");
+        }
+    }
+}
+
+fn ending_status(e: Ending) -> ExitStatus {
+    match e {
+        Ending::Exited(s) | Ending::Terminated(s) | Ending::Killed(s) => s,
+    }
+}
+
+fn read_stdout(stdout: std::process::ChildStdout, tx: Sender<ChildEvent>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    let mut line = Vec::with_capacity(4096);
+    let mut listening = true;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if !listening {
+            continue; // the session let go: drain so the child never blocks on stdout
+        }
+        let body = trim_line(&line);
+        if body.is_empty() {
+            continue;
+        }
+        let event = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => ChildEvent::Line(map),
+            _ => ChildEvent::Invalid(
+                crate::protocol::truncate(&String::from_utf8_lossy(body), 200).to_string(),
+            ),
+        };
+        if tx.send(event).is_err() {
+            listening = false;
+        }
+        if line.capacity() > 1 << 20 {
+            line = Vec::with_capacity(4096); // give back the memory of a huge line
+        }
+    }
+    let _ = tx.send(ChildEvent::Closed);
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+fn read_stderr(
+    mut stderr: std::process::ChildStderr,
+    tail: Arc<Mutex<Vec<u8>>>,
+    label: String,
+    pid: u32,
+) {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match stderr.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(
+                "[{label}] claude pid={pid} stderr: {}",
+                String::from_utf8_lossy(chunk).escape_debug()
+            );
+        }
+        if let Ok(mut t) = tail.lock() {
+            t.extend_from_slice(chunk);
+            if t.len() > STDERR_TAIL {
+                let cut = t.len() - STDERR_TAIL;
+                t.drain(..cut);
+            }
+        }
+    }
+}
+
+fn write_stdin(mut stdin: std::process::ChildStdin, rx: Receiver<Vec<u8>>) {
+    for line in rx {
+        if stdin.write_all(&line).and_then(|_| stdin.flush()).is_err() {
+            break; // the child closed stdin; the stdout side reports the exit
+        }
+    }
+}

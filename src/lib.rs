@@ -1,0 +1,46 @@
+//! claude-ws: Claude Code on a WebSocket, one session per connection.
+//!
+//! The thread model, in a paragraph: a blocking accept loop ([`Server::run`]) hands each
+//! socket to its own OS thread, which does the handshake and then runs the session's
+//! loop (`session.rs`). A small thread per connection moves raw socket bytes into the
+//! session's channel; a session's `claude` child has three pipe threads (stdout reader,
+//! stderr drain, stdin writer). Client bytes, child events, shutdown and timers all
+//! reach the session through one crossbeam `select!`, so one thread decides everything
+//! for a session without locks or polling. A tiny_http thread serves `/health` and
+//! `/sessions` on a side port.
+//!
+//! Embedding:
+//! ```no_run
+//! let mut config = claude_ws::Config::default();
+//! config.port = 0; // any free port
+//! config.http_port = 0;
+//! let server = claude_ws::Server::bind(config).expect("bind");
+//! println!("{}", server.ready_line());
+//! let handle = server.handle();
+//! let t = std::thread::spawn(move || server.run());
+//! // ... later, from any thread:
+//! handle.shutdown();
+//! t.join().unwrap();
+//! ```
+#![deny(unsafe_code)]
+// Denied everywhere but `sys`, the one module allowed `unsafe` (libc calls std has
+// no API for); `forbid` would not let it opt in.
+
+mod auth;
+mod child;
+pub mod config;
+mod handshake;
+mod http;
+mod limits;
+mod link;
+pub mod protocol;
+mod registry;
+mod server;
+mod session;
+mod spec;
+#[allow(unsafe_code)]
+mod sys;
+mod translate;
+
+pub use config::{Config, ConfigError, Invocation};
+pub use server::{Error, Server, ServerHandle};

@@ -1,0 +1,498 @@
+//! Every message a client and the server exchange, and every error code.
+//!
+//! This file is the protocol reference in code: each client-visible message type is
+//! defined here once. Client frames are parsed in two steps (JSON object → `type` →
+//! the variant's fields) so that each way a frame can be wrong gets its own stable code.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A stable, machine-readable reason carried by every `error` message.
+///
+/// The string forms never change once released; clients may match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The text frame is not valid JSON.
+    InvalidJson,
+    /// The JSON is valid but not an object.
+    InvalidMessage,
+    /// The object has no `type` field, or it is not a string.
+    MissingType,
+    /// The `type` is not one this server understands.
+    UnknownType,
+    /// A field is missing or has the wrong type.
+    InvalidField,
+    /// An option in `query.options` is unknown or has a bad value.
+    InvalidOption,
+    /// A binary frame arrived; the protocol is JSON text frames only.
+    BinaryNotSupported,
+    /// A `query` arrived while another query of this session was running.
+    QueryInProgress,
+    /// An `interrupt` or `input` arrived with no query running.
+    NoActiveQuery,
+    /// The `claude` binary could not be started (missing, not executable).
+    ClaudeSpawnFailed,
+    /// The `claude` child exited or crashed before the query finished.
+    ClaudeExited,
+    /// The `claude` child printed a stdout line that is not a JSON object.
+    ClaudeOutputInvalid,
+    /// The child is not reading its stdin; the message was not delivered.
+    ClaudeBusy,
+    /// The requested working directory is outside the allowed workspace roots.
+    CwdNotAllowed,
+    /// The requested permission mode is not allowed by the operator.
+    PermissionModeNotAllowed,
+    /// The session sent too many queries too fast.
+    RateLimited,
+    /// Too many children are running on this server right now.
+    ServerBusy,
+    /// Authentication is required and was missing or wrong.
+    Unauthorized,
+    /// The server is shutting down and takes no new queries.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The stable wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::MissingType => "missing_type",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::InvalidOption => "invalid_option",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::QueryInProgress => "query_in_progress",
+            ErrorCode::NoActiveQuery => "no_active_query",
+            ErrorCode::ClaudeSpawnFailed => "claude_spawn_failed",
+            ErrorCode::ClaudeExited => "claude_exited",
+            ErrorCode::ClaudeOutputInvalid => "claude_output_invalid",
+            ErrorCode::ClaudeBusy => "claude_busy",
+            ErrorCode::CwdNotAllowed => "cwd_not_allowed",
+            ErrorCode::PermissionModeNotAllowed => "permission_mode_not_allowed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ServerBusy => "server_busy",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// An error to report to the client: a code and a plain sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ClientError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ClientError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+/// Options of a `query`, each mapped to one `claude` flag (see `child::ChildSpec`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryOptions {
+    pub allowed_tools: Option<Vec<String>>,
+    pub disallowed_tools: Option<Vec<String>>,
+    pub permission_mode: Option<String>,
+    pub max_thinking_tokens: Option<u32>,
+    pub model: Option<String>,
+    pub cwd: Option<String>,
+    pub continue_conversation: Option<bool>,
+    pub resume: Option<String>,
+    pub max_turns: Option<u32>,
+    pub system_prompt: Option<String>,
+    pub append_system_prompt: Option<String>,
+    pub include_partial_messages: Option<bool>,
+}
+
+/// A message from the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// Start a query: `{"type":"query","prompt":"…","options":{…}}`.
+    Query {
+        prompt: String,
+        options: QueryOptions,
+    },
+    /// Stop the running query: `{"type":"interrupt"}`.
+    Interrupt,
+    /// More user text for the running query: `{"type":"input","text":"…"}`.
+    Input { text: String },
+    /// Application-level liveness check: `{"type":"ping"}` → `pong`.
+    Ping,
+    /// Several messages handled in order: `{"type":"batch","messages":[…]}`.
+    /// Each element is parsed on its own when its turn comes, so one bad element
+    /// yields one `error` and the rest still run.
+    Batch { messages: Vec<Value> },
+}
+
+/// The most messages one `batch` may hold.
+pub const MAX_BATCH: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryFields {
+    #[serde(rename = "type")]
+    _type: String,
+    prompt: String,
+    #[serde(default)]
+    options: QueryOptionsValue,
+}
+
+/// `options` kept as a raw value so its errors get the `invalid_option` code.
+#[derive(Deserialize, Default)]
+#[serde(transparent)]
+struct QueryOptionsValue(Option<Value>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputFields {
+    #[serde(rename = "type")]
+    _type: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFields {
+    #[serde(rename = "type")]
+    _type: String,
+    messages: Vec<Value>,
+}
+
+/// Parse one text frame.
+pub fn parse_client_text(text: &str) -> Result<ClientMessage, ClientError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ClientError::new(
+            ErrorCode::InvalidJson,
+            format!("the message is not valid JSON ({e})"),
+        )
+    })?;
+    parse_client_value(value)
+}
+
+/// Parse one message already decoded as JSON (a frame, or an element of a batch).
+pub fn parse_client_value(value: Value) -> Result<ClientMessage, ClientError> {
+    let Value::Object(map) = &value else {
+        return Err(ClientError::new(
+            ErrorCode::InvalidMessage,
+            "a message must be a JSON object with a \"type\" field",
+        ));
+    };
+    let kind = match map.get("type") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(ClientError::new(
+                ErrorCode::MissingType,
+                "the \"type\" field must be a string",
+            ))
+        }
+        None => {
+            return Err(ClientError::new(
+                ErrorCode::MissingType,
+                "the message has no \"type\" field",
+            ))
+        }
+    };
+    match kind.as_str() {
+        "query" => {
+            let q: QueryFields = fields(value, "query")?;
+            let options = match q.options.0 {
+                None | Some(Value::Null) => QueryOptions::default(),
+                Some(v) => serde_json::from_value(v).map_err(|e| {
+                    ClientError::new(ErrorCode::InvalidOption, format!("bad query options: {e}"))
+                })?,
+            };
+            Ok(ClientMessage::Query {
+                prompt: q.prompt,
+                options,
+            })
+        }
+        "input" => {
+            let i: InputFields = fields(value, "input")?;
+            Ok(ClientMessage::Input { text: i.text })
+        }
+        "batch" => {
+            let b: BatchFields = fields(value, "batch")?;
+            if b.messages.len() > MAX_BATCH {
+                return Err(ClientError::new(
+                    ErrorCode::InvalidField,
+                    format!("a batch holds at most {MAX_BATCH} messages"),
+                ));
+            }
+            Ok(ClientMessage::Batch {
+                messages: b.messages,
+            })
+        }
+        "interrupt" | "ping" => {
+            if map.len() > 1 {
+                return Err(ClientError::new(
+                    ErrorCode::InvalidField,
+                    format!("\"{kind}\" takes no fields besides \"type\""),
+                ));
+            }
+            Ok(if kind == "ping" {
+                ClientMessage::Ping
+            } else {
+                ClientMessage::Interrupt
+            })
+        }
+        other => Err(ClientError::new(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown message type {:?}; expected query, interrupt, input, ping or batch",
+                truncate(other, 64)
+            ),
+        )),
+    }
+}
+
+fn fields<T: serde::de::DeserializeOwned>(value: Value, kind: &str) -> Result<T, ClientError> {
+    serde_json::from_value(value).map_err(|e| {
+        ClientError::new(
+            ErrorCode::InvalidField,
+            format!("bad \"{kind}\" message: {e}"),
+        )
+    })
+}
+
+/// At most `max` characters of `s`, for echoing client or child text in errors.
+pub fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// What the server can do, announced in `connection_established`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    /// `input` is accepted while a query runs.
+    pub concurrent_input: bool,
+    /// `interrupt` stops a running query.
+    pub interrupt_query: bool,
+    /// Clients may define their own tools (not supported by this version).
+    pub tool_definition: bool,
+}
+
+/// How a query ended, carried by `query_end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryOutcome {
+    /// Every result arrived and the last one was not an error.
+    Completed,
+    /// The last result reported an error (`is_error`).
+    Failed,
+    /// The client interrupted it.
+    Interrupted,
+    /// The child died or could not be started; an `error` preceded this.
+    Error,
+}
+
+/// A message from the server. Serialized as `{"type": …, "seq": …, "data": {…}}`
+/// by [`ServerMessage::to_frame`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ServerMessage {
+    ConnectionEstablished {
+        session_id: String,
+        capabilities: Capabilities,
+    },
+    QueryStart {
+        prompt: String,
+    },
+    /// An `assistant` line of the CLI (text, tool_use, thinking blocks), or a `user`
+    /// line carrying `tool_result` blocks.
+    AssistantMessage {
+        content: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model: Option<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parent_tool_use_id: Option<Value>,
+    },
+    /// A `system` line of the CLI, all its fields (including `subtype`) kept.
+    SystemMessage(Map<String, Value>),
+    ResultMessage {
+        subtype: Value,
+        /// The cost of this result; the CLI calls it `total_cost_usd`.
+        cost_usd: Value,
+        duration_ms: Value,
+        duration_api_ms: Value,
+        session_id: Value,
+        total_cost_usd: Value,
+        num_turns: Value,
+        usage: Value,
+        is_error: Value,
+        result: Value,
+    },
+    StreamEvent {
+        event: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session_id: Option<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parent_tool_use_id: Option<Value>,
+    },
+    QueryEnd {
+        outcome: QueryOutcome,
+    },
+    InterruptAcknowledged {},
+    QueryInterrupted {},
+    InputAcknowledged {
+        text: String,
+    },
+    Pong {},
+    Error {
+        error: String,
+        code: ErrorCode,
+    },
+}
+
+impl ServerMessage {
+    /// The wire `type` of this message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::ConnectionEstablished { .. } => "connection_established",
+            ServerMessage::QueryStart { .. } => "query_start",
+            ServerMessage::AssistantMessage { .. } => "assistant_message",
+            ServerMessage::SystemMessage(_) => "system_message",
+            ServerMessage::ResultMessage { .. } => "result_message",
+            ServerMessage::StreamEvent { .. } => "stream_event",
+            ServerMessage::QueryEnd { .. } => "query_end",
+            ServerMessage::InterruptAcknowledged {} => "interrupt_acknowledged",
+            ServerMessage::QueryInterrupted {} => "query_interrupted",
+            ServerMessage::InputAcknowledged { .. } => "input_acknowledged",
+            ServerMessage::Pong {} => "pong",
+            ServerMessage::Error { .. } => "error",
+        }
+    }
+
+    /// The JSON text of this message as sent, numbered `seq`.
+    pub fn to_frame(&self, seq: u64) -> String {
+        #[derive(Serialize)]
+        struct Frame<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            seq: u64,
+            data: &'a ServerMessage,
+        }
+        // Serializing a tree of `Value`s and plain structs into a String cannot fail.
+        serde_json::to_string(&Frame {
+            kind: self.kind(),
+            seq,
+            data: self,
+        })
+        .unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","seq":{seq},"data":{{"error":"could not encode a message: {e}","code":"invalid_message"}}}}"#)
+        })
+    }
+}
+
+impl From<ClientError> for ServerMessage {
+    fn from(e: ClientError) -> Self {
+        ServerMessage::Error {
+            error: e.message,
+            code: e.code,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_client_text(text).unwrap_err().code
+    }
+
+    #[test]
+    fn each_kind_of_bad_frame_has_its_own_code() {
+        assert_eq!(code("{"), ErrorCode::InvalidJson);
+        assert_eq!(code("[1,2]"), ErrorCode::InvalidMessage);
+        assert_eq!(code("\"query\""), ErrorCode::InvalidMessage);
+        assert_eq!(code("{}"), ErrorCode::MissingType);
+        assert_eq!(code(r#"{"type":7}"#), ErrorCode::MissingType);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"query"}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"query","prompt":5}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"input","text":null}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"ping","x":1}"#), ErrorCode::InvalidField);
+        assert_eq!(
+            code(r#"{"type":"query","prompt":"p","options":{"colour":1}}"#),
+            ErrorCode::InvalidOption
+        );
+        assert_eq!(
+            code(r#"{"type":"query","prompt":"p","options":{"max_turns":"x"}}"#),
+            ErrorCode::InvalidOption
+        );
+    }
+
+    #[test]
+    fn good_frames_parse() {
+        let m = parse_client_text(
+            r#"{"type":"query","prompt":"hi","options":{"model":"m","max_turns":2,"allowed_tools":["Write"]}}"#,
+        )
+        .unwrap();
+        let ClientMessage::Query { prompt, options } = m else {
+            panic!("not a query")
+        };
+        assert_eq!(prompt, "hi");
+        assert_eq!(options.model.as_deref(), Some("m"));
+        assert_eq!(options.max_turns, Some(2));
+        assert_eq!(
+            parse_client_text(r#"{"type":"query","prompt":"x","options":null}"#).unwrap(),
+            ClientMessage::Query {
+                prompt: "x".into(),
+                options: QueryOptions::default()
+            }
+        );
+        assert_eq!(
+            parse_client_text(r#"{"type":"interrupt"}"#).unwrap(),
+            ClientMessage::Interrupt
+        );
+        assert_eq!(
+            parse_client_text(r#"{"type":"batch","messages":[{"type":"ping"}]}"#).unwrap(),
+            ClientMessage::Batch {
+                messages: vec![serde_json::json!({"type":"ping"})]
+            }
+        );
+    }
+
+    #[test]
+    fn frames_have_type_seq_and_data() {
+        let f = ServerMessage::InputAcknowledged { text: "t".into() }.to_frame(7);
+        assert_eq!(f, r#"{"type":"input_acknowledged","seq":7,"data":{"text":"t"}}"#);
+        let f = ServerMessage::Pong {}.to_frame(1);
+        assert_eq!(f, r#"{"type":"pong","seq":1,"data":{}}"#);
+        let e: ServerMessage = ClientError::new(ErrorCode::NoActiveQuery, "nothing runs").into();
+        assert_eq!(
+            e.to_frame(2),
+            r#"{"type":"error","seq":2,"data":{"error":"nothing runs","code":"no_active_query"}}"#
+        );
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "hé");
+        assert_eq!(truncate("hi", 10), "hi");
+    }
+}

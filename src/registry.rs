@@ -1,0 +1,295 @@
+//! What the server knows about its sessions: the listing behind `/sessions`, the
+//! counters behind `/health` and the limits, and a way to tell every session to stop.
+//!
+//! Counters are held by drop guards, so a session that ends any way at all (including
+//! a panic) gives its slot back.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+use serde::Serialize;
+
+/// What a session is doing, as `/sessions` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Connected, no query running.
+    Idle,
+    /// A query is running.
+    Running,
+    /// The session is ending (its child is being stopped).
+    Closing,
+}
+
+/// One row of `/sessions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub claude_session_id: Option<String>,
+    pub state: SessionState,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    pub last_activity: u64,
+    pub queries: u64,
+    pub peer: String,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    /// The pid of the session's live `claude` child, if it has one.
+    pub child_pid: Option<u32>,
+}
+
+/// A message the server sends a session from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// The server is shutting down: close with 1001 and stop the child.
+    Shutdown,
+}
+
+struct Entry {
+    info: SessionInfo,
+    control: Sender<Control>,
+}
+
+/// Shared by the accept loop, every session and the side port.
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Entry>>,
+    per_peer: Mutex<HashMap<String, usize>>,
+    reserved: AtomicUsize,
+    running: AtomicUsize,
+    started: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            sessions: Mutex::new(HashMap::new()),
+            per_peer: Mutex::new(HashMap::new()),
+            reserved: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Holds one session slot; gives it back when dropped.
+pub struct Slot {
+    registry: Arc<Registry>,
+    peer_ip: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.registry.reserved.fetch_sub(1, Ordering::SeqCst);
+        let mut per_peer = lock(&self.registry.per_peer);
+        if let Some(n) = per_peer.get_mut(&self.peer_ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_peer.remove(&self.peer_ip);
+            }
+        }
+    }
+}
+
+/// Why a slot was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    ServerFull,
+    PeerFull,
+}
+
+/// Holds one running-query slot; gives it back when dropped.
+pub struct Running {
+    registry: Arc<Registry>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.registry.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Keeps a session listed; removes it when dropped.
+pub struct Listing {
+    registry: Arc<Registry>,
+    id: String,
+}
+
+impl Listing {
+    /// Change this session's row.
+    pub fn update(&self, f: impl FnOnce(&mut SessionInfo)) {
+        if let Some(e) = lock(&self.registry.sessions).get_mut(&self.id) {
+            f(&mut e.info);
+        }
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        lock(&self.registry.sessions).remove(&self.id);
+    }
+}
+
+impl Registry {
+    /// Reserve a session slot for a connection from `peer_ip`, unless the server or
+    /// that peer is at its limit.
+    pub fn reserve(
+        self: &Arc<Self>,
+        peer_ip: &str,
+        max: usize,
+        max_per_peer: usize,
+    ) -> Result<Slot, SlotRefusal> {
+        let mut per_peer = lock(&self.per_peer);
+        let mine = per_peer.get(peer_ip).copied().unwrap_or(0);
+        if mine >= max_per_peer {
+            return Err(SlotRefusal::PeerFull);
+        }
+        if self
+            .reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .is_err()
+        {
+            return Err(SlotRefusal::ServerFull);
+        }
+        per_peer.insert(peer_ip.to_string(), mine + 1);
+        Ok(Slot {
+            registry: self.clone(),
+            peer_ip: peer_ip.to_string(),
+        })
+    }
+
+    /// Take a running-query slot unless `max` are taken.
+    pub fn start_running(self: &Arc<Self>, max: usize) -> Option<Running> {
+        self.running
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Running {
+                registry: self.clone(),
+            })
+    }
+
+    /// List a session; it stays listed while the returned guard lives.
+    pub fn list(self: &Arc<Self>, info: SessionInfo, control: Sender<Control>) -> Listing {
+        let id = info.session_id.clone();
+        lock(&self.sessions).insert(id.clone(), Entry { info, control });
+        Listing {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    /// Every session's row, oldest first.
+    pub fn snapshot(&self) -> Vec<SessionInfo> {
+        let mut v: Vec<SessionInfo> = lock(&self.sessions)
+            .values()
+            .map(|e| e.info.clone())
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.session_id).cmp(&(b.created_at, &b.session_id)));
+        v
+    }
+
+    /// Sessions currently listed.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Queries running right now.
+    pub fn running_count(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Live `claude` children.
+    pub fn child_count(&self) -> usize {
+        lock(&self.sessions)
+            .values()
+            .filter(|e| e.info.child_pid.is_some())
+            .count()
+    }
+
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Tell every session something (shutdown).
+    pub fn broadcast(&self, c: Control) {
+        for e in lock(&self.sessions).values() {
+            let _ = e.control.try_send(c);
+        }
+    }
+}
+
+/// Lock, recovering from a poisoned mutex: the data (counters, rows) stays valid even
+/// if a session thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A random version-4 UUID from the kernel's random source.
+pub fn new_session_id() -> String {
+    let mut b = [0u8; 16];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    if !filled {
+        // No /dev/urandom: fall back to time and a counter; unique, not secret.
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b[..8].copy_from_slice(&(t as u64).to_le_bytes());
+        b[8..].copy_from_slice(&(COUNTER.fetch_add(1, Ordering::SeqCst) as u64).to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_limited_and_given_back() {
+        let r = Arc::new(Registry::default());
+        let a = r.reserve("1.1.1.1", 2, 1).unwrap();
+        assert_eq!(r.reserve("1.1.1.1", 2, 1).err(), Some(SlotRefusal::PeerFull));
+        let b = r.reserve("2.2.2.2", 2, 1).unwrap();
+        assert_eq!(r.reserve("3.3.3.3", 2, 1).err(), Some(SlotRefusal::ServerFull));
+        drop(a);
+        assert!(r.reserve("1.1.1.1", 2, 1).is_ok());
+        drop(b);
+        assert_eq!(r.reserved.load(Ordering::SeqCst), 0);
+        let run = r.start_running(1).unwrap();
+        assert!(r.start_running(1).is_none());
+        drop(run);
+        assert!(r.start_running(1).is_some());
+    }
+
+    #[test]
+    fn session_ids_look_like_uuids_and_differ() {
+        let a = new_session_id();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert_ne!(a, new_session_id());
+    }
+}

@@ -1,0 +1,310 @@
+//! The server: both listeners, the blocking accept loop that gives each connection its
+//! own thread, and the one shutdown path.
+//!
+//! Shutdown (from [`ServerHandle::shutdown`], e.g. on SIGINT/SIGTERM): stop accepting
+//! (a flag, then a connection to ourselves to wake the blocked `accept`), tell every
+//! session (each closes its client with 1001, interrupts and stops its child), wait for
+//! them with a deadline, stop the side port, return.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+
+use crate::config::Config;
+use crate::handshake::{self, Admission};
+use crate::limits::PeerRates;
+use crate::link::{self, Duplex, Link};
+use crate::registry::{new_session_id, now_unix, Control, Registry, SessionInfo, SessionState};
+use crate::session::Session;
+use crate::{http, spec, sys};
+
+/// Stack size of a connection (session) thread: sessions keep little on the stack,
+/// and 10,000 idle sessions must stay cheap.
+const SESSION_STACK: usize = 256 * 1024;
+
+/// Why the server could not start or run.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is inconsistent.
+    Config(crate::config::ConfigError),
+    /// A listener could not be bound.
+    Bind { addr: String, source: std::io::Error },
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Config(e) => write!(f, "bad configuration: {e}"),
+            Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// State every thread of the server shares.
+pub struct Shared {
+    pub config: Config,
+    /// The allow-listed environment children get, computed once.
+    pub child_env: Vec<(String, String)>,
+    pub registry: Arc<Registry>,
+    pub peer_rates: PeerRates,
+    shutting_down: AtomicBool,
+    connections: AtomicUsize,
+    ws_addr: SocketAddr,
+}
+
+impl Shared {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The WebSocket listener's address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    listener: TcpListener,
+    http: Arc<tiny_http::Server>,
+    http_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+/// Stops a running server from another thread. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Begin a graceful shutdown; [`Server::run`] returns once it is done.
+    pub fn shutdown(&self) {
+        if !self.shared.shutting_down.swap(true, Ordering::SeqCst) {
+            log::info!("shutting down");
+            // Wake the accept loop, blocked in accept(2).
+            let _ = TcpStream::connect_timeout(&wake_addr(self.shared.ws_addr), Duration::from_secs(1));
+        }
+    }
+}
+
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
+}
+
+impl Server {
+    /// Check the config and bind both listeners (port 0 picks a free port).
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        config.validate().map_err(Error::Config)?;
+        // Each session holds one socket and, while a query runs, three child pipes.
+        let want = (config.max_sessions as u64) * 2 + (config.max_running as u64) * 4 + 256;
+        match sys::raise_fd_limit(want) {
+            Ok(n) if n < want => log::warn!(
+                "open-file limit is {n}, below the {want} that {} sessions may need (hard limit)",
+                config.max_sessions
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
+        }
+        let ws_bind = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind(&ws_bind).map_err(|source| Error::Bind {
+            addr: ws_bind.clone(),
+            source,
+        })?;
+        let ws_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: ws_bind,
+            source,
+        })?;
+        let http_bind = format!("{}:{}", config.host, config.http_port);
+        let http = tiny_http::Server::http(&http_bind).map_err(|e| Error::Bind {
+            addr: http_bind.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let http_addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| Error::Bind {
+                addr: http_bind,
+                source: std::io::Error::other("not an IP listener"),
+            })?;
+        let child_env = spec::child_env(std::env::vars(), &config.pass_env);
+        let (n, window) = config.rate_limit;
+        let shared = Arc::new(Shared {
+            config,
+            child_env,
+            registry: Arc::new(Registry::default()),
+            peer_rates: PeerRates::new(n, window),
+            shutting_down: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            ws_addr,
+        });
+        Ok(Server {
+            listener,
+            http: Arc::new(http),
+            http_addr,
+            shared,
+        })
+    }
+
+    /// The WebSocket listener's address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.shared.ws_addr
+    }
+
+    /// The side port's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The line printed once both listeners are bound.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "ready ws=ws://{}{} http=http://{}",
+            self.ws_addr(),
+            handshake::WS_PATH,
+            self.http_addr
+        )
+    }
+
+    /// A handle that can stop the server from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serve until [`ServerHandle::shutdown`], then shut down gracefully.
+    pub fn run(self) {
+        let http_thread = {
+            let (server, shared) = (self.http.clone(), self.shared.clone());
+            thread::Builder::new()
+                .name("http".into())
+                .spawn(move || http::serve(&server, &shared))
+        };
+        let mut next_id: u64 = 0;
+        for stream in self.listener.incoming() {
+            if self.shared.is_shutting_down() {
+                break;
+            }
+            let tcp = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            next_id += 1;
+            let shared = self.shared.clone();
+            shared.connections.fetch_add(1, Ordering::SeqCst);
+            let spawned = thread::Builder::new()
+                .name(format!("conn-{next_id}"))
+                .stack_size(SESSION_STACK)
+                .spawn(move || {
+                    let _guard = ConnectionGuard(&shared);
+                    serve_connection(&shared, tcp);
+                });
+            if let Err(e) = spawned {
+                self.shared.connections.fetch_sub(1, Ordering::SeqCst);
+                log::error!("cannot start a connection thread: {e}");
+            }
+        }
+        drop(self.listener);
+        self.shared.registry.broadcast(Control::Shutdown);
+        let config = &self.shared.config;
+        let deadline = Instant::now() + config.stop_grace * 2 + Duration::from_secs(3);
+        while self.shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            // Sessions listed after the broadcast see the flag themselves.
+            self.shared.registry.broadcast(Control::Shutdown);
+            thread::sleep(Duration::from_millis(20));
+        }
+        let left = self.shared.connections.load(Ordering::SeqCst);
+        if left > 0 {
+            log::warn!("{left} connections still open at the shutdown deadline");
+        }
+        self.http.unblock();
+        if let Ok(h) = http_thread {
+            let _ = h.join();
+        }
+        log::info!("stopped");
+    }
+}
+
+struct ConnectionGuard<'a>(&'a Shared);
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One connection: handshake, then its session, on this thread.
+fn serve_connection(shared: &Shared, tcp: TcpStream) {
+    let Ok(peer) = tcp.peer_addr() else { return };
+    let config = &shared.config;
+    let _ = tcp.set_write_timeout(Some(config.handshake_timeout));
+    let tcp = Arc::new(tcp);
+    let duplex = Duplex::for_handshake(tcp.clone(), config.handshake_timeout);
+    let mut admitted: Option<Admission> = None;
+    let ws = tungstenite::accept_hdr_with_config(
+        duplex,
+        |req: &tungstenite::handshake::server::Request, resp| {
+            handshake::check(shared, peer, req, resp, &mut admitted)
+        },
+        Some(link::ws_config(config.max_message_bytes)),
+    );
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            log::debug!("handshake with {peer} failed: {e}");
+            return;
+        }
+    };
+    let Some(admission) = admitted else { return };
+    let id = new_session_id();
+    let label: String = id.chars().take(8).collect();
+    let link = match Link::start(ws, peer, &label) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("[{label}] cannot start the socket reader: {e}");
+            return;
+        }
+    };
+    let (control_tx, control_rx) = bounded(4);
+    let now = now_unix();
+    let listing = shared.registry.list(
+        SessionInfo {
+            session_id: id.clone(),
+            claude_session_id: None,
+            state: SessionState::Idle,
+            created_at: now,
+            last_activity: now,
+            queries: 0,
+            peer: peer.to_string(),
+            cwd: None,
+            user: admission.user.clone(),
+            child_pid: None,
+        },
+        control_tx.clone(),
+    );
+    if shared.is_shutting_down() {
+        let _ = control_tx.try_send(Control::Shutdown);
+    }
+    Session::new(shared, id, link, listing, control_rx).run();
+    drop(admission);
+}

@@ -1,0 +1,703 @@
+//! One session: the loop that decides everything for one client and its `claude` child.
+//!
+//! Everything that can happen to a session arrives on a channel — raw client bytes
+//! (from the link's reader thread), child stdout events (from the child's reader
+//! thread), server control (shutdown) — or is a timer, and one `select!` takes them one
+//! at a time. Nothing else touches the session's state, so there is no lock around the
+//! socket or the child, and the loop never blocks on either: child stdin writes go
+//! through a queue, socket writes never block (see `link.rs`), and while the client has
+//! more than [`HIGH_WATER`] bytes unread the loop stops taking child events, which
+//! back-pressures the child through its stdout pipe.
+//!
+//! A query: `query` → `query_start` → the child's events translated → `query_end`.
+//! Exactly one `query_end` follows every `query_start`, whatever happens.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{never, select, Receiver};
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+use crate::child::{Child, ChildEvent, ChildSpec};
+use crate::link::{Inbound, Link, LinkError, HIGH_WATER};
+use crate::limits::RateWindow;
+use crate::protocol::{
+    parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, ErrorCode,
+    QueryOptions, QueryOutcome, ServerMessage,
+};
+use crate::registry::{now_unix, Control, Listing, Running, SessionState};
+use crate::server::Shared;
+use crate::spec;
+use crate::translate::{translate, CliEvent};
+
+/// Close code sent to a session closed for idleness.
+pub const CLOSE_IDLE: u16 = 4000;
+/// Close code sent to a client that stopped reading its output.
+pub const CLOSE_STALLED: u16 = 4001;
+/// How often unsent output is retried while the client's socket is full.
+const FLUSH_RETRY: Duration = Duration::from_millis(10);
+/// Child events handled in one go before the loop looks at the client again.
+const EVENT_BATCH: usize = 256;
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    ClientGone(String),
+    Protocol(String),
+    HeartbeatTimeout,
+    IdleTimeout,
+    Stalled,
+    Shutdown,
+}
+
+struct Query {
+    /// User messages written whose `result` has not arrived yet.
+    pending: usize,
+    /// Set once the client interrupted: when the child must have stopped by.
+    interrupt_deadline: Option<Instant>,
+    last_failed: bool,
+    _running: Running,
+}
+
+pub struct Session<'a> {
+    shared: &'a Shared,
+    id: String,
+    label: String,
+    link: Link,
+    listing: Listing,
+    control: Receiver<Control>,
+    seq: u64,
+    child: Option<Child>,
+    /// The current child's events; `never()` when there is no child.
+    child_events: Receiver<ChildEvent>,
+    /// The spec the current child was built from, before any `--resume` was added.
+    child_key: Option<ChildSpec>,
+    child_idle_since: Instant,
+    claude_session_id: Option<String>,
+    query: Option<Query>,
+    queries: u64,
+    requests: u64,
+    rate: RateWindow,
+    last_activity: Instant,
+    next_ping: Instant,
+    ending: Option<End>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        shared: &'a Shared,
+        id: String,
+        link: Link,
+        listing: Listing,
+        control: Receiver<Control>,
+    ) -> Self {
+        let now = Instant::now();
+        let (n, window) = shared.config.rate_limit;
+        Session {
+            label: id.chars().take(8).collect(),
+            id,
+            shared,
+            link,
+            listing,
+            control,
+            seq: 0,
+            child: None,
+            child_events: never(),
+            child_key: None,
+            child_idle_since: now,
+            claude_session_id: None,
+            query: None,
+            queries: 0,
+            requests: 0,
+            rate: RateWindow::new(n, window),
+            last_activity: now,
+            next_ping: now + shared.config.ping_interval,
+            ending: None,
+        }
+    }
+
+    /// Run the session until its client goes, it times out or the server shuts down;
+    /// then stop its child and close the connection.
+    pub fn run(mut self) {
+        log::info!("[{}] session open, peer {}", self.label, self.link.peer());
+        self.send(ServerMessage::ConnectionEstablished {
+            session_id: self.id.clone(),
+            capabilities: Capabilities {
+                concurrent_input: true,
+                interrupt_query: true,
+                tool_definition: false,
+            },
+        });
+        self.flush();
+        let end = loop {
+            if let Some(end) = self.ending.take() {
+                break end;
+            }
+            let inbound = self.link.inbound().clone();
+            let control = self.control.clone();
+            let events = if self.link.pending() > HIGH_WATER {
+                never() // back-pressure: the client must read first
+            } else {
+                self.child_events.clone()
+            };
+            let wait = self
+                .next_deadline()
+                .saturating_duration_since(Instant::now());
+            select! {
+                recv(inbound) -> m => match m {
+                    Ok(Inbound::Bytes(bytes)) => self.on_client_bytes(bytes),
+                    Ok(Inbound::Closed) | Err(_) => {
+                        self.end(End::ClientGone("connection closed".into()))
+                    }
+                },
+                recv(events) -> ev => match ev {
+                    Ok(ev) => {
+                        self.on_child_event(ev);
+                        for _ in 1..EVENT_BATCH {
+                            if self.link.pending() > HIGH_WATER || self.ending.is_some() {
+                                break;
+                            }
+                            match self.child_events.try_recv() {
+                                Ok(ev) => self.on_child_event(ev),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(_) => self.child_events = never(),
+                },
+                recv(control) -> c => if let Ok(Control::Shutdown) = c {
+                    self.end(End::Shutdown)
+                },
+                default(wait) => {}
+            }
+            self.on_timers(Instant::now());
+            self.flush();
+        };
+        self.finish(end);
+    }
+
+    // ---- client side ------------------------------------------------------------
+
+    fn on_client_bytes(&mut self, bytes: Vec<u8>) {
+        let mut messages = Vec::new();
+        let result = self.link.receive(bytes, |_, m| messages.push(m));
+        for m in messages {
+            match m {
+                Message::Text(text) => {
+                    self.last_activity = Instant::now();
+                    self.requests += 1;
+                    match parse_client_text(&text) {
+                        Ok(msg) => self.dispatch(msg, true),
+                        Err(e) => self.send_error(e),
+                    }
+                }
+                _ => self.send_error(ClientError::new(
+                    ErrorCode::BinaryNotSupported,
+                    "binary frames are not supported; send JSON text frames",
+                )),
+            }
+        }
+        match result {
+            Ok(()) => {}
+            Err(LinkError::Gone(why)) => self.end(End::ClientGone(why)),
+            Err(LinkError::Protocol(why)) => self.end(End::Protocol(why)),
+        }
+    }
+
+    fn dispatch(&mut self, msg: ClientMessage, top_level: bool) {
+        match msg {
+            ClientMessage::Query { prompt, options } => self.start_query(prompt, options),
+            ClientMessage::Interrupt => self.interrupt(),
+            ClientMessage::Input { text } => self.input(text),
+            ClientMessage::Ping => self.send(ServerMessage::Pong {}),
+            ClientMessage::Batch { messages } if top_level => {
+                for m in messages {
+                    match parse_client_value(m) {
+                        Ok(m) => self.dispatch(m, false),
+                        Err(e) => self.send_error(e),
+                    }
+                }
+            }
+            ClientMessage::Batch { .. } => self.send_error(ClientError::new(
+                ErrorCode::InvalidField,
+                "a batch cannot contain another batch",
+            )),
+        }
+    }
+
+    fn start_query(&mut self, prompt: String, options: QueryOptions) {
+        let config = &self.shared.config;
+        if self.query.is_some() {
+            return self.send_error(ClientError::new(
+                ErrorCode::QueryInProgress,
+                "a query is already running; send input, or interrupt it first",
+            ));
+        }
+        if prompt.len() > config.max_prompt_bytes {
+            return self.send_error(ClientError::new(
+                ErrorCode::InvalidField,
+                format!("the prompt is longer than {} bytes", config.max_prompt_bytes),
+            ));
+        }
+        let key = match spec::build(config, &self.shared.child_env, &options) {
+            Ok(s) => s,
+            Err(e) => return self.send_error(e),
+        };
+        if let Err(e) = self.check_rate() {
+            return self.send_error(e);
+        }
+        let Some(running) = self.shared.registry.start_running(config.max_running) else {
+            return self.send_error(ClientError::new(
+                ErrorCode::ServerBusy,
+                format!(
+                    "the server is running its maximum of {} queries; try again shortly",
+                    config.max_running
+                ),
+            ));
+        };
+        self.queries += 1;
+        log::info!("[{}] query {} started", self.label, self.queries);
+        log::debug!("[{}] prompt: {}", self.label, prompt.escape_debug());
+        self.send(ServerMessage::QueryStart {
+            prompt: prompt.clone(),
+        });
+        self.query = Some(Query {
+            pending: 1,
+            interrupt_deadline: None,
+            last_failed: false,
+            _running: running,
+        });
+        let cwd = key.cwd.as_ref().map(|p| p.display().to_string());
+        if let Err(e) = self.ensure_child(key) {
+            self.send_error(e);
+            return self.end_query(QueryOutcome::Error);
+        }
+        let pid = self.child.as_ref().map(Child::pid);
+        let queries = self.queries;
+        self.listing.update(|i| {
+            i.state = SessionState::Running;
+            i.queries = queries;
+            i.child_pid = pid;
+            i.last_activity = now_unix();
+            if cwd.is_some() {
+                i.cwd = cwd;
+            }
+        });
+        self.write_user_message(&prompt);
+    }
+
+    /// Make sure a child built from `key` is running, restarting it (resuming the
+    /// conversation) when the flags differ from the current one's.
+    fn ensure_child(&mut self, key: ChildSpec) -> Result<(), ClientError> {
+        if self.child.is_some() && self.child_key.as_ref() != Some(&key) {
+            log::info!("[{}] options changed; restarting claude", self.label);
+            self.stop_child();
+        }
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let spec = match &self.claude_session_id {
+            Some(id) => spec::resuming(&key, id),
+            None => key.clone(),
+        };
+        let child = Child::spawn(&spec, &self.label).map_err(|e| {
+            log::warn!("[{}] {e}", self.label);
+            ClientError::new(ErrorCode::ClaudeSpawnFailed, e.to_string())
+        })?;
+        // The SDK's first message: the CLI answers control requests after it.
+        child.send_line(&json!({
+            "type": "control_request",
+            "request_id": "claude_ws_init",
+            "request": {"subtype": "initialize", "hooks": null}
+        }));
+        self.child_events = child.events().clone();
+        self.child = Some(child);
+        self.child_key = Some(key);
+        Ok(())
+    }
+
+    fn write_user_message(&mut self, text: &str) -> bool {
+        let line = json!({
+            "type": "user",
+            "message": {"role": "user", "content": text},
+            "parent_tool_use_id": null,
+            "session_id": "default"
+        });
+        let sent = self.child.as_ref().is_some_and(|c| c.send_line(&line));
+        if !sent {
+            self.send_error(ClientError::new(
+                ErrorCode::ClaudeBusy,
+                "claude is not reading its input; the message was not delivered",
+            ));
+        }
+        sent
+    }
+
+    fn input(&mut self, text: String) {
+        if self.query.is_none() {
+            return self.send_error(ClientError::new(
+                ErrorCode::NoActiveQuery,
+                "no query is running; send a query instead",
+            ));
+        }
+        if text.len() > self.shared.config.max_prompt_bytes {
+            return self.send_error(ClientError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "the input is longer than {} bytes",
+                    self.shared.config.max_prompt_bytes
+                ),
+            ));
+        }
+        if self.write_user_message(&text) {
+            if let Some(q) = &mut self.query {
+                q.pending += 1;
+            }
+            self.send(ServerMessage::InputAcknowledged { text });
+        }
+    }
+
+    fn interrupt(&mut self) {
+        let Some(q) = &mut self.query else {
+            return self.send_error(ClientError::new(
+                ErrorCode::NoActiveQuery,
+                "no query is running",
+            ));
+        };
+        let first = q.interrupt_deadline.is_none();
+        if first {
+            q.interrupt_deadline = Some(Instant::now() + self.shared.config.interrupt_grace);
+        }
+        self.send(ServerMessage::InterruptAcknowledged {});
+        if first {
+            log::info!("[{}] interrupt", self.label);
+            if let Some(c) = &self.child {
+                c.send_line(&json!({
+                    "type": "control_request",
+                    "request_id": format!("claude_ws_interrupt_{}", self.queries),
+                    "request": {"subtype": "interrupt"}
+                }));
+            }
+        }
+    }
+
+    fn check_rate(&mut self) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let peer_wait = self.shared.peer_rates.check(self.link.peer_ip(), now);
+        let wait = self.rate.check(now).max(peer_wait);
+        if wait.is_zero() {
+            self.rate.record(now);
+            self.shared.peer_rates.record(self.link.peer_ip(), now);
+            Ok(())
+        } else {
+            Err(ClientError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many queries; retry in {:.1} s",
+                    wait.as_secs_f64().max(0.1)
+                ),
+            ))
+        }
+    }
+
+    // ---- child side -------------------------------------------------------------
+
+    fn on_child_event(&mut self, ev: ChildEvent) {
+        match ev {
+            ChildEvent::Line(line) => match translate(line) {
+                CliEvent::Forward(m) => self.send(m),
+                CliEvent::Init {
+                    session_id,
+                    message,
+                } => {
+                    self.learn_claude_session(session_id);
+                    self.send(message);
+                }
+                CliEvent::Result {
+                    session_id,
+                    is_error,
+                    message,
+                } => {
+                    self.learn_claude_session(session_id);
+                    self.send(message);
+                    self.on_result(is_error);
+                }
+                CliEvent::ControlRequest {
+                    request_id,
+                    subtype,
+                } => self.refuse_control_request(request_id, &subtype),
+                CliEvent::Internal => {}
+            },
+            ChildEvent::Invalid(text) => self.send_error(ClientError::new(
+                ErrorCode::ClaudeOutputInvalid,
+                format!("claude printed a line that is not a JSON object: {text:?}"),
+            )),
+            ChildEvent::Closed => self.on_child_exit(),
+        }
+    }
+
+    fn learn_claude_session(&mut self, id: Option<String>) {
+        if id.is_some() && id != self.claude_session_id {
+            self.claude_session_id = id.clone();
+            self.listing.update(|i| i.claude_session_id = id);
+        }
+    }
+
+    fn on_result(&mut self, is_error: bool) {
+        let Some(q) = &mut self.query else {
+            return; // a result after the query ended (e.g. queued input after an interrupt)
+        };
+        if q.interrupt_deadline.is_some() {
+            return self.end_query(QueryOutcome::Interrupted);
+        }
+        q.pending = q.pending.saturating_sub(1);
+        q.last_failed = is_error;
+        if q.pending == 0 {
+            self.end_query(if is_error {
+                QueryOutcome::Failed
+            } else {
+                QueryOutcome::Completed
+            });
+        }
+    }
+
+    /// The CLI asked something this server does not answer (it only asks when started
+    /// with flags the server never passes); say so, so it does not wait forever.
+    fn refuse_control_request(&mut self, request_id: Value, subtype: &str) {
+        log::warn!(
+            "[{}] claude sent an unsupported control request {:?}",
+            self.label,
+            subtype.escape_debug().to_string()
+        );
+        if let Some(c) = &self.child {
+            c.send_line(&json!({
+                "type": "control_response",
+                "response": {
+                    "subtype": "error",
+                    "request_id": request_id,
+                    "error": format!("claude-ws does not support control request {subtype:?}")
+                }
+            }));
+        }
+    }
+
+    fn on_child_exit(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        self.child_events = never();
+        self.child_key = None;
+        let ending = child.stop(self.shared.config.stop_grace, &self.label);
+        let tail = child.stderr_tail();
+        log::info!("[{}] claude exited: {ending:?}", self.label);
+        self.listing.update(|i| i.child_pid = None);
+        let Some(q) = &self.query else { return };
+        if q.interrupt_deadline.is_some() {
+            return self.end_query(QueryOutcome::Interrupted);
+        }
+        let status = match ending {
+            crate::child::Ending::Exited(s)
+            | crate::child::Ending::Terminated(s)
+            | crate::child::Ending::Killed(s) => s,
+        };
+        let mut message = format!("claude exited ({status}) before the query finished");
+        if !tail.is_empty() {
+            message.push_str("; its stderr ends with: ");
+            message.push_str(last_chars(&tail, 1000));
+        }
+        self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
+        self.end_query(QueryOutcome::Error);
+    }
+
+    /// Stop the current child gracefully (close stdin, then escalate).
+    fn stop_child(&mut self) {
+        self.stop_child_after(self.query.is_some());
+    }
+
+    /// Stop the current child gracefully, interrupting its turn first if one runs.
+    fn stop_child_after(&mut self, interrupt: bool) {
+        self.child_events = never();
+        self.child_key = None;
+        if let Some(mut child) = self.child.take() {
+            if interrupt {
+                child.send_line(&json!({
+                    "type": "control_request",
+                    "request_id": "claude_ws_stop",
+                    "request": {"subtype": "interrupt"}
+                }));
+            }
+            child.stop(self.shared.config.stop_grace, &self.label);
+            self.listing.update(|i| i.child_pid = None);
+        }
+    }
+
+    fn end_query(&mut self, outcome: QueryOutcome) {
+        if self.query.take().is_none() {
+            return;
+        }
+        if outcome == QueryOutcome::Interrupted {
+            self.send(ServerMessage::QueryInterrupted {});
+        }
+        self.send(ServerMessage::QueryEnd { outcome });
+        log::info!("[{}] query {} ended: {outcome:?}", self.label, self.queries);
+        self.last_activity = Instant::now();
+        self.child_idle_since = self.last_activity;
+        self.listing.update(|i| {
+            i.state = SessionState::Idle;
+            i.last_activity = now_unix();
+        });
+    }
+
+    // ---- timers -----------------------------------------------------------------
+
+    fn next_deadline(&self) -> Instant {
+        let config = &self.shared.config;
+        let mut next = self.next_ping;
+        if self.query.is_none() {
+            next = next.min(self.last_activity + config.session_timeout);
+        }
+        if let Some(d) = self.query.as_ref().and_then(|q| q.interrupt_deadline) {
+            next = next.min(d);
+        }
+        if let (Some(idle), Some(_), None) = (config.child_idle, &self.child, &self.query) {
+            next = next.min(self.child_idle_since + idle);
+        }
+        if self.link.pending() > 0 {
+            next = next.min(Instant::now() + FLUSH_RETRY);
+        }
+        next
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        let config = &self.shared.config;
+        if now >= self.next_ping {
+            if now.duration_since(self.link.last_heard) > config.ping_interval * 2 {
+                return self.end(End::HeartbeatTimeout);
+            }
+            if self.link.ping().is_err() {
+                return self.end(End::ClientGone("ping failed".into()));
+            }
+            self.next_ping = now + config.ping_interval;
+        }
+        if self.query.is_none() && now >= self.last_activity + config.session_timeout {
+            return self.end(End::IdleTimeout);
+        }
+        let overdue = self
+            .query
+            .as_ref()
+            .and_then(|q| q.interrupt_deadline)
+            .is_some_and(|d| now >= d);
+        if overdue {
+            log::warn!(
+                "[{}] interrupt not honoured within {:?}; ending claude's process group",
+                self.label,
+                config.interrupt_grace
+            );
+            self.child_events = never();
+            self.child_key = None;
+            if let Some(mut child) = self.child.take() {
+                child.kill(&self.label);
+                self.listing.update(|i| i.child_pid = None);
+            }
+            self.end_query(QueryOutcome::Interrupted);
+        }
+        if let (Some(idle), true, true) = (config.child_idle, self.child.is_some(), self.query.is_none()) {
+            if now >= self.child_idle_since + idle {
+                log::info!("[{}] claude idle for {idle:?}; stopping it until the next query", self.label);
+                self.stop_child();
+            }
+        }
+        if self.link.stalled_for() > config.stall_timeout {
+            log::warn!(
+                "[{}] client read nothing for {:?} with {} bytes waiting; disconnecting",
+                self.label,
+                config.stall_timeout,
+                self.link.pending()
+            );
+            self.end(End::Stalled);
+        }
+    }
+
+    // ---- output and ending ------------------------------------------------------
+
+    fn send(&mut self, msg: ServerMessage) {
+        self.seq += 1;
+        if let Err(LinkError::Gone(why) | LinkError::Protocol(why)) =
+            self.link.queue_text(msg.to_frame(self.seq))
+        {
+            self.end(End::ClientGone(why));
+        }
+    }
+
+    fn send_error(&mut self, e: ClientError) {
+        log::debug!("[{}] error to client: {e}", self.label);
+        self.send(e.into());
+    }
+
+    fn flush(&mut self) {
+        if let Err(LinkError::Gone(why) | LinkError::Protocol(why)) = self.link.flush() {
+            self.end(End::ClientGone(why));
+        }
+    }
+
+    /// Remember why the session ends; the first reason wins.
+    fn end(&mut self, why: End) {
+        if self.ending.is_none() {
+            self.ending = Some(why);
+        }
+    }
+
+    fn finish(mut self, end: End) {
+        let why = match &end {
+            End::ClientGone(why) => format!("client gone ({why})"),
+            End::Protocol(why) => format!("protocol error ({why})"),
+            End::HeartbeatTimeout => "no answer to pings".into(),
+            End::IdleTimeout => "idle timeout".into(),
+            End::Stalled => "client stopped reading".into(),
+            End::Shutdown => "server shutdown".into(),
+        };
+        log::info!("[{}] session ending: {why}", self.label);
+        let had_query = self.query.is_some();
+        if let (End::Shutdown, Some(_)) = (&end, &self.query) {
+            self.send_error(ClientError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; the query was interrupted",
+            ));
+            self.end_query(QueryOutcome::Interrupted);
+            self.flush();
+        }
+        self.listing.update(|i| i.state = SessionState::Closing);
+        match &end {
+            End::Shutdown => self.link.close(CloseCode::Away, "server shutting down"),
+            End::IdleTimeout => self
+                .link
+                .close(CloseCode::from(CLOSE_IDLE), "session idle timeout"),
+            End::Stalled => self
+                .link
+                .close(CloseCode::from(CLOSE_STALLED), "client is not reading"),
+            End::ClientGone(_) | End::Protocol(_) | End::HeartbeatTimeout => {}
+        }
+        self.stop_child_after(had_query);
+        self.query = None;
+        let link = self.link;
+        link.finish(Duration::from_secs(1));
+        log::info!("[{}] session closed", self.label);
+        drop(self.listing);
+    }
+}
+
+fn last_chars(s: &str, n: usize) -> &str {
+    let count = s.chars().count();
+    match s.char_indices().nth(count.saturating_sub(n)) {
+        Some((i, _)) => &s[i..],
+        None => s,
+    }
+}
+
+/// Compile-time check: the shared state can be handed to session threads.
+#[allow(dead_code)]
+fn assert_shared_is_sync(s: Arc<Shared>) -> impl Send + Sync {
+    s
+}

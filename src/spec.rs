@@ -1,0 +1,351 @@
+//! What child a query asks for: `query.options` checked against the operator's policy
+//! and turned into an argv vector (never a shell line), a working directory and an
+//! allow-listed environment.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::child::ChildSpec;
+use crate::config::Config;
+use crate::protocol::{ClientError, ErrorCode, QueryOptions};
+
+/// The flags every child gets: print mode, stream-json both ways.
+const BASE_ARGS: [&str; 6] = [
+    "-p",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+    "--input-format",
+    "stream-json",
+];
+
+/// Longest path accepted as `cwd`.
+const MAX_PATH: usize = 1024;
+
+/// Environment variables every child gets when the server has them.
+const ENV_ALLOW: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "TERM",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "TZ",
+    "DISABLE_TELEMETRY",
+    "DISABLE_AUTOUPDATER",
+    "DISABLE_ERROR_REPORTING",
+];
+/// Prefixes of environment variables every child gets (the CLI's own settings).
+const ENV_ALLOW_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_", "LC_"];
+/// Never passed, whatever the lists say: makes the CLI believe it runs nested inside
+/// another Claude Code session.
+const ENV_DENY: &[&str] = &["CLAUDECODE"];
+
+/// The child's environment: the allow-list above plus `pass_env`, taken from `vars`.
+pub fn child_env(
+    vars: impl IntoIterator<Item = (String, String)>,
+    pass_env: &[String],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| {
+            !ENV_DENY.contains(&k.as_str())
+                && (ENV_ALLOW.contains(&k.as_str())
+                    || ENV_ALLOW_PREFIXES.iter().any(|p| k.starts_with(p))
+                    || pass_env.iter().any(|p| p == k))
+        })
+        .collect();
+    env.sort();
+    env
+}
+
+/// Build the spec for a query's options. `env` is the allow-listed environment
+/// computed once at start-up.
+pub fn build(
+    config: &Config,
+    env: &[(String, String)],
+    options: &QueryOptions,
+) -> Result<ChildSpec, ClientError> {
+    let mut args: Vec<String> = BASE_ARGS.iter().map(|s| s.to_string()).collect();
+
+    let mut disallowed = config.disallowed_tools.clone();
+    if let Some(tools) = &options.allowed_tools {
+        push_list(&mut args, "--allowedTools", tools, "allowed_tools")?;
+    }
+    if let Some(tools) = &options.disallowed_tools {
+        disallowed.extend(tools.iter().cloned());
+    }
+    if !disallowed.is_empty() {
+        push_list(&mut args, "--disallowedTools", &disallowed, "disallowed_tools")?;
+    }
+    if let Some(mode) = &options.permission_mode {
+        if !crate::config::PERMISSION_MODES.contains(&mode.as_str()) {
+            return Err(ClientError::new(
+                ErrorCode::InvalidOption,
+                format!(
+                    "unknown permission_mode {:?}; known: {}",
+                    crate::protocol::truncate(mode, 64),
+                    crate::config::PERMISSION_MODES.join(", ")
+                ),
+            ));
+        }
+        if !config.allowed_permission_modes.iter().any(|m| m == mode) {
+            return Err(ClientError::new(
+                ErrorCode::PermissionModeNotAllowed,
+                format!(
+                    "permission_mode {mode:?} is not allowed here; allowed: {}",
+                    config.allowed_permission_modes.join(", ")
+                ),
+            ));
+        }
+        args.push(format!("--permission-mode={mode}"));
+    }
+    if let Some(n) = options.max_thinking_tokens {
+        args.push(format!("--max-thinking-tokens={n}"));
+    }
+    if let Some(model) = &options.model {
+        args.push(format!("--model={}", value(model, "model")?));
+    }
+    if options.continue_conversation == Some(true) {
+        args.push("--continue".into());
+    }
+    if let Some(id) = &options.resume {
+        args.push(format!("--resume={}", value(id, "resume")?));
+    }
+    if let Some(n) = options.max_turns {
+        args.push(format!("--max-turns={n}"));
+    }
+    if let Some(p) = &options.system_prompt {
+        args.push(format!("--system-prompt={}", text(p, "system_prompt")?));
+    }
+    if let Some(p) = &options.append_system_prompt {
+        args.push(format!(
+            "--append-system-prompt={}",
+            text(p, "append_system_prompt")?
+        ));
+    }
+    if options.include_partial_messages == Some(true) {
+        args.push("--include-partial-messages".into());
+    }
+    let cwd = match &options.cwd {
+        Some(dir) => Some(confine_cwd(dir, &config.workspace_roots)?),
+        None => config.workspace_roots.first().cloned(),
+    };
+    Ok(ChildSpec {
+        program: config.claude_bin.clone(),
+        args,
+        cwd,
+        env: env.to_vec(),
+    })
+}
+
+/// The same spec, continuing conversation `id`: any `--continue` or `--resume` the
+/// client asked for is replaced, so a restarted child picks up where the last one was.
+pub fn resuming(spec: &ChildSpec, id: &str) -> ChildSpec {
+    let mut s = spec.clone();
+    s.args
+        .retain(|a| a != "--continue" && !a.starts_with("--resume="));
+    s.args.push(format!("--resume={id}"));
+    s
+}
+
+/// Push `--flag v1 v2 …`. Each value is its own argv entry, so none may look like a
+/// flag (the CLI would read it as one).
+fn push_list(
+    args: &mut Vec<String>,
+    flag: &str,
+    values: &[String],
+    field: &str,
+) -> Result<(), ClientError> {
+    args.push(flag.into());
+    for v in values {
+        if v.starts_with('-') || v.is_empty() {
+            return Err(ClientError::new(
+                ErrorCode::InvalidOption,
+                format!(
+                    "{field} entries must be tool names, not {:?}",
+                    crate::protocol::truncate(v, 64)
+                ),
+            ));
+        }
+        args.push(text(v, field)?.to_string());
+    }
+    Ok(())
+}
+
+/// A short identifier-like value (model, session id).
+fn value<'a>(v: &'a str, field: &str) -> Result<&'a str, ClientError> {
+    if v.is_empty() || v.starts_with('-') || v.len() > 256 || v.chars().any(char::is_whitespace) {
+        return Err(ClientError::new(
+            ErrorCode::InvalidOption,
+            format!(
+                "{field} must be a short name without spaces, not {:?}",
+                crate::protocol::truncate(v, 64)
+            ),
+        ));
+    }
+    text(v, field)
+}
+
+/// Free text passed as `--flag=TEXT` (so a leading `-` is harmless); NUL cannot be in
+/// an argv entry.
+fn text<'a>(v: &'a str, field: &str) -> Result<&'a str, ClientError> {
+    if v.contains('\0') {
+        return Err(ClientError::new(
+            ErrorCode::InvalidOption,
+            format!("{field} must not contain NUL bytes"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Resolve `dir` (relative paths are taken from the first root) to a real directory
+/// inside one of `roots`, comparing whole path components after following symlinks.
+pub fn confine_cwd(dir: &str, roots: &[PathBuf]) -> Result<PathBuf, ClientError> {
+    let refuse = |why: String| Err(ClientError::new(ErrorCode::CwdNotAllowed, why));
+    if dir.is_empty() || dir.contains('\0') || dir.len() > MAX_PATH {
+        return refuse(format!(
+            "cwd must be a non-empty path of at most {MAX_PATH} bytes without NUL"
+        ));
+    }
+    let Some(first) = roots.first() else {
+        return refuse("no workspace root is configured".into());
+    };
+    let asked = Path::new(dir);
+    let joined = if asked.is_absolute() {
+        asked.to_path_buf()
+    } else {
+        first.join(asked)
+    };
+    let real = match std::fs::canonicalize(&joined) {
+        Ok(p) if p.is_dir() => p,
+        Ok(_) => return refuse(format!("cwd {dir:?} is not a directory")),
+        Err(e) => return refuse(format!("cwd {dir:?} cannot be used: {e}")),
+    };
+    let inside = roots.iter().any(|root| {
+        std::fs::canonicalize(root)
+            .map(|r| is_within(&real, &r))
+            .unwrap_or(false)
+    });
+    if inside {
+        Ok(real)
+    } else {
+        refuse(format!(
+            "cwd {dir:?} is outside the workspace roots the server allows"
+        ))
+    }
+}
+
+/// Whether `path` is `root` or below it, component by component (so `/srv/work-evil`
+/// is not inside `/srv/work`).
+fn is_within(path: &Path, root: &Path) -> bool {
+    let mut p = path.components().filter(|c| !matches!(c, Component::CurDir));
+    for r in root.components().filter(|c| !matches!(c, Component::CurDir)) {
+        if p.next() != Some(r) {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn within_compares_components_not_strings() {
+        assert!(is_within(Path::new("/srv/work"), Path::new("/srv/work")));
+        assert!(is_within(Path::new("/srv/work/a/b"), Path::new("/srv/work")));
+        assert!(!is_within(Path::new("/srv/work-evil"), Path::new("/srv/work")));
+        assert!(!is_within(Path::new("/srv"), Path::new("/srv/work")));
+        assert!(is_within(Path::new("/anything"), Path::new("/")));
+    }
+
+    #[test]
+    fn env_is_an_allow_list() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("HOME", "/h"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("ANTHROPIC_API_KEY", "k"),
+            ("CLAUDE_CODE_X", "1"),
+            ("CLAUDECODE", "1"),
+            ("EXTRA", "e"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let env = child_env(vars.clone(), &[]);
+        let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["ANTHROPIC_API_KEY", "CLAUDE_CODE_X", "HOME", "PATH"]);
+        let env = child_env(vars, &["EXTRA".into(), "CLAUDECODE".into()]);
+        assert!(env.iter().any(|(k, _)| k == "EXTRA"));
+        assert!(!env.iter().any(|(k, _)| k == "CLAUDECODE"));
+    }
+
+    #[test]
+    fn options_become_flags_and_flag_lookalikes_are_refused() {
+        let c = Config::default();
+        let o = QueryOptions {
+            model: Some("m1".into()),
+            max_turns: Some(3),
+            allowed_tools: Some(vec!["Write".into(), "Bash(ls:*)".into()]),
+            system_prompt: Some("--be brief".into()),
+            include_partial_messages: Some(true),
+            ..Default::default()
+        };
+        let s = build(&c, &[], &o).unwrap();
+        assert_eq!(&s.args[..6], BASE_ARGS);
+        for want in [
+            "--model=m1",
+            "--max-turns=3",
+            "--allowedTools",
+            "Write",
+            "Bash(ls:*)",
+            "--system-prompt=--be brief",
+            "--include-partial-messages",
+        ] {
+            assert!(s.args.iter().any(|a| a == want), "{want} in {:?}", s.args);
+        }
+        for bad in [
+            QueryOptions {
+                model: Some("--dangerously-skip-permissions".into()),
+                ..Default::default()
+            },
+            QueryOptions {
+                allowed_tools: Some(vec!["--mcp-config".into()]),
+                ..Default::default()
+            },
+            QueryOptions {
+                resume: Some("a b".into()),
+                ..Default::default()
+            },
+            QueryOptions {
+                permission_mode: Some("yolo".into()),
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(build(&c, &[], &bad).unwrap_err().code, ErrorCode::InvalidOption);
+        }
+        let bypass = QueryOptions {
+            permission_mode: Some("bypassPermissions".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            build(&c, &[], &bypass).unwrap_err().code,
+            ErrorCode::PermissionModeNotAllowed
+        );
+    }
+
+    #[test]
+    fn resuming_replaces_continue_and_resume() {
+        let c = Config::default();
+        let o = QueryOptions {
+            continue_conversation: Some(true),
+            resume: Some("old".into()),
+            ..Default::default()
+        };
+        let s = resuming(&build(&c, &[], &o).unwrap(), "new");
+        assert!(!s.args.iter().any(|a| a == "--continue" || a == "--resume=old"));
+        assert!(s.args.iter().any(|a| a == "--resume=new"));
+    }
+}

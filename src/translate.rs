@@ -1,0 +1,245 @@
+//! The CLI's stream-json output turned into protocol messages.
+//!
+//! Only formats the real CLI speaks are read here (see ../shared/claude-cli/README.md):
+//! `system`, `assistant`, `user` (tool results), `result`, `stream_event`,
+//! `control_request` and `control_response`. A line of any other type is relayed as a
+//! `system_message` whose `subtype` is `cli_<type>`, so nothing the CLI says is lost.
+
+use serde_json::{Map, Value};
+
+use crate::protocol::ServerMessage;
+
+/// What one stdout line means to the session.
+#[derive(Debug)]
+pub enum CliEvent {
+    /// Relay to the client.
+    Forward(ServerMessage),
+    /// `system/init`: the CLI's session id is known.
+    Init {
+        session_id: Option<String>,
+        message: ServerMessage,
+    },
+    /// `result`: one user message has been answered.
+    Result {
+        session_id: Option<String>,
+        is_error: bool,
+        message: ServerMessage,
+    },
+    /// The CLI asks its driver something (e.g. `can_use_tool`); it waits for an answer.
+    ControlRequest { request_id: Value, subtype: String },
+    /// Meant for the server only (answers to our control requests, echoes of user text).
+    Internal,
+}
+
+/// Translate one parsed stdout line.
+pub fn translate(mut line: Map<String, Value>) -> CliEvent {
+    let kind = match line.remove("type") {
+        Some(Value::String(s)) => s,
+        _ => String::new(),
+    };
+    match kind.as_str() {
+        "assistant" => {
+            let mut message = take_object(&mut line, "message");
+            CliEvent::Forward(ServerMessage::AssistantMessage {
+                content: message.remove("content").unwrap_or(Value::Array(vec![])),
+                model: message.remove("model"),
+                parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
+            })
+        }
+        "user" => {
+            let mut message = take_object(&mut line, "message");
+            let results: Vec<Value> = match message.remove("content") {
+                Some(Value::Array(blocks)) => blocks
+                    .into_iter()
+                    .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if results.is_empty() {
+                // The CLI echoing user text ("[Request interrupted by user]", replays).
+                CliEvent::Internal
+            } else {
+                CliEvent::Forward(ServerMessage::AssistantMessage {
+                    content: Value::Array(results),
+                    model: None,
+                    parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
+                })
+            }
+        }
+        "system" => {
+            let is_init = line.get("subtype").and_then(Value::as_str) == Some("init");
+            let session_id = string(&line, "session_id");
+            let message = ServerMessage::SystemMessage(line);
+            if is_init {
+                CliEvent::Init {
+                    session_id,
+                    message,
+                }
+            } else {
+                CliEvent::Forward(message)
+            }
+        }
+        "result" => {
+            let session_id = string(&line, "session_id");
+            let is_error = line.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+            let mut take = |k: &str| line.remove(k).unwrap_or(Value::Null);
+            let total_cost_usd = take("total_cost_usd");
+            let message = ServerMessage::ResultMessage {
+                subtype: take("subtype"),
+                cost_usd: total_cost_usd.clone(),
+                duration_ms: take("duration_ms"),
+                duration_api_ms: take("duration_api_ms"),
+                session_id: take("session_id"),
+                total_cost_usd,
+                num_turns: take("num_turns"),
+                usage: take("usage"),
+                is_error: take("is_error"),
+                result: take("result"),
+            };
+            CliEvent::Result {
+                session_id,
+                is_error,
+                message,
+            }
+        }
+        "stream_event" => CliEvent::Forward(ServerMessage::StreamEvent {
+            event: line.remove("event").unwrap_or(Value::Null),
+            session_id: line.remove("session_id"),
+            parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
+        }),
+        "control_request" => {
+            let subtype = line
+                .get("request")
+                .and_then(|r| r.get("subtype"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            CliEvent::ControlRequest {
+                request_id: line.remove("request_id").unwrap_or(Value::Null),
+                subtype,
+            }
+        }
+        "control_response" | "keep_alive" => CliEvent::Internal,
+        other => {
+            let subtype = if other.is_empty() {
+                "cli_untyped".to_string()
+            } else {
+                format!("cli_{other}")
+            };
+            line.insert("subtype".into(), Value::String(subtype));
+            CliEvent::Forward(ServerMessage::SystemMessage(line))
+        }
+    }
+}
+
+fn take_object(line: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+    match line.remove(key) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn non_null(v: Option<Value>) -> Option<Value> {
+    v.filter(|v| !v.is_null())
+}
+
+fn string(line: &Map<String, Value>, key: &str) -> Option<String> {
+    line.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn frame(e: CliEvent) -> Value {
+        let m = match e {
+            CliEvent::Forward(m) => m,
+            CliEvent::Init { message, .. } | CliEvent::Result { message, .. } => message,
+            other => panic!("nothing to send: {other:?}"),
+        };
+        serde_json::from_str(&m.to_frame(1)).unwrap()
+    }
+
+    /// Every line of the real transcripts translates without loss of the parts a
+    /// client needs.
+    #[test]
+    fn real_transcripts_translate() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/claude-cli/transcripts");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            // Not every checkout has the shared folder beside it; tests/ covers the
+            // same ground against the real CLI.
+            return;
+        };
+        let mut seen = 0;
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            for line in text.lines().filter(|l| l.starts_with('{')) {
+                let v: Value = serde_json::from_str(line).unwrap();
+                let kind = v["type"].as_str().unwrap().to_string();
+                let e = translate(obj(v.clone()));
+                match kind.as_str() {
+                    "assistant" => {
+                        let f = frame(e);
+                        assert_eq!(f["type"], "assistant_message");
+                        assert_eq!(f["data"]["content"], v["message"]["content"]);
+                    }
+                    "result" => {
+                        let f = frame(e);
+                        assert_eq!(f["data"]["subtype"], v["subtype"]);
+                        assert_eq!(f["data"]["session_id"], v["session_id"]);
+                    }
+                    "system" => assert_eq!(frame(e)["data"]["subtype"], v["subtype"]),
+                    _ => {}
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen > 20, "read only {seen} lines");
+    }
+
+    #[test]
+    fn tool_results_become_assistant_messages_and_echoes_are_dropped() {
+        let e = translate(obj(json!({"type":"user","message":{"role":"user","content":[
+            {"type":"tool_result","tool_use_id":"t1","content":"ok","is_error":false}]},
+            "parent_tool_use_id":null})));
+        let f = frame(e);
+        assert_eq!(f["type"], "assistant_message");
+        assert_eq!(f["data"]["content"][0]["tool_use_id"], "t1");
+        assert!(f["data"].get("parent_tool_use_id").is_none());
+        let e = translate(obj(json!({"type":"user","message":{"role":"user","content":[
+            {"type":"text","text":"[Request interrupted by user]"}]}})));
+        assert!(matches!(e, CliEvent::Internal));
+    }
+
+    #[test]
+    fn unknown_lines_are_relayed_not_lost() {
+        let f = frame(translate(obj(json!({"type":"rate_limit_event","x":1}))));
+        assert_eq!(f["type"], "system_message");
+        assert_eq!(f["data"]["subtype"], "cli_rate_limit_event");
+        assert_eq!(f["data"]["x"], 1);
+    }
+
+    #[test]
+    fn control_requests_are_surfaced() {
+        let e = translate(obj(json!({"type":"control_request","request_id":"r1",
+            "request":{"subtype":"can_use_tool"}})));
+        match e {
+            CliEvent::ControlRequest {
+                request_id,
+                subtype,
+            } => {
+                assert_eq!(request_id, "r1");
+                assert_eq!(subtype, "can_use_tool");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
