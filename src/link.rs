@@ -320,6 +320,8 @@ impl Link {
         }
         let tcp = self.ws.get_ref().tcp.clone();
         let _ = tcp.shutdown(Shutdown::Both);
+        // Let go of the channel so a reader blocked on a full queue wakes and ends.
+        self.inbound = crossbeam_channel::never();
         if let Some(h) = self.reader.take() {
             let _ = h.join();
         }
