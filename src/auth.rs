@@ -30,7 +30,10 @@ pub fn enabled(config: &Config) -> bool {
 
 /// Authenticate an upgrade request. The reason on failure is safe to log (it never
 /// contains the token).
-pub fn authenticate<B>(config: &Config, req: &tungstenite::http::Request<B>) -> Result<Auth, String> {
+pub fn authenticate<B>(
+    config: &Config,
+    req: &tungstenite::http::Request<B>,
+) -> Result<Auth, String> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let offered: Vec<&str> = req
         .headers()
@@ -66,7 +69,11 @@ pub fn authenticate<B>(config: &Config, req: &tungstenite::http::Request<B>) -> 
 }
 
 /// Authenticate a side-port request (header or `?token=`).
-pub fn authenticate_http(config: &Config, authorization: Option<&str>, url: &str) -> Result<(), String> {
+pub fn authenticate_http(
+    config: &Config,
+    authorization: Option<&str>,
+    url: &str,
+) -> Result<(), String> {
     if !enabled(config) {
         return Ok(());
     }
@@ -115,16 +122,14 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             c => out.push(c),
         }
@@ -144,7 +149,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Verify an HS256 JWT: signature, `alg`, `exp` (required) and `nbf` (if present).
 pub fn verify_jwt(secret: &[u8], token: &str, now: u64) -> Result<Option<String>, String> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("not a JWT".into());
     };
@@ -159,14 +165,24 @@ pub fn verify_jwt(secret: &[u8], token: &str, now: u64) -> Result<Option<String>
     mac.update(p.as_bytes());
     mac.verify_slice(&sig).map_err(|_| "bad JWT signature")?;
     let claims: Value = decode_json(p).ok_or("bad JWT payload")?;
-    let exp = claims.get("exp").and_then(Value::as_u64).ok_or("JWT has no exp")?;
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or("JWT has no exp")?;
     if now >= exp {
         return Err("JWT expired".into());
     }
-    if claims.get("nbf").and_then(Value::as_u64).is_some_and(|nbf| now < nbf) {
+    if claims
+        .get("nbf")
+        .and_then(Value::as_u64)
+        .is_some_and(|nbf| now < nbf)
+    {
         return Err("JWT not yet valid".into());
     }
-    Ok(claims.get("sub").and_then(Value::as_str).map(str::to_string))
+    Ok(claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .map(str::to_string))
 }
 
 fn decode_json(part: &str) -> Option<Value> {
@@ -207,24 +223,29 @@ pub fn check_origin<B>(
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let host = header("Host").unwrap_or("");
     if bound.ip().is_loopback() && !is_loopback_host(host) {
-        return Err(format!("Host {:?} is not this loopback server", crate::protocol::truncate(host, 100)));
+        return Err(format!(
+            "Host {:?} is not this loopback server",
+            crate::protocol::truncate(host, 100)
+        ));
     }
     let Some(origin) = header("Origin") else {
         return Ok(()); // not a browser (wscat, scripts)
     };
     let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-    let same = origin
-        .split_once("://")
-        .is_some_and(|(scheme, authority)| {
-            matches!(scheme, "http" | "https") && authority == host.to_ascii_lowercase()
-        });
-    let listed = config.allowed_origins.iter().any(|o| {
-        o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(&origin)
+    let same = origin.split_once("://").is_some_and(|(scheme, authority)| {
+        matches!(scheme, "http" | "https") && authority == host.to_ascii_lowercase()
     });
+    let listed = config
+        .allowed_origins
+        .iter()
+        .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(&origin));
     if same || listed {
         Ok(())
     } else {
-        Err(format!("Origin {:?} is not allowed", crate::protocol::truncate(&origin, 100)))
+        Err(format!(
+            "Origin {:?} is not allowed",
+            crate::protocol::truncate(&origin, 100)
+        ))
     }
 }
 
@@ -294,7 +315,13 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "localhost:8000", "127.0.0.1:1", "[::1]:80", "a.localhost"] {
+        for h in [
+            "localhost",
+            "localhost:8000",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "a.localhost",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
         for h in ["evil.com", "evil.com:8000", "", "127.0.0.1.evil.com"] {

@@ -62,7 +62,12 @@ pub struct SpawnError {
 
 impl std::fmt::Display for SpawnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "could not start {}: {}", self.program.display(), self.source)
+        write!(
+            f,
+            "could not start {}: {}",
+            self.program.display(),
+            self.source
+        )
     }
 }
 
@@ -109,25 +114,29 @@ impl Child {
             source,
         })?;
         let pid = proc.id();
-        let (stdout, stderr, stdin) = match (proc.stdout.take(), proc.stderr.take(), proc.stdin.take()) {
-            (Some(o), Some(e), Some(i)) => (o, e, i),
-            _ => {
-                // Cannot happen with Stdio::piped(); clean up rather than panic.
-                let _ = proc.kill();
-                let _ = proc.wait();
-                return Err(SpawnError {
-                    program: spec.program.clone(),
-                    source: std::io::Error::other("child pipes missing"),
-                });
-            }
-        };
+        let (stdout, stderr, stdin) =
+            match (proc.stdout.take(), proc.stderr.take(), proc.stdin.take()) {
+                (Some(o), Some(e), Some(i)) => (o, e, i),
+                _ => {
+                    // Cannot happen with Stdio::piped(); clean up rather than panic.
+                    let _ = proc.kill();
+                    let _ = proc.wait();
+                    return Err(SpawnError {
+                        program: spec.program.clone(),
+                        source: std::io::Error::other("child pipes missing"),
+                    });
+                }
+            };
         log::info!("[{label}] started claude pid={pid}");
         let (event_tx, events) = bounded(EVENT_QUEUE);
         let (stdin_tx, stdin_rx) = bounded::<Vec<u8>>(STDIN_QUEUE);
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::with_capacity(3);
         let spawn_thread = |name: String, f: Box<dyn FnOnce() + Send>| {
-            thread::Builder::new().stack_size(128 * 1024).name(name).spawn(f)
+            thread::Builder::new()
+                .stack_size(128 * 1024)
+                .name(name)
+                .spawn(f)
         };
         let threads = [
             spawn_thread(
@@ -197,7 +206,11 @@ impl Child {
 
     /// The last few KiB the child wrote to stderr, lossily decoded and trimmed.
     pub fn stderr_tail(&self) -> String {
-        let tail = self.stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
+        let tail = self
+            .stderr_tail
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default();
         String::from_utf8_lossy(&tail).trim().to_string()
     }
 
@@ -287,9 +300,9 @@ impl Child {
         match self.proc.wait() {
             Ok(s) => Ending::Killed(s),
             // Already reaped: report what try_wait saw, or a generic kill.
-            Err(_) => self
-                .ended
-                .unwrap_or(Ending::Killed(std::os::unix::process::ExitStatusExt::from_raw(9))),
+            Err(_) => self.ended.unwrap_or(Ending::Killed(
+                std::os::unix::process::ExitStatusExt::from_raw(9),
+            )),
         }
     }
 
@@ -324,7 +337,10 @@ impl Drop for Child {
     /// The last line of defence: a child nobody stopped is killed with its group.
     fn drop(&mut self) {
         if self.ended.is_none() {
-            log::warn!("claude pid={} dropped while running; killing its group", self.pid);
+            log::warn!(
+                "claude pid={} dropped while running; killing its group",
+                self.pid
+            );
             self.kill("drop");
         }
     }

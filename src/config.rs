@@ -131,39 +131,176 @@ struct Flag {
     help: &'static str,
 }
 
-const fn flag(name: &'static str, env: &'static str, value: &'static str, help: &'static str) -> Flag {
-    Flag { name, env, value, list: false, help }
+const fn flag(
+    name: &'static str,
+    env: &'static str,
+    value: &'static str,
+    help: &'static str,
+) -> Flag {
+    Flag {
+        name,
+        env,
+        value,
+        list: false,
+        help,
+    }
 }
 
-const fn list(name: &'static str, env: &'static str, value: &'static str, help: &'static str) -> Flag {
-    Flag { name, env, value, list: true, help }
+const fn list(
+    name: &'static str,
+    env: &'static str,
+    value: &'static str,
+    help: &'static str,
+) -> Flag {
+    Flag {
+        name,
+        env,
+        value,
+        list: true,
+        help,
+    }
 }
 
 const FLAGS: &[Flag] = &[
-    flag("host", "WEBSOCKET_HOST", "ADDR", "address to listen on (0.0.0.0 exposes the agent to the network)"),
-    flag("port", "WEBSOCKET_PORT", "PORT", "WebSocket port (0 = any free port)"),
-    flag("http-port", "HTTP_PORT", "PORT", "side port for /health and /sessions (0 = any free port)"),
+    flag(
+        "host",
+        "WEBSOCKET_HOST",
+        "ADDR",
+        "address to listen on (0.0.0.0 exposes the agent to the network)",
+    ),
+    flag(
+        "port",
+        "WEBSOCKET_PORT",
+        "PORT",
+        "WebSocket port (0 = any free port)",
+    ),
+    flag(
+        "http-port",
+        "HTTP_PORT",
+        "PORT",
+        "side port for /health and /sessions (0 = any free port)",
+    ),
     flag("claude-bin", "CLAUDE_BIN", "PATH", "the claude executable"),
-    flag("max-sessions", "MAX_SESSIONS", "N", "most concurrent sessions; more are refused with HTTP 503"),
-    flag("session-timeout-minutes", "SESSION_TIMEOUT_MINUTES", "MIN", "close a session idle this long (fractions allowed)"),
-    flag("auth-token", "CLAUDE_WS_AUTH_TOKEN", "TOKEN", "require this bearer token (header, ?token= or subprotocol)"),
-    flag("jwt-secret", "CLAUDE_WS_JWT_SECRET", "SECRET", "accept HS256 JWTs signed with this secret (exp checked)"),
-    list("allowed-origins", "ALLOWED_ORIGINS", "LIST", "browser origins allowed besides the server's own"),
-    list("workspace-root", "WORKSPACE_ROOTS", "DIR", "directories a client's cwd must be inside (repeatable)"),
-    list("allowed-permission-modes", "ALLOWED_PERMISSION_MODES", "LIST", "permission modes clients may use"),
-    list("disallowed-tools", "DISALLOWED_TOOLS", "LIST", "tools always disallowed, on top of the client's list"),
-    list("pass-env", "PASS_ENV", "NAME", "extra environment variable passed to children (repeatable)"),
-    flag("rate-limit", "RATE_LIMIT", "N/SECS", "queries allowed per session and per peer address in a window"),
-    flag("max-running", "MAX_RUNNING", "N", "most children running queries at once; more get server_busy"),
-    flag("max-sessions-per-peer", "MAX_SESSIONS_PER_PEER", "N", "most sessions one peer address may hold"),
-    flag("max-message-bytes", "MAX_MESSAGE_BYTES", "BYTES", "largest client message; larger closes with 1009"),
-    flag("max-prompt-bytes", "MAX_PROMPT_BYTES", "BYTES", "longest prompt or input text"),
-    flag("ping-interval-secs", "PING_INTERVAL_SECS", "SECS", "WebSocket ping interval; a peer silent for two is dropped"),
-    flag("interrupt-grace-secs", "INTERRUPT_GRACE_SECS", "SECS", "an interrupt not honoured this fast ends the child's process group"),
-    flag("stop-grace-secs", "STOP_GRACE_SECS", "SECS", "wait between closing a child's stdin, SIGTERM and SIGKILL"),
-    flag("stall-timeout-secs", "STALL_TIMEOUT_SECS", "SECS", "disconnect a client that reads none of its output this long"),
-    flag("child-idle-secs", "CHILD_IDLE_SECS", "SECS", "stop a session's claude idle this long; the next query resumes it"),
-    flag("handshake-timeout-secs", "HANDSHAKE_TIMEOUT_SECS", "SECS", "time allowed for the WebSocket handshake"),
+    flag(
+        "max-sessions",
+        "MAX_SESSIONS",
+        "N",
+        "most concurrent sessions; more are refused with HTTP 503",
+    ),
+    flag(
+        "session-timeout-minutes",
+        "SESSION_TIMEOUT_MINUTES",
+        "MIN",
+        "close a session idle this long (fractions allowed)",
+    ),
+    flag(
+        "auth-token",
+        "CLAUDE_WS_AUTH_TOKEN",
+        "TOKEN",
+        "require this bearer token (header, ?token= or subprotocol)",
+    ),
+    flag(
+        "jwt-secret",
+        "CLAUDE_WS_JWT_SECRET",
+        "SECRET",
+        "accept HS256 JWTs signed with this secret (exp checked)",
+    ),
+    list(
+        "allowed-origins",
+        "ALLOWED_ORIGINS",
+        "LIST",
+        "browser origins allowed besides the server's own",
+    ),
+    list(
+        "workspace-root",
+        "WORKSPACE_ROOTS",
+        "DIR",
+        "directories a client's cwd must be inside (repeatable)",
+    ),
+    list(
+        "allowed-permission-modes",
+        "ALLOWED_PERMISSION_MODES",
+        "LIST",
+        "permission modes clients may use",
+    ),
+    list(
+        "disallowed-tools",
+        "DISALLOWED_TOOLS",
+        "LIST",
+        "tools always disallowed, on top of the client's list",
+    ),
+    list(
+        "pass-env",
+        "PASS_ENV",
+        "NAME",
+        "extra environment variable passed to children (repeatable)",
+    ),
+    flag(
+        "rate-limit",
+        "RATE_LIMIT",
+        "N/SECS",
+        "queries allowed per session and per peer address in a window",
+    ),
+    flag(
+        "max-running",
+        "MAX_RUNNING",
+        "N",
+        "most children running queries at once; more get server_busy",
+    ),
+    flag(
+        "max-sessions-per-peer",
+        "MAX_SESSIONS_PER_PEER",
+        "N",
+        "most sessions one peer address may hold",
+    ),
+    flag(
+        "max-message-bytes",
+        "MAX_MESSAGE_BYTES",
+        "BYTES",
+        "largest client message; larger closes with 1009",
+    ),
+    flag(
+        "max-prompt-bytes",
+        "MAX_PROMPT_BYTES",
+        "BYTES",
+        "longest prompt or input text",
+    ),
+    flag(
+        "ping-interval-secs",
+        "PING_INTERVAL_SECS",
+        "SECS",
+        "WebSocket ping interval; a peer silent for two is dropped",
+    ),
+    flag(
+        "interrupt-grace-secs",
+        "INTERRUPT_GRACE_SECS",
+        "SECS",
+        "an interrupt not honoured this fast ends the child's process group",
+    ),
+    flag(
+        "stop-grace-secs",
+        "STOP_GRACE_SECS",
+        "SECS",
+        "wait between closing a child's stdin, SIGTERM and SIGKILL",
+    ),
+    flag(
+        "stall-timeout-secs",
+        "STALL_TIMEOUT_SECS",
+        "SECS",
+        "disconnect a client that reads none of its output this long",
+    ),
+    flag(
+        "child-idle-secs",
+        "CHILD_IDLE_SECS",
+        "SECS",
+        "stop a session's claude idle this long; the next query resumes it",
+    ),
+    flag(
+        "handshake-timeout-secs",
+        "HANDSHAKE_TIMEOUT_SECS",
+        "SECS",
+        "time allowed for the WebSocket handshake",
+    ),
 ];
 
 /// What the command line asked for.
@@ -284,9 +421,7 @@ impl Config {
             "auth-token" => self.auth_token = Some(nonempty(v)?),
             "jwt-secret" => self.jwt_secret = Some(nonempty(v)?),
             "rate-limit" => {
-                let (n, secs) = v
-                    .split_once('/')
-                    .ok_or("expected N/SECONDS, e.g. 10/60")?;
+                let (n, secs) = v.split_once('/').ok_or("expected N/SECONDS, e.g. 10/60")?;
                 self.rate_limit = (parse(n)?, duration(secs, 1.0)?);
             }
             "max-running" => self.max_running = parse(v)?,
@@ -313,7 +448,10 @@ impl Config {
                     .collect::<Result<_, _>>()?
             }
             "allowed-permission-modes" => {
-                if let Some(bad) = items.iter().find(|m| !PERMISSION_MODES.contains(&m.as_str())) {
+                if let Some(bad) = items
+                    .iter()
+                    .find(|m| !PERMISSION_MODES.contains(&m.as_str()))
+                {
                     return Err(format!(
                         "unknown permission mode {bad:?}; known: {}",
                         PERMISSION_MODES.join(", ")
@@ -331,7 +469,13 @@ impl Config {
     /// The current value of setting `name`, as `--help` shows defaults.
     fn describe(&self, name: &str) -> String {
         let secs = |d: Duration| d.as_secs_f64().to_string();
-        let join = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(",") };
+        let join = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(",")
+            }
+        };
         match name {
             "host" => self.host.clone(),
             "port" => self.port.to_string(),
@@ -372,8 +516,7 @@ impl Config {
         }
         if self.max_running == 0 || self.max_sessions_per_peer == 0 || self.rate_limit.0 == 0 {
             return Err(ConfigError(
-                "max running, max sessions per peer and the rate limit must be at least 1"
-                    .into(),
+                "max running, max sessions per peer and the rate limit must be at least 1".into(),
             ));
         }
         if self.workspace_roots.is_empty() {
@@ -455,7 +598,11 @@ mod tests {
 
     #[test]
     fn flags_beat_env_and_env_beats_defaults() {
-        let c = run(&["--port", "9"], &[("WEBSOCKET_PORT", "7"), ("MAX_SESSIONS", "3")]).unwrap();
+        let c = run(
+            &["--port", "9"],
+            &[("WEBSOCKET_PORT", "7"), ("MAX_SESSIONS", "3")],
+        )
+        .unwrap();
         assert_eq!(c.port, 9);
         assert_eq!(c.max_sessions, 3);
         assert_eq!(c.host, "127.0.0.1");
@@ -472,6 +619,37 @@ mod tests {
         assert!(run(&["--nope"], &[]).is_err());
         assert!(run(&["--port"], &[]).is_err());
         assert!(run(&["stray"], &[]).is_err());
+    }
+
+    #[test]
+    fn list_flags_repeat_or_split_and_replace_the_env() {
+        let dir = std::env::temp_dir();
+        let d = dir.display().to_string();
+        let c = run(
+            &["--pass-env", "A", "--pass-env=B,C", "--workspace-root", &d],
+            &[
+                ("PASS_ENV", "Z"),
+                ("ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.pass_env, ["A", "B", "C"]);
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(c.workspace_roots, [std::fs::canonicalize(&dir).unwrap()]);
+        assert!(run(&["--workspace-root=/no/such/dir"], &[]).is_err());
+        assert!(run(&["--allowed-permission-modes=default,yolo"], &[]).is_err());
+        let c = run(&["--rate-limit=5/0.5"], &[]).unwrap();
+        assert_eq!(c.rate_limit, (5, Duration::from_millis(500)));
+        assert!(run(&["--rate-limit=5"], &[]).is_err());
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        let e = run(&["--auth-token="], &[]).unwrap_err();
+        assert!(e.0.contains("<redacted>"), "{e}");
     }
 
     #[test]

@@ -75,7 +75,10 @@ pub fn check(
             return Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_full",
-                &format!("the server holds its maximum of {} sessions", config.max_sessions),
+                &format!(
+                    "the server holds its maximum of {} sessions",
+                    config.max_sessions
+                ),
             ));
         }
         Err(SlotRefusal::PeerFull) => {
@@ -101,9 +104,7 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> ErrorResponse {
     let body = serde_json::json!({"error": message, "code": code}).to_string();
     let mut r = ErrorResponse::new(Some(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        "Content-Type",
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert("Content-Type", HeaderValue::from_static("application/json"));
     r
 }

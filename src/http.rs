@@ -14,9 +14,13 @@ use crate::server::Shared;
 pub fn serve(server: &tiny_http::Server, shared: &Shared) {
     for req in server.incoming_requests() {
         // A panic in a handler must not take the side port down.
-        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(&req, shared)));
+        let answered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(&req, shared)));
         let (status, body) = answered.unwrap_or_else(|_| {
-            (500, json!({"error": "internal error", "code": "internal_error"}).to_string())
+            (
+                500,
+                json!({"error": "internal error", "code": "internal_error"}).to_string(),
+            )
         });
         let response = Response::from_string(body)
             .with_status_code(status)
@@ -43,7 +47,8 @@ fn route(req: &Request, shared: &Shared) -> (u16, String) {
             match crate::auth::authenticate_http(&shared.config, authorization, req.url()) {
                 Ok(()) => (
                     200,
-                    serde_json::to_string(&shared.registry.snapshot()).unwrap_or_else(|_| "[]".into()),
+                    serde_json::to_string(&shared.registry.snapshot())
+                        .unwrap_or_else(|_| "[]".into()),
                 ),
                 Err(why) => {
                     log::warn!("refused /sessions from {:?}: {why}", req.remote_addr());
@@ -59,7 +64,10 @@ fn route(req: &Request, shared: &Shared) -> (u16, String) {
             405,
             json!({"error": "only GET is supported", "code": "method_not_allowed"}).to_string(),
         ),
-        _ => (404, json!({"error": "not found", "code": "not_found"}).to_string()),
+        _ => (
+            404,
+            json!({"error": "not found", "code": "not_found"}).to_string(),
+        ),
     }
 }
 
@@ -88,7 +96,9 @@ fn claude_version(shared: &Shared) -> serde_json::Value {
             .stdin(std::process::Stdio::null())
             .output()
         {
-            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            Ok(o) if o.status.success() => {
+                Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+            }
             Ok(o) => Err(format!(
                 "{} --version failed ({}): {}",
                 bin.display(),

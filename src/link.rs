@@ -119,7 +119,10 @@ impl Read for Duplex {
         if let Some(deadline) = self.handshake_deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "handshake timed out",
+                ));
             }
             self.tcp.set_read_timeout(Some(left))?;
             return (&*self.tcp).read(buf);

@@ -433,8 +433,14 @@ mod tests {
         assert_eq!(code(r#"{"type":7}"#), ErrorCode::MissingType);
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"query"}"#), ErrorCode::InvalidField);
-        assert_eq!(code(r#"{"type":"query","prompt":5}"#), ErrorCode::InvalidField);
-        assert_eq!(code(r#"{"type":"input","text":null}"#), ErrorCode::InvalidField);
+        assert_eq!(
+            code(r#"{"type":"query","prompt":5}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code(r#"{"type":"input","text":null}"#),
+            ErrorCode::InvalidField
+        );
         assert_eq!(code(r#"{"type":"ping","x":1}"#), ErrorCode::InvalidField);
         assert_eq!(
             code(r#"{"type":"query","prompt":"p","options":{"colour":1}}"#),
@@ -480,13 +486,74 @@ mod tests {
     #[test]
     fn frames_have_type_seq_and_data() {
         let f = ServerMessage::InputAcknowledged { text: "t".into() }.to_frame(7);
-        assert_eq!(f, r#"{"type":"input_acknowledged","seq":7,"data":{"text":"t"}}"#);
+        assert_eq!(
+            f,
+            r#"{"type":"input_acknowledged","seq":7,"data":{"text":"t"}}"#
+        );
         let f = ServerMessage::Pong {}.to_frame(1);
         assert_eq!(f, r#"{"type":"pong","seq":1,"data":{}}"#);
         let e: ServerMessage = ClientError::new(ErrorCode::NoActiveQuery, "nothing runs").into();
         assert_eq!(
             e.to_frame(2),
             r#"{"type":"error","seq":2,"data":{"error":"nothing runs","code":"no_active_query"}}"#
+        );
+    }
+
+    /// A property test over the parser: for many random and mutated frames, parsing
+    /// never panics, and every refusal carries a code and a non-empty sentence.
+    #[test]
+    fn parser_never_panics_on_random_or_mutated_input() {
+        let seeds = [
+            r#"{"type":"query","prompt":"hi","options":{"cwd":"/tmp","max_turns":3,"allowed_tools":["Write"]}}"#,
+            r#"{"type":"batch","messages":[{"type":"ping"},{"type":"input","text":"x"}]}"#,
+            r#"{"type":"interrupt"}"#,
+            r#"{"type":"input","text":"\u00e9\ud83d\ude00"}"#,
+        ];
+        let alphabet: &[u8] = b"{}[]\":,.-+eE0123456789 \t\n\\u00tfnrlsaqyp\xff\x00";
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            // xorshift64*: deterministic, so a failure reproduces.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let mut accepted = 0;
+        for i in 0..20_000 {
+            let mut bytes: Vec<u8> = if i % 2 == 0 {
+                seeds[(next() % seeds.len() as u64) as usize]
+                    .as_bytes()
+                    .to_vec()
+            } else {
+                (0..next() % 64)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect()
+            };
+            for _ in 0..(next() % 4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = (next() % bytes.len() as u64) as usize;
+                match next() % 3 {
+                    0 => bytes[at] = alphabet[(next() % alphabet.len() as u64) as usize],
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, alphabet[(next() % alphabet.len() as u64) as usize]),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            match parse_client_text(&text) {
+                Ok(_) => accepted += 1,
+                Err(e) => {
+                    assert!(!e.message.is_empty());
+                    assert!(!e.code.as_str().is_empty());
+                }
+            }
+        }
+        assert!(
+            accepted > 100,
+            "the generator should also produce valid frames"
         );
     }
 

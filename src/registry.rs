@@ -149,7 +149,9 @@ impl Registry {
         }
         if self
             .reserved
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_err()
         {
             return Err(SlotRefusal::ServerFull);
@@ -164,7 +166,9 @@ impl Registry {
     /// Take a running-query slot unless `max` are taken.
     pub fn start_running(self: &Arc<Self>, max: usize) -> Option<Running> {
         self.running
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Running {
                 registry: self.clone(),
@@ -272,9 +276,15 @@ mod tests {
     fn slots_are_limited_and_given_back() {
         let r = Arc::new(Registry::default());
         let a = r.reserve("1.1.1.1", 2, 1).unwrap();
-        assert_eq!(r.reserve("1.1.1.1", 2, 1).err(), Some(SlotRefusal::PeerFull));
+        assert_eq!(
+            r.reserve("1.1.1.1", 2, 1).err(),
+            Some(SlotRefusal::PeerFull)
+        );
         let b = r.reserve("2.2.2.2", 2, 1).unwrap();
-        assert_eq!(r.reserve("3.3.3.3", 2, 1).err(), Some(SlotRefusal::ServerFull));
+        assert_eq!(
+            r.reserve("3.3.3.3", 2, 1).err(),
+            Some(SlotRefusal::ServerFull)
+        );
         drop(a);
         assert!(r.reserve("1.1.1.1", 2, 1).is_ok());
         drop(b);

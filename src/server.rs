@@ -33,7 +33,10 @@ pub enum Error {
     /// The configuration is inconsistent.
     Config(crate::config::ConfigError),
     /// A listener could not be bound.
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for Error {
@@ -90,7 +93,8 @@ impl ServerHandle {
         if !self.shared.shutting_down.swap(true, Ordering::SeqCst) {
             log::info!("shutting down");
             // Wake the accept loop, blocked in accept(2).
-            let _ = TcpStream::connect_timeout(&wake_addr(self.shared.ws_addr), Duration::from_secs(1));
+            let _ =
+                TcpStream::connect_timeout(&wake_addr(self.shared.ws_addr), Duration::from_secs(1));
         }
     }
 }
@@ -134,13 +138,10 @@ impl Server {
             addr: http_bind.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let http_addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| Error::Bind {
-                addr: http_bind,
-                source: std::io::Error::other("not an IP listener"),
-            })?;
+        let http_addr = http.server_addr().to_ip().ok_or_else(|| Error::Bind {
+            addr: http_bind,
+            source: std::io::Error::other("not an IP listener"),
+        })?;
         let child_env = spec::child_env(std::env::vars(), &config.pass_env);
         let (n, window) = config.rate_limit;
         let shared = Arc::new(Shared {

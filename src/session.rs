@@ -21,8 +21,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use crate::child::{Child, ChildEvent, ChildSpec};
-use crate::link::{Inbound, Link, LinkError, HIGH_WATER};
 use crate::limits::RateWindow;
+use crate::link::{Inbound, Link, LinkError, HIGH_WATER};
 use crate::protocol::{
     parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, ErrorCode,
     QueryOptions, QueryOutcome, ServerMessage,
@@ -238,7 +238,10 @@ impl<'a> Session<'a> {
         if prompt.len() > config.max_prompt_bytes {
             return self.send_error(ClientError::new(
                 ErrorCode::InvalidField,
-                format!("the prompt is longer than {} bytes", config.max_prompt_bytes),
+                format!(
+                    "the prompt is longer than {} bytes",
+                    config.max_prompt_bytes
+                ),
             ));
         }
         let key = match spec::build(config, &self.shared.child_env, &options) {
@@ -603,9 +606,16 @@ impl<'a> Session<'a> {
             }
             self.end_query(QueryOutcome::Interrupted);
         }
-        if let (Some(idle), true, true) = (config.child_idle, self.child.is_some(), self.query.is_none()) {
+        if let (Some(idle), true, true) = (
+            config.child_idle,
+            self.child.is_some(),
+            self.query.is_none(),
+        ) {
             if now >= self.child_idle_since + idle {
-                log::info!("[{}] claude idle for {idle:?}; stopping it until the next query", self.label);
+                log::info!(
+                    "[{}] claude idle for {idle:?}; stopping it until the next query",
+                    self.label
+                );
                 self.stop_child();
             }
         }

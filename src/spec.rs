@@ -38,9 +38,11 @@ const ENV_ALLOW: &[&str] = &[
 ];
 /// Prefixes of environment variables every child gets (the CLI's own settings).
 const ENV_ALLOW_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_", "LC_"];
-/// Never passed, whatever the lists say: makes the CLI believe it runs nested inside
-/// another Claude Code session.
+/// Never passed, whatever the lists say: `CLAUDECODE` makes the CLI believe it runs
+/// nested inside another Claude Code session; `CLAUDE_WS_*` are this server's own
+/// settings (its auth token and JWT secret among them).
 const ENV_DENY: &[&str] = &["CLAUDECODE"];
+const ENV_DENY_PREFIXES: &[&str] = &["CLAUDE_WS_"];
 
 /// The child's environment: the allow-list above plus `pass_env`, taken from `vars`.
 pub fn child_env(
@@ -51,6 +53,7 @@ pub fn child_env(
         .into_iter()
         .filter(|(k, _)| {
             !ENV_DENY.contains(&k.as_str())
+                && !ENV_DENY_PREFIXES.iter().any(|p| k.starts_with(p))
                 && (ENV_ALLOW.contains(&k.as_str())
                     || ENV_ALLOW_PREFIXES.iter().any(|p| k.starts_with(p))
                     || pass_env.iter().any(|p| p == k))
@@ -77,7 +80,12 @@ pub fn build(
         disallowed.extend(tools.iter().cloned());
     }
     if !disallowed.is_empty() {
-        push_list(&mut args, "--disallowedTools", &disallowed, "disallowed_tools")?;
+        push_list(
+            &mut args,
+            "--disallowedTools",
+            &disallowed,
+            "disallowed_tools",
+        )?;
     }
     if let Some(mode) = &options.permission_mode {
         if !crate::config::PERMISSION_MODES.contains(&mode.as_str()) {
@@ -240,8 +248,13 @@ pub fn confine_cwd(dir: &str, roots: &[PathBuf]) -> Result<PathBuf, ClientError>
 /// Whether `path` is `root` or below it, component by component (so `/srv/work-evil`
 /// is not inside `/srv/work`).
 fn is_within(path: &Path, root: &Path) -> bool {
-    let mut p = path.components().filter(|c| !matches!(c, Component::CurDir));
-    for r in root.components().filter(|c| !matches!(c, Component::CurDir)) {
+    let mut p = path
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir));
+    for r in root
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+    {
         if p.next() != Some(r) {
             return false;
         }
@@ -256,8 +269,14 @@ mod tests {
     #[test]
     fn within_compares_components_not_strings() {
         assert!(is_within(Path::new("/srv/work"), Path::new("/srv/work")));
-        assert!(is_within(Path::new("/srv/work/a/b"), Path::new("/srv/work")));
-        assert!(!is_within(Path::new("/srv/work-evil"), Path::new("/srv/work")));
+        assert!(is_within(
+            Path::new("/srv/work/a/b"),
+            Path::new("/srv/work")
+        ));
+        assert!(!is_within(
+            Path::new("/srv/work-evil"),
+            Path::new("/srv/work")
+        ));
         assert!(!is_within(Path::new("/srv"), Path::new("/srv/work")));
         assert!(is_within(Path::new("/anything"), Path::new("/")));
     }
@@ -271,6 +290,7 @@ mod tests {
             ("ANTHROPIC_API_KEY", "k"),
             ("CLAUDE_CODE_X", "1"),
             ("CLAUDECODE", "1"),
+            ("CLAUDE_WS_AUTH_TOKEN", "t"),
             ("EXTRA", "e"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -324,7 +344,10 @@ mod tests {
                 ..Default::default()
             },
         ] {
-            assert_eq!(build(&c, &[], &bad).unwrap_err().code, ErrorCode::InvalidOption);
+            assert_eq!(
+                build(&c, &[], &bad).unwrap_err().code,
+                ErrorCode::InvalidOption
+            );
         }
         let bypass = QueryOptions {
             permission_mode: Some("bypassPermissions".into()),
@@ -345,7 +368,10 @@ mod tests {
             ..Default::default()
         };
         let s = resuming(&build(&c, &[], &o).unwrap(), "new");
-        assert!(!s.args.iter().any(|a| a == "--continue" || a == "--resume=old"));
+        assert!(!s
+            .args
+            .iter()
+            .any(|a| a == "--continue" || a == "--resume=old"));
         assert!(s.args.iter().any(|a| a == "--resume=new"));
     }
 }

@@ -81,7 +81,10 @@ pub fn translate(mut line: Map<String, Value>) -> CliEvent {
         }
         "result" => {
             let session_id = string(&line, "session_id");
-            let is_error = line.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+            let is_error = line
+                .get("is_error")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             let mut take = |k: &str| line.remove(k).unwrap_or(Value::Null);
             let total_cost_usd = take("total_cost_usd");
             let message = ServerMessage::ResultMessage {
@@ -172,12 +175,9 @@ mod tests {
     /// client needs.
     #[test]
     fn real_transcripts_translate() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/claude-cli/transcripts");
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            // Not every checkout has the shared folder beside it; tests/ covers the
-            // same ground against the real CLI.
-            return;
-        };
+        // Copies of real CLI 2.1.197 output (see tests/fixtures/transcripts).
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/transcripts");
+        let entries = std::fs::read_dir(dir).expect("transcripts are in the repo");
         let mut seen = 0;
         for entry in entries.flatten() {
             let text = std::fs::read_to_string(entry.path()).unwrap();
@@ -207,15 +207,19 @@ mod tests {
 
     #[test]
     fn tool_results_become_assistant_messages_and_echoes_are_dropped() {
-        let e = translate(obj(json!({"type":"user","message":{"role":"user","content":[
+        let e = translate(obj(
+            json!({"type":"user","message":{"role":"user","content":[
             {"type":"tool_result","tool_use_id":"t1","content":"ok","is_error":false}]},
-            "parent_tool_use_id":null})));
+            "parent_tool_use_id":null}),
+        ));
         let f = frame(e);
         assert_eq!(f["type"], "assistant_message");
         assert_eq!(f["data"]["content"][0]["tool_use_id"], "t1");
         assert!(f["data"].get("parent_tool_use_id").is_none());
-        let e = translate(obj(json!({"type":"user","message":{"role":"user","content":[
-            {"type":"text","text":"[Request interrupted by user]"}]}})));
+        let e = translate(obj(
+            json!({"type":"user","message":{"role":"user","content":[
+            {"type":"text","text":"[Request interrupted by user]"}]}}),
+        ));
         assert!(matches!(e, CliEvent::Internal));
     }
 

@@ -57,8 +57,14 @@ fn bad_client_input_gets_specific_codes_and_the_session_survives() {
         (r#"{"type":"query","prompt":{"a":1}}"#, "invalid_field"),
         (r#"{"type":"input","text":5}"#, "invalid_field"),
         (r#"{"type":"batch","messages":"x"}"#, "invalid_field"),
-        (r#"{"type":"query","prompt":"p","options":{"nope":1}}"#, "invalid_option"),
-        (r#"{"type":"query","prompt":"p","options":[1]}"#, "invalid_option"),
+        (
+            r#"{"type":"query","prompt":"p","options":{"nope":1}}"#,
+            "invalid_option",
+        ),
+        (
+            r#"{"type":"query","prompt":"p","options":[1]}"#,
+            "invalid_option",
+        ),
         (r#"{"type":"interrupt"}"#, "no_active_query"),
         (r#"{"type":"input","text":"more"}"#, "no_active_query"),
     ];
@@ -126,7 +132,10 @@ fn missing_binary_reports_and_session_survives() {
     assert_eq!(types(&msgs), ["query_start", "error", "query_end"]);
     let e = only(&msgs, "error");
     assert_eq!(e["code"], "claude_spawn_failed");
-    assert!(e["error"].as_str().unwrap().contains("/nonexistent/claude"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("/nonexistent/claude"),
+        "{e}"
+    );
     assert_eq!(only(&msgs, "query_end")["outcome"], "error");
     c.send(json!({"type": "ping"}));
     assert_eq!(c.recv()["type"], "pong");
@@ -159,7 +168,11 @@ fn child_exiting_at_start_shows_its_stderr() {
     let mut c = s.connect();
     for _ in 0..2 {
         let msgs = c.query("hi", json!({}));
-        assert_eq!(types(&msgs), ["query_start", "error", "query_end"], "{msgs:?}");
+        assert_eq!(
+            types(&msgs),
+            ["query_start", "error", "query_end"],
+            "{msgs:?}"
+        );
         let e = only(&msgs, "error");
         assert_eq!(e["code"], "claude_exited");
         let text = e["error"].as_str().unwrap();
@@ -204,10 +217,7 @@ fn die_after_some_output_ends_the_query_once() {
         .as_str()
         .unwrap()
         .contains("died"));
-    assert_eq!(
-        msgs.iter().filter(|m| m["type"] == "query_end").count(),
-        1
-    );
+    assert_eq!(msgs.iter().filter(|m| m["type"] == "query_end").count(), 1);
 }
 
 #[test]
@@ -264,7 +274,10 @@ fn interrupt_of_a_hung_child_kills_its_group_and_the_session_goes_on() {
         ["interrupt_acknowledged", "query_interrupted", "query_end"]
     );
     assert_eq!(only(&msgs, "query_end")["outcome"], "interrupted");
-    assert!(eventually(WAIT, || !pid_alive(pid)), "child {pid} still alive");
+    assert!(
+        eventually(WAIT, || !pid_alive(pid)),
+        "child {pid} still alive"
+    );
     let msgs = c.query("next", json!({}));
     assert!(assistant_text(&msgs).contains("Echo: next"));
 }
@@ -441,9 +454,7 @@ fn sigterm_closes_clients_with_1001_stops_children_and_exits_0() {
 
 #[test]
 fn a_client_that_stops_reading_is_disconnected_and_others_are_unaffected() {
-    let s = ServerOptions::fake()
-        .arg("--stall-timeout-secs=1")
-        .start();
+    let s = ServerOptions::fake().arg("--stall-timeout-secs=1").start();
     let mut slow = s.connect();
     // 2,000 lines of 64 KiB: far more than socket buffers and the high-water mark.
     slow.send(json!({"type": "query", "prompt": "flood 2000 65536"}));

@@ -128,7 +128,10 @@ fn input_during_a_query_reaches_the_model() {
     c.until("system_message");
     c.send(json!({"type": "input", "text": "make it TypeScript"}));
     let msgs = c.until("query_end");
-    assert_eq!(only(&msgs, "input_acknowledged")["text"], "make it TypeScript");
+    assert_eq!(
+        only(&msgs, "input_acknowledged")["text"],
+        "make it TypeScript"
+    );
     let results = msgs
         .iter()
         .filter(|m| m["type"] == "result_message")
@@ -178,7 +181,10 @@ fn partial_messages_arrive_as_stream_events() {
     let s = real(&api);
     let mut c = s.connect();
     let msgs = c.query("hello", json!({"include_partial_messages": true}));
-    let events: Vec<_> = msgs.iter().filter(|m| m["type"] == "stream_event").collect();
+    let events: Vec<_> = msgs
+        .iter()
+        .filter(|m| m["type"] == "stream_event")
+        .collect();
     assert!(!events.is_empty(), "{:?}", types(&msgs));
     assert!(events
         .iter()
@@ -194,7 +200,10 @@ fn idle_child_is_stopped_and_resumed_transparently() {
     let mut c = s.connect();
     c.query("remember echo", json!({}));
     let pid = s.sessions()[0]["child_pid"].as_u64().unwrap() as u32;
-    assert!(eventually(WAIT, || !pid_alive(pid)), "idle child not stopped");
+    assert!(
+        eventually(WAIT, || !pid_alive(pid)),
+        "idle child not stopped"
+    );
     assert!(eventually(WAIT, || s.get("/health").1["children"] == 0));
     assert_eq!(s.sessions()[0]["child_pid"], Value::Null);
     let msgs = c.query("recall", json!({}));

@@ -215,9 +215,9 @@ impl TestServer {
 
     /// Connect and read `connection_established`.
     pub fn connect(&self) -> Client {
-        let mut c = self.try_connect(&self.ws_url, &[]).unwrap_or_else(|e| {
-            panic!("connect failed: {e}\nserver log:\n{}", self.logs())
-        });
+        let mut c = self
+            .try_connect(&self.ws_url, &[])
+            .unwrap_or_else(|e| panic!("connect failed: {e}\nserver log:\n{}", self.logs()));
         let hello = c.recv();
         assert_eq!(hello["type"], "connection_established", "{hello}");
         c.session_id = hello["data"]["session_id"].as_str().unwrap().to_string();
@@ -337,7 +337,10 @@ pub fn http_request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
