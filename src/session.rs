@@ -74,6 +74,8 @@ pub struct Session<'a> {
     child_events: Receiver<ChildEvent>,
     /// The spec the current child was built from, before any `--resume` was added.
     child_key: Option<ChildSpec>,
+    /// The spec the last child (live or not) was built from.
+    last_key: Option<ChildSpec>,
     child_idle_since: Instant,
     claude_session_id: Option<String>,
     query: Option<Query>,
@@ -106,6 +108,7 @@ impl<'a> Session<'a> {
             child: None,
             child_events: never(),
             child_key: None,
+            last_key: None,
             child_idle_since: now,
             claude_session_id: None,
             query: None,
@@ -301,9 +304,12 @@ impl<'a> Session<'a> {
         if self.child.is_some() {
             return Ok(());
         }
+        // Continue this session's conversation, unless the client has just asked for
+        // a specific one (new options with `resume` or `continue_conversation`).
+        let asked_for_own = spec::picks_conversation(&key) && self.last_key.as_ref() != Some(&key);
         let spec = match &self.claude_session_id {
-            Some(id) => spec::resuming(&key, id),
-            None => key.clone(),
+            Some(id) if !asked_for_own => spec::resuming(&key, id),
+            _ => key.clone(),
         };
         let child = Child::spawn(&spec, &self.label).map_err(|e| {
             log::warn!("[{}] {e}", self.label);
@@ -317,6 +323,7 @@ impl<'a> Session<'a> {
         }));
         self.child_events = child.events().clone();
         self.child = Some(child);
+        self.last_key = Some(key.clone());
         self.child_key = Some(key);
         Ok(())
     }

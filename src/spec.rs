@@ -158,6 +158,13 @@ pub fn resuming(spec: &ChildSpec, id: &str) -> ChildSpec {
     s
 }
 
+/// Whether the spec names a conversation itself (`--resume` or `--continue`).
+pub fn picks_conversation(spec: &ChildSpec) -> bool {
+    spec.args
+        .iter()
+        .any(|a| a == "--continue" || a.starts_with("--resume="))
+}
+
 /// Push `--flag v1 v2 …`. Each value is its own argv entry, so none may look like a
 /// flag (the CLI would read it as one).
 fn push_list(

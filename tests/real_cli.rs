@@ -209,3 +209,21 @@ fn idle_child_is_stopped_and_resumed_transparently() {
     let msgs = c.query("recall", json!({}));
     assert!(assistant_text(&msgs).contains("remember echo"));
 }
+
+#[test]
+fn an_explicit_resume_switches_conversation_within_a_session() {
+    let api = MockApi::start();
+    let s = real(&api);
+    let mut other = s.connect();
+    let golf = result_session_id(&other.query("remember golf", json!({})));
+    drop(other);
+    let mut c = s.connect();
+    c.query("remember foxtrot", json!({}));
+    let msgs = c.query("recall", json!({"resume": golf}));
+    let text = assistant_text(&msgs);
+    assert!(text.contains("remember golf"), "{text}");
+    assert!(!text.contains("foxtrot"), "{text}");
+    // The same options again continue that conversation, not restart it.
+    let msgs = c.query("recall", json!({"resume": golf}));
+    assert!(assistant_text(&msgs).contains("remember golf"));
+}
