@@ -331,6 +331,14 @@ impl Link {
     }
 }
 
+impl Drop for Link {
+    /// Even if the session ends without `finish` (a panic), the socket is shut so the
+    /// reader thread and the peer learn at once.
+    fn drop(&mut self) {
+        let _ = self.ws.get_ref().tcp.shutdown(Shutdown::Both);
+    }
+}
+
 fn read_socket(tcp: Arc<TcpStream>, tx: Sender<Inbound>) {
     let mut buf = [0u8; READ_CHUNK];
     loop {
