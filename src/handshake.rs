@@ -22,6 +22,8 @@ pub struct Admission {
 }
 
 /// Check an upgrade request. On success `admitted` holds the session's slot.
+// The error type is fixed by tungstenite's handshake `Callback`.
+#[allow(clippy::result_large_err)]
 pub fn check(
     shared: &Shared,
     peer: SocketAddr,

@@ -127,6 +127,8 @@ pub struct QueryOptions {
 }
 
 /// A message from the client.
+// Parsed and handled one at a time; boxing the query's options would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
     /// Start a query: `{"type":"query","prompt":"…","options":{…}}`.
@@ -311,6 +313,9 @@ pub enum QueryOutcome {
 
 /// A message from the server. Serialized as `{"type": …, "seq": …, "data": {…}}`
 /// by [`ServerMessage::to_frame`].
+// Messages are built and serialized at once, never stored in bulk, so the size of the
+// largest variant (a result's ten fields) costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum ServerMessage {

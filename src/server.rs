@@ -262,6 +262,8 @@ fn serve_connection(shared: &Shared, tcp: TcpStream) {
     let tcp = Arc::new(tcp);
     let duplex = Duplex::for_handshake(tcp.clone(), config.handshake_timeout);
     let mut admitted: Option<Admission> = None;
+    // The closure's error type is fixed by tungstenite's handshake `Callback`.
+    #[allow(clippy::result_large_err)]
     let ws = tungstenite::accept_hdr_with_config(
         duplex,
         |req: &tungstenite::handshake::server::Request, resp| {

@@ -58,6 +58,8 @@ pub fn send_nonblocking(sock: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
 
 /// Raise the soft limit on open files as far as `want` (never above the hard limit) and
 /// return the soft limit now in force.
+// `rlim_t` is u64 here but not on every platform.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_fd_limit(want: u64) -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
