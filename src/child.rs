@@ -250,7 +250,8 @@ impl Child {
     /// the child itself has gone (a Bash-tool command) is killed too. Each step is
     /// logged with what ended it. Safe to call twice.
     pub fn stop(&mut self, grace: Duration, label: &str) -> Ending {
-        if let Some(e) = self.ended.filter(|_| !sys::group_exists(self.pid)) {
+        if let Some(e) = self.ended {
+            self.sweep_group(label);
             return e;
         }
         let pid = self.pid;

@@ -3,7 +3,6 @@
 //! secret.
 
 use std::process::Command;
-use std::sync::OnceLock;
 
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
@@ -86,9 +85,8 @@ fn health(shared: &Shared) -> serde_json::Value {
 
 /// `claude --version`, asked once (it takes a moment) and remembered.
 fn claude_version(shared: &Shared) -> serde_json::Value {
-    static VERSION: OnceLock<Result<String, String>> = OnceLock::new();
     let bin = &shared.config.claude_bin;
-    let v = VERSION.get_or_init(|| {
+    let v = shared.claude_version.get_or_init(|| {
         match Command::new(bin)
             .arg("--version")
             .env_clear()

@@ -44,3 +44,11 @@ mod translate;
 
 pub use config::{Config, ConfigError, Invocation};
 pub use server::{Error, Server, ServerHandle};
+
+/// Compile-time checks: the embed API can cross threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Server>();
+    send_sync::<ServerHandle>();
+    send_sync::<Config>();
+};

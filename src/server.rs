@@ -8,7 +8,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,8 @@ pub struct Shared {
     shutting_down: AtomicBool,
     connections: AtomicUsize,
     ws_addr: SocketAddr,
+    /// `claude --version`, asked once by the side port (it takes a moment).
+    pub claude_version: OnceLock<Result<String, String>>,
 }
 
 impl Shared {
@@ -152,6 +154,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             ws_addr,
+            claude_version: OnceLock::new(),
         });
         Ok(Server {
             listener,

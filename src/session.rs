@@ -12,7 +12,6 @@
 //! A query: `query` → `query_start` → the child's events translated → `query_end`.
 //! Exactly one `query_end` follows every `query_start`, whatever happens.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver};
@@ -80,7 +79,6 @@ pub struct Session<'a> {
     claude_session_id: Option<String>,
     query: Option<Query>,
     queries: u64,
-    requests: u64,
     rate: RateWindow,
     last_activity: Instant,
     next_ping: Instant,
@@ -113,7 +111,6 @@ impl<'a> Session<'a> {
             claude_session_id: None,
             query: None,
             queries: 0,
-            requests: 0,
             rate: RateWindow::new(n, window),
             last_activity: now,
             next_ping: now + shared.config.ping_interval,
@@ -190,7 +187,6 @@ impl<'a> Session<'a> {
             match m {
                 Message::Text(text) => {
                     self.last_activity = Instant::now();
-                    self.requests += 1;
                     match parse_client_text(&text) {
                         Ok(msg) => self.dispatch(msg, true),
                         Err(e) => self.send_error(e),
@@ -711,10 +707,4 @@ fn last_chars(s: &str, n: usize) -> &str {
         Some((i, _)) => &s[i..],
         None => s,
     }
-}
-
-/// Compile-time check: the shared state can be handed to session threads.
-#[allow(dead_code)]
-fn assert_shared_is_sync(s: Arc<Shared>) -> impl Send + Sync {
-    s
 }
