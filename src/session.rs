@@ -12,6 +12,7 @@
 //! A query: `query` → `query_start` → the child's events translated → `query_end`.
 //! Exactly one `query_end` follows every `query_start`, whatever happens.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver};
@@ -51,13 +52,51 @@ enum End {
     Shutdown,
 }
 
+/// A running query. When is it over? The CLI answers messages that arrive during a
+/// turn together, in one further turn, so results cannot be counted against messages.
+/// Instead every message we write waits in `unacked` until the CLI echoes it back
+/// (`--replay-user-messages`, merged echoes acknowledge several); a `result` with
+/// nothing left unacknowledged ends the query. Should a CLI not echo at all, the
+/// fallback is the turn boundary: a `result` with no message written since the turn's
+/// `system/init` ends it.
 struct Query {
-    /// User messages written whose `result` has not arrived yet.
-    pending: usize,
+    unacked: VecDeque<String>,
+    written_since_init: usize,
     /// Set once the client interrupted: when the child must have stopped by.
     interrupt_deadline: Option<Instant>,
-    last_failed: bool,
+    /// Interrupt the next turn as soon as it starts (it answers input queued before
+    /// the interrupt, which must not run either).
+    reinterrupt: bool,
     _running: Running,
+}
+
+impl Query {
+    /// Whether messages we wrote still wait for a turn of their own.
+    fn outstanding(&self, child_echoes: bool) -> bool {
+        if child_echoes {
+            !self.unacked.is_empty()
+        } else {
+            self.written_since_init > 0
+        }
+    }
+
+    /// The CLI took `text` into a turn: it is one message of ours, or several queued
+    /// ones joined by newlines.
+    fn acknowledge(&mut self, text: &str) {
+        let mut joined = String::new();
+        for n in 1..=self.unacked.len() {
+            if n > 1 {
+                joined.push('\n');
+            }
+            joined.push_str(&self.unacked[n - 1]);
+            if joined == text {
+                self.unacked.drain(..n);
+                return;
+            }
+        }
+        // Not an exact match (the CLI may have changed the text): take the oldest.
+        self.unacked.pop_front();
+    }
 }
 
 pub struct Session<'a> {
@@ -75,6 +114,8 @@ pub struct Session<'a> {
     child_key: Option<ChildSpec>,
     /// The spec the last child (live or not) was built from.
     last_key: Option<ChildSpec>,
+    /// Whether the current child echoes our messages (seen at least once).
+    child_echoes: bool,
     child_idle_since: Instant,
     claude_session_id: Option<String>,
     query: Option<Query>,
@@ -107,6 +148,7 @@ impl<'a> Session<'a> {
             child_events: never(),
             child_key: None,
             last_key: None,
+            child_echoes: false,
             child_idle_since: now,
             claude_session_id: None,
             query: None,
@@ -266,9 +308,10 @@ impl<'a> Session<'a> {
             prompt: prompt.clone(),
         });
         self.query = Some(Query {
-            pending: 1,
+            unacked: VecDeque::new(),
+            written_since_init: 0,
             interrupt_deadline: None,
-            last_failed: false,
+            reinterrupt: false,
             _running: running,
         });
         let cwd = key.cwd.as_ref().map(|p| p.display().to_string());
@@ -318,6 +361,7 @@ impl<'a> Session<'a> {
             "request": {"subtype": "initialize", "hooks": null}
         }));
         self.child_events = child.events().clone();
+        self.child_echoes = false;
         self.child = Some(child);
         self.last_key = Some(key.clone());
         self.child_key = Some(key);
@@ -332,6 +376,10 @@ impl<'a> Session<'a> {
             "session_id": "default"
         });
         let sent = self.child.as_ref().is_some_and(|c| c.send_line(&line));
+        if let (true, Some(q)) = (sent, &mut self.query) {
+            q.unacked.push_back(text.to_string());
+            q.written_since_init += 1;
+        }
         if !sent {
             self.send_error(ClientError::new(
                 ErrorCode::ClaudeBusy,
@@ -358,9 +406,6 @@ impl<'a> Session<'a> {
             ));
         }
         if self.write_user_message(&text) {
-            if let Some(q) = &mut self.query {
-                q.pending += 1;
-            }
             self.send(ServerMessage::InputAcknowledged { text });
         }
     }
@@ -379,13 +424,17 @@ impl<'a> Session<'a> {
         self.send(ServerMessage::InterruptAcknowledged {});
         if first {
             log::info!("[{}] interrupt", self.label);
-            if let Some(c) = &self.child {
-                c.send_line(&json!({
-                    "type": "control_request",
-                    "request_id": format!("claude_ws_interrupt_{}", self.queries),
-                    "request": {"subtype": "interrupt"}
-                }));
-            }
+            self.send_interrupt();
+        }
+    }
+
+    fn send_interrupt(&self) {
+        if let Some(c) = &self.child {
+            c.send_line(&json!({
+                "type": "control_request",
+                "request_id": format!("claude_ws_interrupt_{}", self.queries),
+                "request": {"subtype": "interrupt"}
+            }));
         }
     }
 
@@ -420,6 +469,13 @@ impl<'a> Session<'a> {
                 } => {
                     self.learn_claude_session(session_id);
                     self.send(message);
+                    self.on_turn_start();
+                }
+                CliEvent::Replay { text } => {
+                    self.child_echoes = true;
+                    if let Some(q) = &mut self.query {
+                        q.acknowledge(&text);
+                    }
                 }
                 CliEvent::Result {
                     session_id,
@@ -451,16 +507,34 @@ impl<'a> Session<'a> {
         }
     }
 
+    fn on_turn_start(&mut self) {
+        let Some(q) = &mut self.query else { return };
+        q.written_since_init = 0;
+        if q.reinterrupt {
+            q.reinterrupt = false;
+            q.interrupt_deadline = Some(Instant::now() + self.shared.config.interrupt_grace);
+            log::info!("[{}] interrupting the turn that answers queued input", self.label);
+            self.send_interrupt();
+        }
+    }
+
     fn on_result(&mut self, is_error: bool) {
+        let echoes = self.child_echoes;
         let Some(q) = &mut self.query else {
-            return; // a result after the query ended (e.g. queued input after an interrupt)
+            return; // a result after the query ended
         };
+        let outstanding = q.outstanding(echoes);
         if q.interrupt_deadline.is_some() {
+            if outstanding {
+                // Input queued before the interrupt starts another turn: stop that too.
+                q.reinterrupt = true;
+                q.interrupt_deadline =
+                    Some(Instant::now() + self.shared.config.interrupt_grace);
+                return;
+            }
             return self.end_query(QueryOutcome::Interrupted);
         }
-        q.pending = q.pending.saturating_sub(1);
-        q.last_failed = is_error;
-        if q.pending == 0 {
+        if !outstanding {
             self.end_query(if is_error {
                 QueryOutcome::Failed
             } else {

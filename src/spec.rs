@@ -8,14 +8,17 @@ use crate::child::ChildSpec;
 use crate::config::Config;
 use crate::protocol::{ClientError, ErrorCode, QueryOptions};
 
-/// The flags every child gets: print mode, stream-json both ways.
-const BASE_ARGS: [&str; 6] = [
+/// The flags every child gets: print mode, stream-json both ways, and our own user
+/// messages echoed back when the CLI takes them into a turn — the only way to know
+/// when a query is over, since messages queued during a turn are answered together.
+const BASE_ARGS: [&str; 7] = [
     "-p",
     "--output-format",
     "stream-json",
     "--verbose",
     "--input-format",
     "stream-json",
+    "--replay-user-messages",
 ];
 
 /// Longest path accepted as `cwd`.
@@ -321,7 +324,7 @@ mod tests {
             ..Default::default()
         };
         let s = build(&c, &[], &o).unwrap();
-        assert_eq!(&s.args[..6], BASE_ARGS);
+        assert_eq!(&s.args[..7], BASE_ARGS);
         for want in [
             "--model=m1",
             "--max-turns=3",

@@ -19,7 +19,10 @@ pub enum CliEvent {
         session_id: Option<String>,
         message: ServerMessage,
     },
-    /// `result`: one user message has been answered.
+    /// A user message of ours echoed back (`--replay-user-messages`): the CLI has taken
+    /// it into a turn. Messages queued during a turn come back merged, joined by `\n`.
+    Replay { text: String },
+    /// `result`: a turn has ended.
     Result {
         session_id: Option<String>,
         is_error: bool,
@@ -45,6 +48,22 @@ pub fn translate(mut line: Map<String, Value>) -> CliEvent {
                 model: message.remove("model"),
                 parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
             })
+        }
+        "user" if line.get("isReplay").and_then(Value::as_bool) == Some(true) => {
+            let content = line
+                .get_mut("message")
+                .and_then(|m| m.get_mut("content"))
+                .map(Value::take);
+            let text = match content {
+                Some(Value::String(s)) => s,
+                Some(Value::Array(blocks)) => blocks
+                    .iter()
+                    .filter_map(|b| b.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => String::new(),
+            };
+            CliEvent::Replay { text }
         }
         "user" => {
             let mut message = take_object(&mut line, "message");
@@ -221,6 +240,16 @@ mod tests {
             {"type":"text","text":"[Request interrupted by user]"}]}}),
         ));
         assert!(matches!(e, CliEvent::Internal));
+    }
+
+    #[test]
+    fn replays_of_our_messages_are_recognised() {
+        let e = translate(obj(json!({"type":"user","message":{"role":"user",
+            "content":"first\nsecond"},"isReplay":true})));
+        match e {
+            CliEvent::Replay { text } => assert_eq!(text, "first\nsecond"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

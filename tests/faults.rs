@@ -470,3 +470,50 @@ fn a_client_that_stops_reading_is_disconnected_and_others_are_unaffected() {
     std::thread::sleep(Duration::from_millis(100));
     drop(slow);
 }
+
+#[test]
+fn inputs_queued_during_a_turn_are_answered_together_and_end_the_query_once() {
+    let s = fake();
+    let mut c = s.connect();
+    c.send(json!({"type": "query", "prompt": "slow 10 50"}));
+    c.until("assistant_message");
+    c.send(json!({"type": "input", "text": "one"}));
+    c.send(json!({"type": "input", "text": "two"}));
+    let msgs = c.until("query_end");
+    // The CLI merges queued messages into one further turn: two results, not three.
+    let results = msgs
+        .iter()
+        .filter(|m| m["type"] == "result_message")
+        .count();
+    assert_eq!(results, 2, "{:?}", types(&msgs));
+    assert!(assistant_text(&msgs).contains("Echo: one\ntwo"));
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed");
+    // Nothing trails the query.
+    c.send(json!({"type": "ping"}));
+    assert_eq!(c.recv()["type"], "pong");
+}
+
+#[test]
+fn interrupt_also_stops_input_queued_before_it() {
+    let s = fake();
+    let mut c = s.connect();
+    c.send(json!({"type": "query", "prompt": "slow 100 50"}));
+    c.until("assistant_message");
+    let pid = s.sessions()[0]["child_pid"].as_u64();
+    c.send(json!({"type": "input", "text": "slow 100 50"}));
+    c.until("input_acknowledged");
+    c.send(json!({"type": "interrupt"}));
+    let msgs = c.until("query_end");
+    assert_eq!(only(&msgs, "query_end")["outcome"], "interrupted");
+    let interrupted = msgs
+        .iter()
+        .filter(|m| m["type"] == "result_message")
+        .all(|m| m["data"]["subtype"] == "error_during_execution");
+    assert!(interrupted, "{msgs:?}");
+    // The child honoured both interrupts: it was not killed.
+    assert_eq!(s.sessions()[0]["child_pid"].as_u64(), pid);
+    c.send(json!({"type": "ping"}));
+    assert_eq!(c.recv()["type"], "pong");
+    let msgs = c.query("after", json!({}));
+    assert!(assistant_text(&msgs).contains("Echo: after"));
+}

@@ -227,3 +227,22 @@ fn an_explicit_resume_switches_conversation_within_a_session() {
     let msgs = c.query("recall", json!({"resume": golf}));
     assert!(assistant_text(&msgs).contains("remember golf"));
 }
+
+#[test]
+fn several_inputs_during_a_turn_end_the_query_once() {
+    let api = MockApi::start();
+    let s = real(&api);
+    let mut c = s.connect();
+    c.send(json!({"type": "query", "prompt": "slow 15 100"}));
+    c.until("system_message");
+    c.send(json!({"type": "input", "text": "first extra"}));
+    c.send(json!({"type": "input", "text": "second extra"}));
+    let msgs = c.until("query_end");
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed");
+    let text = assistant_text(&msgs);
+    assert!(text.contains("first extra"), "{text}");
+    assert!(text.contains("second extra"), "{text}");
+    // Nothing of the query trails its query_end.
+    c.send(json!({"type": "ping"}));
+    assert_eq!(c.recv()["type"], "pong");
+}

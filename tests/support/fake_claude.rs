@@ -162,27 +162,25 @@ impl Mode {
         let first = words.next().unwrap_or_default();
         let args: Vec<&str> = words.collect();
         let num = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
-        match (first, args.len()) {
-            ("slow", 1 | 2) if num(0).is_some() => Mode::Slow {
-                count: num(0).unwrap_or_default(),
-                pause: Duration::from_millis(num(1).unwrap_or(SLOW_DEFAULT_MS)),
+        match (first, args.len(), num(0), num(1)) {
+            ("slow", 1 | 2, Some(count), ms) => Mode::Slow {
+                count,
+                pause: Duration::from_millis(ms.unwrap_or(SLOW_DEFAULT_MS)),
             },
-            ("crash", 0) => Mode::Crash,
-            ("hang", 0) => Mode::Hang,
-            ("ignore-signals", 0) => Mode::IgnoreSignals,
-            ("garbage", 0) => Mode::Garbage,
-            ("stderr-flood", 1) if num(0).is_some() => {
-                Mode::StderrFlood(num(0).unwrap_or_default() as usize)
-            }
-            ("huge", 1) if num(0).is_some() => Mode::Huge(num(0).unwrap_or_default() as usize),
-            ("grandchild", 0) => Mode::Grandchild,
-            ("dump-env", 0) => Mode::DumpEnv,
-            ("die-after", 1) if num(0).is_some() => Mode::DieAfter(num(0).unwrap_or_default()),
-            ("flood", 2) if num(0).is_some() && num(1).is_some() => Mode::Flood {
-                lines: num(0).unwrap_or_default(),
-                bytes: num(1).unwrap_or_default() as usize,
+            ("crash", 0, ..) => Mode::Crash,
+            ("hang", 0, ..) => Mode::Hang,
+            ("ignore-signals", 0, ..) => Mode::IgnoreSignals,
+            ("garbage", 0, ..) => Mode::Garbage,
+            ("stderr-flood", 1, Some(bytes), _) => Mode::StderrFlood(bytes as usize),
+            ("huge", 1, Some(bytes), _) => Mode::Huge(bytes as usize),
+            ("grandchild", 0, ..) => Mode::Grandchild,
+            ("dump-env", 0, ..) => Mode::DumpEnv,
+            ("die-after", 1, Some(count), _) => Mode::DieAfter(count),
+            ("flood", 2, Some(lines), Some(bytes)) => Mode::Flood {
+                lines,
+                bytes: bytes as usize,
             },
-            ("replay", _) if !args.is_empty() => {
+            ("replay", 1.., ..) => {
                 let path = prompt.trim_start()["replay".len()..].trim();
                 Mode::Replay(PathBuf::from(path))
             }
@@ -258,7 +256,7 @@ impl Fake {
             match self.inputs.recv() {
                 Ok(Input::User(prompt)) => self.turn(&prompt),
                 Ok(other) => {
-                    self.handle_between_turns(other);
+                    self.handle_input(other);
                 }
                 Err(_) => self.stdin_closed = true,
             }
@@ -275,8 +273,9 @@ impl Fake {
         std::process::exit(0)
     }
 
-    /// Handles an input that does not interrupt anything; true if it was an interrupt.
-    fn handle_between_turns(&mut self, input: Input) -> bool {
+    /// Handles one input: queues a prompt, answers a control request at once, notes
+    /// EOF. True if it was an interrupt (which the caller applies to its turn, if any).
+    fn handle_input(&mut self, input: Input) -> bool {
         match input {
             Input::User(prompt) => self.queued.push(prompt),
             Input::Control(id) => self.control_success(&id),
@@ -299,7 +298,7 @@ impl Fake {
             }
             match self.inputs.recv_timeout(left) {
                 Ok(input) => {
-                    if self.handle_between_turns(input) {
+                    if self.handle_input(input) {
                         return true;
                     }
                 }
@@ -313,17 +312,18 @@ impl Fake {
         }
     }
 
-    /// Handles every input already received, without waiting; true if one was an
-    /// interrupt.
-    fn drain_inputs(&mut self) -> bool {
-        let mut interrupted = false;
+    /// Handles every input already received, without waiting. An interrupt found here
+    /// is answered but has no turn left to stop.
+    fn drain_inputs(&mut self) {
         loop {
             match self.inputs.try_recv() {
-                Ok(input) => interrupted |= self.handle_between_turns(input),
-                Err(TryRecvError::Empty) => return interrupted,
+                Ok(input) => {
+                    self.handle_input(input);
+                }
+                Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     self.stdin_closed = true;
-                    return interrupted;
+                    return;
                 }
             }
         }
@@ -333,6 +333,17 @@ impl Fake {
     fn turn(&mut self, prompt: &str) {
         let started = Instant::now();
         self.emit(&self.init_line());
+        if self.args.iter().any(|a| a == "--replay-user-messages") {
+            // As the real CLI does with this flag: the turn's (merged) user message,
+            // echoed back with isReplay.
+            let line = json!({
+                "type": "user",
+                "message": {"role": "user", "content": prompt},
+                "session_id": self.session_id, "parent_tool_use_id": null,
+                "uuid": self.uuid(), "isReplay": true,
+            });
+            self.emit(&line);
+        }
         let outcome = match Mode::parse(prompt) {
             Mode::Echo => self.say(format!("Echo: {prompt}")),
             Mode::Slow { count, pause } => self.slow(count, pause),
@@ -356,8 +367,7 @@ impl Fake {
             Mode::Flood { lines, bytes } => self.flood(lines, bytes),
             Mode::Replay(path) => self.replay(&path),
         };
-        // Prompts that arrived while the turn ran are queued before its result; an
-        // interrupt this late is answered but has nothing left to stop.
+        // Prompts that arrived while the turn ran are queued before its result.
         self.drain_inputs();
         let line = match outcome {
             Outcome::Done(text) => self.result_success(&text, started),
