@@ -127,10 +127,20 @@ impl Drop for MockApi {
 
 /// Receives requests until `unblock`, handing each to its own thread.
 fn accept_loop(server: &tiny_http::Server, shared: &Arc<Shared>) {
-    while let Ok(request) = server.recv() {
+    loop {
+        let received = server.recv();
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
+        let request = match received {
+            Ok(request) => request,
+            Err(e) => {
+                // E.g. accept failing for lack of fds: keep serving, without spinning.
+                eprintln!("mock api: {e}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
         let worker_shared = Arc::clone(shared);
         let spawned = thread::Builder::new()
             .name("mock-api-request".into())
