@@ -7,6 +7,7 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::auth;
+use crate::protocol::{http_error_body, ErrorCode};
 use crate::registry::{Slot, SlotRefusal};
 use crate::server::Shared;
 
@@ -35,20 +36,20 @@ pub fn check(
     if req.uri().path() != WS_PATH {
         return Err(refuse(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             &format!("the WebSocket endpoint is {WS_PATH}"),
         ));
     }
     if shared.is_shutting_down() {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
+            ErrorCode::ShuttingDown,
             "the server is shutting down",
         ));
     }
     if let Err(why) = auth::check_origin(config, shared.ws_addr(), req) {
         log::warn!("refused {peer}: {why}");
-        return Err(refuse(StatusCode::FORBIDDEN, "forbidden", &why));
+        return Err(refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &why));
     }
     let auth = match auth::authenticate(config, req) {
         Ok(a) => a,
@@ -56,7 +57,7 @@ pub fn check(
             log::warn!("refused {peer}: {why}");
             return Err(refuse(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "missing or invalid credentials",
             ));
         }
@@ -76,7 +77,7 @@ pub fn check(
             log::warn!("refused {peer}: {} sessions already", config.max_sessions);
             return Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "server_full",
+                ErrorCode::ServerFull,
                 &format!(
                     "the server holds its maximum of {} sessions",
                     config.max_sessions
@@ -87,7 +88,7 @@ pub fn check(
             log::warn!("refused {peer}: too many sessions from this address");
             return Err(refuse(
                 StatusCode::TOO_MANY_REQUESTS,
-                "peer_full",
+                ErrorCode::PeerFull,
                 &format!(
                     "this address holds its maximum of {} sessions",
                     config.max_sessions_per_peer
@@ -102,9 +103,8 @@ pub fn check(
     Ok(resp)
 }
 
-fn refuse(status: StatusCode, code: &str, message: &str) -> ErrorResponse {
-    let body = serde_json::json!({"error": message, "code": code}).to_string();
-    let mut r = ErrorResponse::new(Some(body));
+fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(http_error_body(code, message)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert("Content-Type", HeaderValue::from_static("application/json"));

@@ -7,6 +7,7 @@ use std::process::Command;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 
+use crate::protocol::{http_error_body, ErrorCode};
 use crate::server::Shared;
 
 /// Answer requests until the server is unblocked.
@@ -18,7 +19,7 @@ pub fn serve(server: &tiny_http::Server, shared: &Shared) {
         let (status, body) = answered.unwrap_or_else(|_| {
             (
                 500,
-                json!({"error": "internal error", "code": "internal_error"}).to_string(),
+                http_error_body(ErrorCode::InternalError, "internal error"),
             )
         });
         let response = Response::from_string(body)
@@ -53,20 +54,16 @@ fn route(req: &Request, shared: &Shared) -> (u16, String) {
                     log::warn!("refused /sessions from {:?}: {why}", req.remote_addr());
                     (
                         401,
-                        json!({"error": "missing or invalid credentials", "code": "unauthorized"})
-                            .to_string(),
+                        http_error_body(ErrorCode::Unauthorized, "missing or invalid credentials"),
                     )
                 }
             }
         }
         (_, "/health" | "/sessions") => (
             405,
-            json!({"error": "only GET is supported", "code": "method_not_allowed"}).to_string(),
+            http_error_body(ErrorCode::MethodNotAllowed, "only GET is supported"),
         ),
-        _ => (
-            404,
-            json!({"error": "not found", "code": "not_found"}).to_string(),
-        ),
+        _ => (404, http_error_body(ErrorCode::NotFound, "not found")),
     }
 }
 

@@ -51,6 +51,19 @@ pub enum ErrorCode {
     Unauthorized,
     /// The server is shutting down and takes no new queries.
     ShuttingDown,
+    // The codes below answer HTTP requests (a refused handshake, the side port).
+    /// No such path.
+    NotFound,
+    /// The method is not supported on this path.
+    MethodNotAllowed,
+    /// The request's `Origin` or `Host` is not allowed.
+    Forbidden,
+    /// The server holds its maximum number of sessions.
+    ServerFull,
+    /// This peer address holds its maximum number of sessions.
+    PeerFull,
+    /// A bug: the handler failed.
+    InternalError,
 }
 
 impl ErrorCode {
@@ -76,6 +89,12 @@ impl ErrorCode {
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ServerFull => "server_full",
+            ErrorCode::PeerFull => "peer_full",
+            ErrorCode::InternalError => "internal_error",
         }
     }
 }
@@ -100,6 +119,11 @@ impl ClientError {
             message: message.into(),
         }
     }
+}
+
+/// The JSON body of an HTTP refusal: `{"error": "...", "code": "..."}`.
+pub fn http_error_body(code: ErrorCode, message: &str) -> String {
+    serde_json::json!({"error": message, "code": code.as_str()}).to_string()
 }
 
 impl std::fmt::Display for ClientError {
