@@ -153,11 +153,8 @@ const fn list(
     help: &'static str,
 ) -> Flag {
     Flag {
-        name,
-        env,
-        value,
         list: true,
-        help,
+        ..flag(name, env, value, help)
     }
 }
 

@@ -45,6 +45,19 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// Run the stand-in's `dump-env` with `options`: its report and its argv.
+fn dump_env(c: &mut Client, options: Value) -> (Value, Vec<String>) {
+    let msgs = c.query("dump-env", options);
+    let dump: Value = serde_json::from_str(assistant_text(&msgs).trim()).unwrap();
+    let argv = dump["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    (dump, argv)
+}
+
 /// No `claude` child exists under the server.
 fn assert_no_child(s: &TestServer) {
     assert!(children_of(s.pid()).is_empty(), "a child was spawned");
@@ -227,8 +240,7 @@ fn cwd_escapes_are_refused_without_spawning() {
     }
     assert_no_child(&s);
     // Inside is fine, relative or absolute.
-    let msgs = c.query("dump-env", json!({"cwd": "inside"}));
-    let dump: Value = serde_json::from_str(assistant_text(&msgs).trim()).unwrap();
+    let (dump, _) = dump_env(&mut c, json!({"cwd": "inside"}));
     assert_eq!(
         dump["cwd"],
         std::fs::canonicalize(root.join("inside"))
@@ -273,19 +285,18 @@ fn permission_modes_and_flag_lookalikes() {
     }
     assert_no_child(&s);
     // Free text that starts with dashes is passed as one `--flag=value` argument.
-    let msgs = c.query(
-        "dump-env",
+    let (_, argv) = dump_env(
+        &mut c,
         json!({"system_prompt": "--be brief", "permission_mode": "plan"}),
     );
-    let dump: Value = serde_json::from_str(assistant_text(&msgs).trim()).unwrap();
-    let argv: Vec<&str> = dump["argv"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    assert!(argv.contains(&"--system-prompt=--be brief"), "{argv:?}");
-    assert!(argv.contains(&"--permission-mode=plan"), "{argv:?}");
+    assert!(
+        argv.iter().any(|a| a == "--system-prompt=--be brief"),
+        "{argv:?}"
+    );
+    assert!(
+        argv.iter().any(|a| a == "--permission-mode=plan"),
+        "{argv:?}"
+    );
     // The operator may open bypassPermissions.
     let s2 = ServerOptions::fake()
         .arg("--allowed-permission-modes=default,bypassPermissions")
@@ -309,8 +320,7 @@ fn child_environment_is_the_allow_list_and_operator_tools_are_always_disallowed(
         .try_connect(&format!("{}?token={TOKEN}", s.ws_url), &[])
         .unwrap();
     assert_eq!(c.recv()["type"], "connection_established");
-    let msgs = c.query("dump-env", json!({"disallowed_tools": ["Write"]}));
-    let dump: Value = serde_json::from_str(assistant_text(&msgs).trim()).unwrap();
+    let (dump, argv) = dump_env(&mut c, json!({"disallowed_tools": ["Write"]}));
     let env = dump["env"].as_object().unwrap();
     let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
     keys.sort();
@@ -328,12 +338,6 @@ fn child_environment_is_the_allow_list_and_operator_tools_are_always_disallowed(
         ],
         "child env"
     );
-    let argv: Vec<&str> = dump["argv"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
     let i = argv
         .iter()
         .position(|a| *a == "--disallowedTools")
