@@ -517,3 +517,35 @@ fn interrupt_also_stops_input_queued_before_it() {
     let msgs = c.query("after", json!({}));
     assert!(assistant_text(&msgs).contains("Echo: after"));
 }
+
+#[test]
+fn a_child_that_stops_reading_stdin_cannot_stall_the_session() {
+    let s = ServerOptions::fake()
+        .arg("--interrupt-grace-secs=0.5")
+        .start();
+    let mut c = s.connect();
+    c.send(json!({"type": "query", "prompt": "deaf"}));
+    c.until("system_message");
+    // Up to 200 inputs of 200 KB: far more than the pipe and the stdin queue hold.
+    let text = "i".repeat(200_000);
+    let mut busy = false;
+    for _ in 0..200 {
+        c.send(json!({"type": "input", "text": text}));
+        let m = c.recv();
+        if m["type"] == "error" {
+            assert_eq!(m["data"]["code"], "claude_busy", "{m}");
+            busy = true;
+            break;
+        }
+        assert_eq!(m["type"], "input_acknowledged");
+    }
+    assert!(busy, "the server never said the child is not reading");
+    // The session still answers at once, and interrupt still works (by kill).
+    c.send(json!({"type": "ping"}));
+    assert_eq!(c.recv()["type"], "pong");
+    c.send(json!({"type": "interrupt"}));
+    let msgs = c.until("query_end");
+    assert_eq!(only(&msgs, "query_end")["outcome"], "interrupted");
+    let msgs = c.query("after", json!({}));
+    assert!(assistant_text(&msgs).contains("Echo: after"));
+}

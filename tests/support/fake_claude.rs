@@ -62,11 +62,17 @@ enum Input {
     Eof,
 }
 
+/// Set by the `deaf` mode: stdin is no longer read, so the pipe fills up.
+static DEAF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Reads stdin lines until EOF, turning the ones that matter into [`Input`]s.
 fn read_stdin(tx: &Sender<Input>) {
     let mut stdin = io::stdin().lock();
     let mut line = Vec::new();
     loop {
+        if DEAF.load(std::sync::atomic::Ordering::SeqCst) {
+            hang();
+        }
         line.clear();
         match stdin.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => break,
@@ -135,6 +141,8 @@ enum Mode {
     Crash,
     /// `hang`: never answers, not even interrupts (needs a kill).
     Hang,
+    /// `deaf`: like `hang`, and stops reading stdin, so the pipe to it fills up.
+    Deaf,
     /// `ignore-signals`: ignores SIGINT/SIGTERM/SIGHUP, EOF and interrupts: only SIGKILL ends it.
     IgnoreSignals,
     /// `garbage`: three non-JSON stdout lines, then a normal echo.
@@ -169,6 +177,7 @@ impl Mode {
             },
             ("crash", 0, ..) => Mode::Crash,
             ("hang", 0, ..) => Mode::Hang,
+            ("deaf", 0, ..) => Mode::Deaf,
             ("ignore-signals", 0, ..) => Mode::IgnoreSignals,
             ("garbage", 0, ..) => Mode::Garbage,
             ("stderr-flood", 1, Some(bytes), _) => Mode::StderrFlood(bytes as usize),
@@ -349,6 +358,10 @@ impl Fake {
             Mode::Slow { count, pause } => self.slow(count, pause),
             Mode::Crash => crash(),
             Mode::Hang => hang(),
+            Mode::Deaf => {
+                DEAF.store(true, std::sync::atomic::Ordering::SeqCst);
+                hang()
+            }
             Mode::IgnoreSignals => ignore_signals(),
             Mode::Garbage => {
                 for i in 1..=3 {
