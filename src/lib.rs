@@ -2,9 +2,10 @@
 //!
 //! The thread model, in a paragraph: a blocking accept loop ([`Server::run`]) hands each
 //! socket to its own OS thread, which does the handshake and then runs the session's
-//! loop (`session.rs`). A small thread per connection moves raw socket bytes into the
-//! session's channel; a session's `claude` child has three pipe threads (stdout reader,
-//! stderr drain, stdin writer). Client bytes, child events, shutdown and timers all
+//! loop (`session.rs`). One thread watches every connection's socket (epoll) and tells
+//! the session when its client sent something, so a quiet connection costs one thread;
+//! a session's `claude` child has three pipe threads (stdout reader, stderr drain,
+//! stdin writer). Client input, child events, shutdown and timers all
 //! reach the session through one crossbeam `select!`, so one thread decides everything
 //! for a session without locks or polling. A tiny_http thread serves `/health` and
 //! `/sessions` on a side port.

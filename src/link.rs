@@ -1,22 +1,28 @@
 //! The client side of a session: one WebSocket over one TCP socket, shaped so that a
 //! single thread (the session's) can own it without ever blocking on it.
 //!
-//! Why a reader thread and an in-memory stream: tungstenite's `WebSocket<S>` works
-//! over any `Read + Write` and keeps partial frames across `WouldBlock`. A small
-//! reader thread moves raw socket bytes into the session's channel (so the session's
-//! one `select!` sees client traffic, child output and timers alike, with no polling
-//! and no added latency), and the session feeds them to tungstenite from memory. The
-//! alternative — a short read timeout and checking channels between reads — delays
-//! every child event by up to the timeout and wakes every idle session periodically.
+//! Why a socket watcher and an in-memory stream: tungstenite's `WebSocket<S>` works
+//! over any `Read + Write` and keeps partial frames across `WouldBlock`. One thread per
+//! process ([`Watcher`]) waits on every session's socket at once (epoll) and, when one
+//! has input, says so on that session's channel, so the session's one `select!` sees
+//! client traffic, child output and timers alike, with no polling and no added latency.
+//! The session then reads its socket without blocking and feeds the bytes to
+//! tungstenite from memory. A quiet connection thus costs no thread of its own (a
+//! reader thread per connection doubled the threads, their stacks and memory maps,
+//! which capped a server near 8,000 sessions). The alternative — a short read timeout
+//! and checking channels between reads — delays every child event by up to the
+//! timeout and wakes every idle session periodically.
 //!
 //! Writes go out with non-blocking `send`; what the socket does not take waits in
 //! [`Duplex`]'s own queue, whose size is the back-pressure signal the session uses to
 //! stop taking child output (see `session.rs`). A stalled client therefore never
 //! blocks the session thread.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,19 +33,70 @@ use tungstenite::{Message, WebSocket};
 
 use crate::sys;
 
-/// Bytes read from the socket per chunk.
-const READ_CHUNK: usize = 4096;
-/// Chunks that may wait for the session: the back-pressure bound on a flooding client.
-const INBOUND_QUEUE: usize = 16;
+/// tungstenite's read buffer, which every session holds (it grows for a larger frame,
+/// read from memory this much at a time).
+const READ_CHUNK: usize = 1024;
+/// Most bytes asked of the socket in one `recv`.
+const RECV_CHUNK: usize = 16 * 1024;
+/// Most bytes taken from the socket per wake-up: the bound on a flooding client. More
+/// waiting input wakes the session again at once, after it has looked at the rest.
+const READ_LIMIT: usize = 64 * 1024;
 /// Above this much unsent output the session stops taking child events.
 pub const HIGH_WATER: usize = 256 * 1024;
 
-/// What the socket reader thread reports.
-#[derive(Debug)]
-pub enum Inbound {
-    Bytes(Vec<u8>),
-    /// EOF or a read error: the peer is gone.
-    Closed,
+/// The one thread that waits for input on every session's socket.
+struct Watcher {
+    epoll: sys::Epoll,
+    /// Whom to tell when a socket has input: token → the session's channel.
+    sessions: Mutex<HashMap<u64, Sender<()>>>,
+    next_token: AtomicU64,
+}
+
+/// The process's watcher, started with the first connection.
+fn watcher() -> io::Result<&'static Watcher> {
+    static WATCHER: OnceLock<Result<&'static Watcher, String>> = OnceLock::new();
+    WATCHER
+        .get_or_init(|| {
+            let epoll = sys::Epoll::new().map_err(|e| format!("cannot create an epoll: {e}"))?;
+            let w: &'static Watcher = Box::leak(Box::new(Watcher {
+                epoll,
+                sessions: Mutex::new(HashMap::new()),
+                next_token: AtomicU64::new(1),
+            }));
+            thread::Builder::new()
+                .name("sockets".into())
+                .stack_size(64 * 1024)
+                .spawn(move || w.run())
+                .map_err(|e| format!("cannot start the socket watcher: {e}"))?;
+            Ok(w)
+        })
+        .clone()
+        .map_err(io::Error::other)
+}
+
+impl Watcher {
+    fn run(&self) {
+        let mut ready = Vec::new();
+        loop {
+            match self.epoll.wait(&mut ready) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Not expected with a valid epoll; do not spin if it happens.
+                    log::error!("waiting for socket input failed: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            for token in &ready {
+                if let Some(tx) = sessions.get(token) {
+                    // Full: the session has not taken the last word yet, which says the same.
+                    let _ = tx.try_send(());
+                }
+            }
+        }
+    }
 }
 
 /// The stream tungstenite sees: reads come from memory (or, during the handshake,
@@ -83,12 +140,43 @@ impl Duplex {
         }
     }
 
-    fn push_input(&mut self, bytes: &[u8]) {
+    /// Move what the socket has, up to [`READ_LIMIT`], into the input buffer without
+    /// blocking. `Ok(true)` at end of file.
+    fn fill_input(&mut self) -> io::Result<bool> {
         if self.read_pos == self.input.len() {
             self.input.clear();
             self.read_pos = 0;
         }
-        self.input.extend_from_slice(bytes);
+        let mut taken = 0;
+        while taken < READ_LIMIT {
+            let ask = RECV_CHUNK.min(READ_LIMIT - taken);
+            match sys::recv_append(&*self.tcp, &mut self.input, ask) {
+                Ok(0) => return Ok(true),
+                Ok(n) if n < ask => break, // drained (more arriving now re-arms at once)
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Give back the output buffer if it is empty: a burst can leave it hundreds of
+    /// KiB large, and a session between queries has no use for it.
+    fn release_output(&mut self) {
+        if self.output.is_empty() && self.output.capacity() > 0 {
+            self.output = Vec::new();
+        }
+    }
+
+    /// Give back the input buffer once tungstenite has taken all of it, so a quiet
+    /// connection holds no input memory.
+    fn release_input(&mut self) {
+        if self.read_pos == self.input.len() {
+            self.input = Vec::new();
+            self.read_pos = 0;
+        }
     }
 
     /// Send what the socket takes now; keep the rest.
@@ -170,8 +258,10 @@ pub enum LinkError {
 /// One client connection after the handshake.
 pub struct Link {
     ws: WebSocket<Duplex>,
-    inbound: Receiver<Inbound>,
-    reader: Option<thread::JoinHandle<()>>,
+    /// A word from the watcher: the socket has input (or the peer hung up).
+    inbound: Receiver<()>,
+    watcher: &'static Watcher,
+    token: u64,
     peer: std::net::SocketAddr,
     peer_ip: String,
     /// When the peer last sent anything (for the heartbeat).
@@ -190,30 +280,38 @@ pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
 }
 
 impl Link {
-    /// Take over a handshaken WebSocket: switch its stream to in-memory reads and start
-    /// the socket reader thread.
+    /// Take over a handshaken WebSocket: switch its stream to in-memory reads and have
+    /// the watcher report the socket's input. (`_label` is unused: it named the
+    /// per-connection reader thread that the watcher replaced.)
     pub fn start(
         mut ws: WebSocket<Duplex>,
         peer: std::net::SocketAddr,
-        label: &str,
+        _label: &str,
     ) -> io::Result<Link> {
         let tcp = ws.get_ref().tcp.clone();
         tcp.set_read_timeout(None)?;
         tcp.set_nodelay(true)?;
         ws.get_mut().handshake_deadline = None;
-        let (tx, inbound) = bounded(INBOUND_QUEUE);
-        let reader = thread::Builder::new()
-            .name(format!("sock-{label}"))
-            .stack_size(64 * 1024)
-            .spawn(move || read_socket(tcp, tx))?;
-        Ok(Link {
+        let watcher = watcher()?;
+        let token = watcher.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, inbound) = bounded(1);
+        watcher
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, tx);
+        // From here on the link's drop undoes the registration.
+        let link = Link {
             ws,
             inbound,
-            reader: Some(reader),
+            watcher,
+            token,
             peer_ip: peer.ip().to_string(),
             peer,
             last_heard: Instant::now(),
-        })
+        };
+        watcher.epoll.watch(&*tcp, token)?;
+        Ok(link)
     }
 
     pub fn peer(&self) -> std::net::SocketAddr {
@@ -225,20 +323,41 @@ impl Link {
         &self.peer_ip
     }
 
-    /// The channel of raw socket input, for the session's `select!`.
-    pub fn inbound(&self) -> &Receiver<Inbound> {
+    /// Word that the socket has input, for the session's `select!`: then call
+    /// [`receive`](Self::receive).
+    pub fn inbound(&self) -> &Receiver<()> {
         &self.inbound
     }
 
-    /// Feed bytes from the reader thread and hand every complete message to `on_message`.
-    /// Pings are answered by tungstenite; pongs only refresh the heartbeat.
-    pub fn receive(
+    /// Read what the socket has without blocking and hand every complete message to
+    /// `on_message`; then ask the watcher to report the next input. Pings are answered
+    /// by tungstenite; pongs only refresh the heartbeat.
+    pub fn receive(&mut self, on_message: impl FnMut(&mut Self, Message)) -> Result<(), LinkError> {
+        let eof = match self.ws.get_mut().fill_input() {
+            Ok(eof) => eof,
+            Err(e) => return Err(LinkError::Gone(e.to_string())),
+        };
+        if self.ws.get_ref().input.len() > self.ws.get_ref().read_pos {
+            self.last_heard = Instant::now();
+        }
+        let read = self.read_messages(on_message);
+        self.ws.get_mut().release_input();
+        read?;
+        if eof {
+            return Err(LinkError::Gone("connection closed".into()));
+        }
+        let tcp = &self.ws.get_ref().tcp;
+        self.watcher
+            .epoll
+            .rearm(&**tcp, self.token)
+            .map_err(|e| LinkError::Gone(e.to_string()))
+    }
+
+    /// Hand every complete message tungstenite has to `on_message`.
+    fn read_messages(
         &mut self,
-        bytes: Vec<u8>,
         mut on_message: impl FnMut(&mut Self, Message),
     ) -> Result<(), LinkError> {
-        self.last_heard = Instant::now();
-        self.ws.get_mut().push_input(&bytes);
         loop {
             match self.ws.read() {
                 Ok(m @ (Message::Text(_) | Message::Binary(_))) => on_message(self, m),
@@ -290,6 +409,11 @@ impl Link {
         }
     }
 
+    /// Give back buffer memory that only a busy link needs (call when idle).
+    pub fn release_buffers(&mut self) {
+        self.ws.get_mut().release_output();
+    }
+
     /// Bytes queued but not yet taken by the socket.
     pub fn pending(&self) -> usize {
         self.ws.get_ref().pending()
@@ -309,8 +433,8 @@ impl Link {
         let _ = self.ws.flush();
     }
 
-    /// Give queued output up to `limit` to reach the peer, then shut the socket down so
-    /// the reader thread ends, and join it.
+    /// Give queued output up to `limit` to reach the peer, then shut the socket down
+    /// (dropping the link).
     pub fn finish(mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.pending() > 0 && Instant::now() < deadline {
@@ -321,37 +445,20 @@ impl Link {
                 thread::sleep(Duration::from_millis(5));
             }
         }
-        let tcp = self.ws.get_ref().tcp.clone();
-        let _ = tcp.shutdown(Shutdown::Both);
-        // Let go of the channel so a reader blocked on a full queue wakes and ends.
-        self.inbound = crossbeam_channel::never();
-        if let Some(h) = self.reader.take() {
-            let _ = h.join();
-        }
     }
 }
 
 impl Drop for Link {
-    /// Even if the session ends without `finish` (a panic), the socket is shut so the
-    /// reader thread and the peer learn at once.
+    /// However the session ends (`finish`, or a panic), the watcher forgets the socket
+    /// and the socket is shut so the peer learns at once.
     fn drop(&mut self) {
-        let _ = self.ws.get_ref().tcp.shutdown(Shutdown::Both);
+        let tcp = &self.ws.get_ref().tcp;
+        let _ = self.watcher.epoll.forget(&**tcp);
+        self.watcher
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.token);
+        let _ = tcp.shutdown(Shutdown::Both);
     }
-}
-
-fn read_socket(tcp: Arc<TcpStream>, tx: Sender<Inbound>) {
-    let mut buf = [0u8; READ_CHUNK];
-    loop {
-        match (&*tcp).read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if tx.send(Inbound::Bytes(buf[..n].to_vec())).is_err() {
-                    return; // the session is gone
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    let _ = tx.send(Inbound::Closed);
 }

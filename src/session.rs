@@ -1,13 +1,14 @@
 //! One session: the loop that decides everything for one client and its `claude` child.
 //!
-//! Everything that can happen to a session arrives on a channel — raw client bytes
-//! (from the link's reader thread), child stdout events (from the child's reader
-//! thread), server control (shutdown) — or is a timer, and one `select!` takes them one
-//! at a time. Nothing else touches the session's state, so there is no lock around the
-//! socket or the child, and the loop never blocks on either: child stdin writes go
-//! through a queue, socket writes never block (see `link.rs`), and while the client has
-//! more than [`HIGH_WATER`] bytes unread the loop stops taking child events, which
-//! back-pressures the child through its stdout pipe.
+//! Everything that can happen to a session arrives on a channel — word that the client
+//! sent something (from the thread that watches every socket, see `link.rs`), child
+//! stdout (from the child's reader thread), server control (shutdown) — or is a timer,
+//! and one `select!` takes them one at a time. Nothing else touches the session's
+//! state, so there is no lock around the socket or the child, and the loop never blocks
+//! on either: child stdin writes go through a queue, socket reads and writes never
+//! block (see `link.rs`), and while the client has more than [`HIGH_WATER`] bytes unread
+//! the loop stops taking child events, which back-pressures the child through its
+//! stdout pipe.
 //!
 //! A query: `query` → `query_start` → the child's events translated → `query_end`.
 //! Exactly one `query_end` follows every `query_start`, whatever happens.
@@ -20,9 +21,9 @@ use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
-use crate::child::{Child, ChildEvent, ChildSpec};
+use crate::child::{self, Child, ChildEvent, ChildSpec, Line};
 use crate::limits::RateWindow;
-use crate::link::{Inbound, Link, LinkError, HIGH_WATER};
+use crate::link::{Link, LinkError, HIGH_WATER};
 use crate::protocol::{
     parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, ErrorCode,
     QueryOptions, QueryOutcome, ServerMessage,
@@ -38,8 +39,9 @@ pub const CLOSE_IDLE: u16 = 4000;
 pub const CLOSE_STALLED: u16 = 4001;
 /// How often unsent output is retried while the client's socket is full.
 const FLUSH_RETRY: Duration = Duration::from_millis(10);
-/// Child events handled in one go before the loop looks at the client again.
-const EVENT_BATCH: usize = 256;
+/// Child stdout chunks (each up to 64 KiB of lines) handled in one go before the loop
+/// looks at the client again.
+const EVENT_BATCH: usize = 4;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -173,6 +175,12 @@ impl<'a> Session<'a> {
             },
         });
         self.flush();
+        // Frames that came with the handshake are already buffered: no wake-up for them.
+        self.on_client_input();
+        self.flush();
+        // The handshake ran deeper than an idle session ever goes; give those stack
+        // pages back (an idle session is mostly its stack: see the idle-scale benchmark).
+        crate::sys::release_stack_below_caller();
         let end = loop {
             if let Some(end) = self.ending.take() {
                 break end;
@@ -189,10 +197,8 @@ impl<'a> Session<'a> {
                 .saturating_duration_since(Instant::now());
             select! {
                 recv(inbound) -> m => match m {
-                    Ok(Inbound::Bytes(bytes)) => self.on_client_bytes(bytes),
-                    Ok(Inbound::Closed) | Err(_) => {
-                        self.end(End::ClientGone("connection closed".into()))
-                    }
+                    Ok(()) => self.on_client_input(),
+                    Err(_) => self.end(End::ClientGone("connection closed".into())),
                 },
                 recv(events) -> ev => match ev {
                     Ok(ev) => {
@@ -216,15 +222,18 @@ impl<'a> Session<'a> {
             }
             self.on_timers(Instant::now());
             self.flush();
+            if self.query.is_none() {
+                self.link.release_buffers(); // between queries a session stays small
+            }
         };
         self.finish(end);
     }
 
     // ---- client side ------------------------------------------------------------
 
-    fn on_client_bytes(&mut self, bytes: Vec<u8>) {
+    fn on_client_input(&mut self) {
         let mut messages = Vec::new();
-        let result = self.link.receive(bytes, |_, m| messages.push(m));
+        let result = self.link.receive(|_, m| messages.push(m));
         for m in messages {
             match m {
                 Message::Text(text) => {
@@ -461,7 +470,21 @@ impl<'a> Session<'a> {
 
     fn on_child_event(&mut self, ev: ChildEvent) {
         match ev {
-            ChildEvent::Line(line) => match translate(line) {
+            ChildEvent::Lines(chunk) => {
+                for line in child::lines(&chunk) {
+                    self.on_child_line(line);
+                    if self.child.is_none() || self.ending.is_some() {
+                        break; // the child was stopped or the session ends: the rest is moot
+                    }
+                }
+            }
+            ChildEvent::Closed => self.on_child_exit(),
+        }
+    }
+
+    fn on_child_line(&mut self, line: Line) {
+        match line {
+            Line::Json(line) => match translate(line) {
                 CliEvent::Forward(m) => self.send(m),
                 CliEvent::Init {
                     session_id,
@@ -492,11 +515,10 @@ impl<'a> Session<'a> {
                 } => self.refuse_control_request(request_id, &subtype),
                 CliEvent::Internal => {}
             },
-            ChildEvent::Invalid(text) => self.send_error(ClientError::new(
+            Line::Invalid(text) => self.send_error(ClientError::new(
                 ErrorCode::ClaudeOutputInvalid,
                 format!("claude printed a line that is not a JSON object: {text:?}"),
             )),
-            ChildEvent::Closed => self.on_child_exit(),
         }
     }
 
@@ -513,7 +535,10 @@ impl<'a> Session<'a> {
         if q.reinterrupt {
             q.reinterrupt = false;
             q.interrupt_deadline = Some(Instant::now() + self.shared.config.interrupt_grace);
-            log::info!("[{}] interrupting the turn that answers queued input", self.label);
+            log::info!(
+                "[{}] interrupting the turn that answers queued input",
+                self.label
+            );
             self.send_interrupt();
         }
     }
@@ -528,8 +553,7 @@ impl<'a> Session<'a> {
             if outstanding {
                 // Input queued before the interrupt starts another turn: stop that too.
                 q.reinterrupt = true;
-                q.interrupt_deadline =
-                    Some(Instant::now() + self.shared.config.interrupt_grace);
+                q.interrupt_deadline = Some(Instant::now() + self.shared.config.interrupt_grace);
                 return;
             }
             return self.end_query(QueryOutcome::Interrupted);

@@ -2,7 +2,7 @@
 //! the crate stays free of `unsafe`.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Signals the server sends to a child's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,138 @@ pub fn send_nonblocking(sock: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
         Ok(n as usize)
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Receive up to `max` bytes without blocking, appended to `buf`. `Ok(0)` is end of
+/// file; `WouldBlock` means nothing is waiting.
+pub fn recv_append(sock: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    // SAFETY: recv writes at most `len` bytes into the spare capacity we own.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            len,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised exactly `n` (≤ `len`) bytes past the old length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// An epoll instance: one thread learns which of many sockets have input. Sockets are
+/// watched one-shot: after a socket is reported it stays quiet until re-armed, so the
+/// watcher never spins on input its owner has not read yet.
+pub struct Epoll(OwnedFd);
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ctl(&self, op: libc::c_int, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32,
+            u64: token,
+        };
+        // SAFETY: the kernel reads the event we own for the duration of the call.
+        let rc = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, sock.as_raw_fd(), &mut event) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Report `token` once when `sock` has input (or the peer hung up).
+    pub fn watch(&self, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, sock, token)
+    }
+
+    /// Report `token` once more when `sock` has input (at once if it has some now).
+    pub fn rearm(&self, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, sock, token)
+    }
+
+    /// Stop watching `sock`.
+    pub fn forget(&self, sock: &impl AsRawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, sock, 0)
+    }
+
+    /// Block until watched sockets have input; their tokens replace `tokens`' contents.
+    pub fn wait(&self, tokens: &mut Vec<u64>) -> io::Result<()> {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
+        // SAFETY: the kernel writes at most `events.len()` entries into the array we own.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                -1,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        tokens.clear();
+        tokens.extend(events[..n as usize].iter().map(|e| e.u64));
+        Ok(())
+    }
+}
+
+/// Give the kernel back the pages of the calling thread's stack below the caller's
+/// frame (keeping a small margin). Memory below the stack pointer holds nothing
+/// live; a page comes back, zeroed, if the thread goes that deep again. A session calls
+/// this once it is set up: the handshake's deep frames would otherwise stay resident
+/// for the whole life of an idle connection.
+#[inline(never)]
+pub fn release_stack_below_caller() {
+    let marker = 0u8;
+    let here = std::hint::black_box(&marker) as *const u8 as usize;
+    // SAFETY: sysconf only reads a system constant.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => return,
+    };
+    // SAFETY: an all-zero pthread_attr_t is a valid argument for pthread_getattr_np,
+    // which initialises it; it is destroyed right after use.
+    let low = unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return;
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 {
+            return;
+        }
+        addr as usize
+    };
+    let low = low.div_ceil(page) * page;
+    // Keep 2 KiB under this frame: madvise's own small frame is there during the call.
+    let high = (here.saturating_sub(2048) / page) * page;
+    if high > low {
+        // SAFETY: [low, high) is this thread's own stack, below every live frame (the
+        // stack grows down and `high` is a page under this function's frame).
+        unsafe {
+            libc::madvise(low as *mut libc::c_void, high - low, libc::MADV_DONTNEED);
+        }
     }
 }
 
