@@ -281,13 +281,8 @@ pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
 
 impl Link {
     /// Take over a handshaken WebSocket: switch its stream to in-memory reads and have
-    /// the watcher report the socket's input. (`_label` is unused: it named the
-    /// per-connection reader thread that the watcher replaced.)
-    pub fn start(
-        mut ws: WebSocket<Duplex>,
-        peer: std::net::SocketAddr,
-        _label: &str,
-    ) -> io::Result<Link> {
+    /// the watcher report the socket's input.
+    pub fn start(mut ws: WebSocket<Duplex>, peer: std::net::SocketAddr) -> io::Result<Link> {
         let tcp = ws.get_ref().tcp.clone();
         tcp.set_read_timeout(None)?;
         tcp.set_nodelay(true)?;

@@ -22,8 +22,9 @@ use crate::registry::{new_session_id, now_unix, Control, Registry, SessionInfo, 
 use crate::session::Session;
 use crate::{http, spec, sys};
 
-/// Stack size of a connection (session) thread: sessions keep little on the stack,
-/// and 10,000 idle sessions must stay cheap.
+/// Stack size of a connection (session) thread. Only touched pages cost memory, and
+/// an idle session touches few (see `sys::release_stack_below_caller`); the size is
+/// the ceiling for the handshake and for serializing deeply nested JSON.
 const SESSION_STACK: usize = 256 * 1024;
 
 /// Why the server could not start or run.
@@ -116,8 +117,9 @@ impl Server {
     /// Check the config and bind both listeners (port 0 picks a free port).
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate().map_err(Error::Config)?;
-        // Each session holds one socket and, while a query runs, three child pipes.
-        let want = (config.max_sessions as u64) * 2 + (config.max_running as u64) * 4 + 256;
+        // Each session holds one socket, and a live child three pipes; children outlive
+        // queries, so count them per session too.
+        let want = (config.max_sessions as u64) * 4 + 256;
         match sys::raise_fd_limit(want) {
             Ok(n) if n < want => log::warn!(
                 "open-file limit is {n}, below the {want} that {} sessions may need (hard limit)",
@@ -284,10 +286,10 @@ fn serve_connection(shared: &Shared, tcp: TcpStream) {
     let Some(admission) = admitted else { return };
     let id = new_session_id();
     let label: String = id.chars().take(8).collect();
-    let link = match Link::start(ws, peer, &label) {
+    let link = match Link::start(ws, peer) {
         Ok(l) => l,
         Err(e) => {
-            log::error!("[{label}] cannot start the socket reader: {e}");
+            log::error!("[{label}] cannot watch the socket: {e}");
             return;
         }
     };
