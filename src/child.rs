@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::sys::{self, Signal};
 
@@ -57,17 +57,9 @@ pub enum ChildEvent {
     Closed,
 }
 
-/// One stdout line, parsed.
-#[derive(Debug)]
-pub enum Line {
-    /// A line that parsed as a JSON object.
-    Json(Map<String, Value>),
-    /// A line that is not a JSON object (lossily decoded, at most 200 characters).
-    Invalid(String),
-}
-
-/// The lines of a [`ChildEvent::Lines`] chunk, parsed one by one; blank lines skipped.
-pub fn lines(chunk: &[u8]) -> impl Iterator<Item = Line> + '_ {
+/// The lines of a [`ChildEvent::Lines`] chunk, one by one, without their line ends;
+/// blank lines skipped. (`translate::translate_line` reads each.)
+pub fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
     let mut rest = chunk;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -80,12 +72,6 @@ pub fn lines(chunk: &[u8]) -> impl Iterator<Item = Line> + '_ {
     })
     .map(trim_line)
     .filter(|body| !body.is_empty())
-    .map(|body| match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Line::Json(map),
-        _ => Line::Invalid(
-            crate::protocol::truncate(&String::from_utf8_lossy(body), 200).to_string(),
-        ),
-    })
 }
 
 /// Why a child could not be started.
@@ -514,22 +500,17 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_splits_into_parsed_lines() {
+    fn a_chunk_splits_into_lines() {
         let chunk = b"{\"type\":\"a\"}\r\n\n  \nnot json\n[1]\n{\"type\":\"b\"}";
-        let got: Vec<String> = lines(chunk)
-            .map(|l| match l {
-                Line::Json(m) => format!("json {}", m["type"]),
-                Line::Invalid(t) => format!("invalid {t}"),
-            })
-            .collect();
+        let got: Vec<&[u8]> = lines(chunk).collect();
         assert_eq!(
             got,
             [
-                "json \"a\"",
-                "invalid   ",
-                "invalid not json",
-                "invalid [1]",
-                "json \"b\""
+                &b"{\"type\":\"a\"}"[..],
+                b"  ",
+                b"not json",
+                b"[1]",
+                b"{\"type\":\"b\"}"
             ]
         );
     }

@@ -5,6 +5,7 @@
 //! the variant's fields) so that each way a frame can be wrong gets its own stable code.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// A stable, machine-readable reason carried by every `error` message.
@@ -352,12 +353,14 @@ pub enum ServerMessage {
     },
     /// An `assistant` line of the CLI (text, tool_use, thinking blocks), or a `user`
     /// line carrying `tool_result` blocks.
+    ///
+    /// Its parts are kept as the CLI's own JSON text: relayed, never rebuilt.
     AssistantMessage {
-        content: Value,
+        content: Box<RawValue>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        model: Option<Value>,
+        model: Option<Box<RawValue>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        parent_tool_use_id: Option<Value>,
+        parent_tool_use_id: Option<Box<RawValue>>,
     },
     /// A `system` line of the CLI, all its fields (including `subtype`) kept.
     SystemMessage(Map<String, Value>),
@@ -375,11 +378,11 @@ pub enum ServerMessage {
         result: Value,
     },
     StreamEvent {
-        event: Value,
+        event: Box<RawValue>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        session_id: Option<Value>,
+        session_id: Option<Box<RawValue>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        parent_tool_use_id: Option<Value>,
+        parent_tool_use_id: Option<Box<RawValue>>,
     },
     QueryEnd {
         outcome: QueryOutcome,

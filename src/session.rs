@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
-use crate::child::{self, Child, ChildEvent, ChildSpec, Line};
+use crate::child::{self, Child, ChildEvent, ChildSpec};
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
 use crate::protocol::{
@@ -31,7 +31,7 @@ use crate::protocol::{
 use crate::registry::{now_unix, Control, Listing, Running, SessionState};
 use crate::server::Shared;
 use crate::spec;
-use crate::translate::{translate, CliEvent};
+use crate::translate::{translate_line, CliEvent};
 
 /// Close code sent to a session closed for idleness.
 pub const CLOSE_IDLE: u16 = 4000;
@@ -472,7 +472,7 @@ impl<'a> Session<'a> {
         match ev {
             ChildEvent::Lines(chunk) => {
                 for line in child::lines(&chunk) {
-                    self.on_child_line(line);
+                    self.on_child_line(translate_line(line));
                     if self.child.is_none() || self.ending.is_some() {
                         break; // the child was stopped or the session ends: the rest is moot
                     }
@@ -482,40 +482,38 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn on_child_line(&mut self, line: Line) {
-        match line {
-            Line::Json(line) => match translate(line) {
-                CliEvent::Forward(m) => self.send(m),
-                CliEvent::Init {
-                    session_id,
-                    message,
-                } => {
-                    self.learn_claude_session(session_id);
-                    self.send(message);
-                    self.on_turn_start();
+    fn on_child_line(&mut self, event: CliEvent) {
+        match event {
+            CliEvent::Forward(m) => self.send(m),
+            CliEvent::Init {
+                session_id,
+                message,
+            } => {
+                self.learn_claude_session(session_id);
+                self.send(message);
+                self.on_turn_start();
+            }
+            CliEvent::Replay { text } => {
+                self.child_echoes = true;
+                if let Some(q) = &mut self.query {
+                    q.acknowledge(&text);
                 }
-                CliEvent::Replay { text } => {
-                    self.child_echoes = true;
-                    if let Some(q) = &mut self.query {
-                        q.acknowledge(&text);
-                    }
-                }
-                CliEvent::Result {
-                    session_id,
-                    is_error,
-                    message,
-                } => {
-                    self.learn_claude_session(session_id);
-                    self.send(message);
-                    self.on_result(is_error);
-                }
-                CliEvent::ControlRequest {
-                    request_id,
-                    subtype,
-                } => self.refuse_control_request(request_id, &subtype),
-                CliEvent::Internal => {}
-            },
-            Line::Invalid(text) => self.send_error(ClientError::new(
+            }
+            CliEvent::Result {
+                session_id,
+                is_error,
+                message,
+            } => {
+                self.learn_claude_session(session_id);
+                self.send(message);
+                self.on_result(is_error);
+            }
+            CliEvent::ControlRequest {
+                request_id,
+                subtype,
+            } => self.refuse_control_request(request_id, &subtype),
+            CliEvent::Internal => {}
+            CliEvent::Invalid(text) => self.send_error(ClientError::new(
                 ErrorCode::ClaudeOutputInvalid,
                 format!("claude printed a line that is not a JSON object: {text:?}"),
             )),

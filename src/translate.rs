@@ -5,9 +5,11 @@
 //! `control_request` and `control_response`. A line of any other type is relayed as a
 //! `system_message` whose `subtype` is `cli_<type>`, so nothing the CLI says is lost.
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::protocol::ServerMessage;
+use crate::protocol::{truncate, ServerMessage};
 
 /// What one stdout line means to the session.
 #[derive(Debug)]
@@ -32,20 +34,86 @@ pub enum CliEvent {
     ControlRequest { request_id: Value, subtype: String },
     /// Meant for the server only (answers to our control requests, echoes of user text).
     Internal,
+    /// A line that is not a JSON object (lossily decoded, at most 200 characters).
+    Invalid(String),
 }
 
-/// Translate one parsed stdout line.
-pub fn translate(mut line: Map<String, Value>) -> CliEvent {
+/// The fields of a stdout line the fast path needs, borrowed from the line's text.
+/// Everything else is skipped, not built.
+#[derive(Deserialize)]
+struct Fast<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a RawValue,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    session_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    parent_tool_use_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct FastMessage<'a> {
+    #[serde(borrow)]
+    content: &'a RawValue,
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+}
+
+/// Translate one stdout line (without its newline).
+///
+/// The events that make up the bulk of a stream — `assistant` and `stream_event` —
+/// take a fast path: their parts are relayed as the CLI's own JSON text, so no tree is
+/// built and re-encoded. Every other line (and any line the fast path does not fit)
+/// is parsed whole and handled by [`translate`].
+pub fn translate_line(line: &[u8]) -> CliEvent {
+    if let Ok(f) = serde_json::from_slice::<Fast>(line) {
+        let own = |v: Option<&RawValue>| v.map(RawValue::to_owned);
+        match (f.kind.get(), f.message, f.event) {
+            ("\"assistant\"", Some(message), _) => {
+                if let Ok(m) = serde_json::from_str::<FastMessage>(message.get()) {
+                    return CliEvent::Forward(ServerMessage::AssistantMessage {
+                        content: m.content.to_owned(),
+                        model: own(m.model),
+                        parent_tool_use_id: own(f.parent_tool_use_id),
+                    });
+                }
+            }
+            ("\"stream_event\"", _, Some(event)) => {
+                return CliEvent::Forward(ServerMessage::StreamEvent {
+                    event: event.to_owned(),
+                    session_id: own(f.session_id),
+                    parent_tool_use_id: own(f.parent_tool_use_id),
+                });
+            }
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(map)) => translate(map),
+        _ => CliEvent::Invalid(truncate(&String::from_utf8_lossy(line), 200).to_string()),
+    }
+}
+
+/// A value as JSON text (a `Value` always serializes).
+fn raw(v: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// Translate one stdout line parsed whole.
+fn translate(mut line: Map<String, Value>) -> CliEvent {
     let kind = match line.remove("type") {
         Some(Value::String(s)) => s,
         _ => String::new(),
     };
     match kind.as_str() {
         "assistant" => {
-            let mut message = take_object(&mut line, "message");
+            let message = take_object(&mut line, "message");
             CliEvent::Forward(ServerMessage::AssistantMessage {
-                content: message.remove("content").unwrap_or(Value::Array(vec![])),
-                model: message.remove("model"),
+                content: raw(message.get("content").unwrap_or(&Value::Array(vec![]))),
+                model: message.get("model").map(raw),
                 parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
             })
         }
@@ -79,7 +147,7 @@ pub fn translate(mut line: Map<String, Value>) -> CliEvent {
                 CliEvent::Internal
             } else {
                 CliEvent::Forward(ServerMessage::AssistantMessage {
-                    content: Value::Array(results),
+                    content: raw(&Value::Array(results)),
                     model: None,
                     parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
                 })
@@ -125,8 +193,8 @@ pub fn translate(mut line: Map<String, Value>) -> CliEvent {
             }
         }
         "stream_event" => CliEvent::Forward(ServerMessage::StreamEvent {
-            event: line.remove("event").unwrap_or(Value::Null),
-            session_id: line.remove("session_id"),
+            event: raw(line.get("event").unwrap_or(&Value::Null)),
+            session_id: line.get("session_id").map(raw),
             parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
         }),
         "control_request" => {
@@ -161,8 +229,8 @@ fn take_object(line: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
     }
 }
 
-fn non_null(v: Option<Value>) -> Option<Value> {
-    v.filter(|v| !v.is_null())
+fn non_null(v: Option<Value>) -> Option<Box<RawValue>> {
+    v.filter(|v| !v.is_null()).map(|v| raw(&v))
 }
 
 fn string(line: &Map<String, Value>, key: &str) -> Option<String> {
@@ -203,7 +271,15 @@ mod tests {
             for line in text.lines().filter(|l| l.starts_with('{')) {
                 let v: Value = serde_json::from_str(line).unwrap();
                 let kind = v["type"].as_str().unwrap().to_string();
-                let e = translate(obj(v.clone()));
+                let e = translate_line(line.as_bytes());
+                if matches!(kind.as_str(), "assistant" | "stream_event") {
+                    // The fast path says exactly what the whole parse says.
+                    assert_eq!(
+                        frame(translate_line(line.as_bytes())),
+                        frame(translate(obj(v.clone()))),
+                        "{line}"
+                    );
+                }
                 match kind.as_str() {
                     "assistant" => {
                         let f = frame(e);
@@ -222,6 +298,27 @@ mod tests {
             }
         }
         assert!(seen > 20, "read only {seen} lines");
+    }
+
+    #[test]
+    fn lines_the_fast_path_does_not_fit_still_translate() {
+        // Escaped type, content missing, not an object, not JSON.
+        let f = frame(translate_line(
+            br#"{"type":"assist\u0061nt","message":{"content":[{"type":"text","text":"x"}]}}"#,
+        ));
+        assert_eq!(f["data"]["content"][0]["text"], "x");
+        let f = frame(translate_line(br#"{"type":"assistant","message":{}}"#));
+        assert_eq!(f["data"]["content"], serde_json::json!([]));
+        assert!(matches!(translate_line(b"[1,2]"), CliEvent::Invalid(_)));
+        match translate_line(b"not json \xff") {
+            CliEvent::Invalid(t) => assert!(t.starts_with("not json")),
+            other => panic!("{other:?}"),
+        }
+        let f = frame(translate_line(
+            br#"{"type":"assistant","message":{"content":[],"model":"m"},"parent_tool_use_id":null}"#,
+        ));
+        assert!(f["data"].get("parent_tool_use_id").is_none());
+        assert_eq!(f["data"]["model"], "m");
     }
 
     #[test]

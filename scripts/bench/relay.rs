@@ -31,7 +31,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -731,30 +731,27 @@ fn generate_events(path: &Path, n: usize) -> Res<()> {
     out.flush().map_err(|e| e.to_string())
 }
 
-/// `n` claude-ws sessions each relaying one replay query at once: (seconds, events).
-fn relay_claude_ws(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(f64, u64)> {
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let prompt = format!("replay {}", file.display());
-    let addr = server.addr.clone();
+/// Run `n` clients at once: each prepares (untimed), waits at a barrier, then runs
+/// (timed) and reports how many events it counted and when it finished. Returns the
+/// seconds from the barrier to the last finish, and the total count; every client must
+/// have counted `expect`.
+fn run_clients<P: Send>(
+    n: usize,
+    expect: u64,
+    what: &str,
+    prepare: impl Fn() -> Res<P> + Sync,
+    run: impl Fn(P) -> Res<u64> + Sync,
+) -> Res<(f64, u64)> {
+    let barrier = Barrier::new(n + 1);
     let (t0, results) = thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|_| {
-                let (barrier, prompt, addr) = (barrier.clone(), prompt.clone(), addr.clone());
+                let (barrier, prepare, run) = (&barrier, &prepare, &run);
                 s.spawn(move || -> Res<(u64, Instant)> {
-                    let prepared = (|| -> Res<Ws> {
-                        let mut ws = connect_session(&addr, None)?;
-                        // Warm-up: the first query starts the session's child.
-                        send_query(&mut ws, "warm up")?;
-                        count_until_end(&mut ws)?;
-                        Ok(ws)
-                    })();
+                    let prepared = prepare();
                     barrier.wait();
-                    let mut ws = prepared?;
-                    send_query(&mut ws, &prompt)?;
-                    let count = count_until_end(&mut ws)?;
-                    let end = Instant::now();
-                    close(ws);
-                    Ok((count, end))
+                    let count = run(prepared?)?;
+                    Ok((count, Instant::now()))
                 })
             })
             .collect();
@@ -775,56 +772,53 @@ fn relay_claude_ws(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(
         let (count, end) = r?;
         if count != expect {
             return Err(format!(
-                "a session counted {count} events, expected {expect}"
+                "a {what} counted {count} events, expected {expect}"
             ));
         }
         total += count;
         last = last.max(end);
     }
-    server.settle(Duration::from_secs(10));
     Ok((last.duration_since(t0).as_secs_f64(), total))
+}
+
+/// `n` claude-ws sessions at once, each replaying `file` in one query: (seconds, events).
+fn relay_claude_ws(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(f64, u64)> {
+    let prompt = format!("replay {}", file.display());
+    let result = run_clients(
+        n,
+        expect,
+        "claude-ws session",
+        || {
+            let mut ws = connect_session(&server.addr, None)?;
+            // Warm-up: the first query starts the session's child.
+            send_query(&mut ws, "warm up")?;
+            count_until_end(&mut ws)?;
+            Ok(ws)
+        },
+        |mut ws| {
+            send_query(&mut ws, &prompt)?;
+            let count = count_until_end(&mut ws)?;
+            close(ws);
+            Ok(count)
+        },
+    );
+    server.settle(Duration::from_secs(10));
+    result
 }
 
 /// `n` websocketd connections at once, each relaying the file: (seconds, frames).
 fn relay_websocketd(addr: &str, n: usize, expect: u64) -> Res<(f64, u64)> {
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let (t0, results) = thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                let barrier = barrier.clone();
-                s.spawn(move || -> Res<(u64, Instant)> {
-                    barrier.wait();
-                    // websocketd starts `cat` per connection: the spawn is in the time.
-                    let mut ws = connect(addr, "/", None)?;
-                    let count = count_until_close(&mut ws)?;
-                    Ok((count, Instant::now()))
-                })
-            })
-            .collect();
-        barrier.wait();
-        let t0 = Instant::now();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("client thread panicked".into()))
-            })
-            .collect();
-        (t0, results)
-    });
-    let mut total = 0;
-    let mut last = t0;
-    for r in results {
-        let (count, end) = r?;
-        if count != expect {
-            return Err(format!(
-                "a websocketd client counted {count} frames, expected {expect}"
-            ));
-        }
-        total += count;
-        last = last.max(end);
-    }
-    Ok((last.duration_since(t0).as_secs_f64(), total))
+    run_clients(
+        n,
+        expect,
+        "websocketd client",
+        || Ok(()),
+        |()| {
+            // websocketd starts `cat` per connection: the spawn is in the time.
+            let mut ws = connect(addr, "/", None)?;
+            count_until_close(&mut ws)
+        },
+    )
 }
 
 fn user_line(text: &str) -> Vec<u8> {
