@@ -44,8 +44,10 @@ pub enum CliEvent {
 struct Fast<'a> {
     #[serde(rename = "type", borrow)]
     kind: &'a RawValue,
+    /// Parsed in the same pass; a line whose `message` does not fit (no `content`)
+    /// fails the fast path and is parsed whole.
     #[serde(borrow, default)]
-    message: Option<&'a RawValue>,
+    message: Option<FastMessage<'a>>,
     #[serde(borrow, default)]
     event: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -72,14 +74,12 @@ pub fn translate_line(line: &[u8]) -> CliEvent {
     if let Ok(f) = serde_json::from_slice::<Fast>(line) {
         let own = |v: Option<&RawValue>| v.map(RawValue::to_owned);
         match (f.kind.get(), f.message, f.event) {
-            ("\"assistant\"", Some(message), _) => {
-                if let Ok(m) = serde_json::from_str::<FastMessage>(message.get()) {
-                    return CliEvent::Forward(ServerMessage::AssistantMessage {
-                        content: m.content.to_owned(),
-                        model: own(m.model),
-                        parent_tool_use_id: own(f.parent_tool_use_id),
-                    });
-                }
+            ("\"assistant\"", Some(m), _) => {
+                return CliEvent::Forward(ServerMessage::AssistantMessage {
+                    content: m.content.to_owned(),
+                    model: own(m.model),
+                    parent_tool_use_id: own(f.parent_tool_use_id),
+                });
             }
             ("\"stream_event\"", _, Some(event)) => {
                 return CliEvent::Forward(ServerMessage::StreamEvent {
