@@ -276,6 +276,9 @@ impl Child {
             return e;
         }
         let pid = self.pid;
+        // Let go of stdout: the reader then drains and discards, so a child blocked on
+        // a full pipe (its client stopped reading) can finish and exit gracefully.
+        self.events = crossbeam_channel::never();
         self.close_stdin();
         let ending = if let Some(s) = self.wait_for(grace) {
             log::info!("[{label}] claude pid={pid} exited after stdin closed ({s})");

@@ -549,3 +549,26 @@ fn a_child_that_stops_reading_stdin_cannot_stall_the_session() {
     let msgs = c.query("after", json!({}));
     assert!(assistant_text(&msgs).contains("Echo: after"));
 }
+
+#[test]
+fn a_child_flooding_a_gone_client_still_stops_gracefully() {
+    let dir = TempDir::new("flood-marker");
+    let marker = dir.path().join("exited");
+    let s = ServerOptions::fake()
+        .env("FAKE_CLAUDE_EXIT_MARKER", marker.to_str().unwrap())
+        .arg("--pass-env=FAKE_CLAUDE_EXIT_MARKER")
+        .start();
+    let mut c = s.connect();
+    // 200,000 lines of 300 bytes: the client reads none of it, so pipes fill up.
+    c.send(json!({"type": "query", "prompt": "flood 200000 300"}));
+    assert!(eventually(WAIT, || s.sessions()[0]["child_pid"].is_u64()));
+    std::thread::sleep(Duration::from_millis(300));
+    drop(c);
+    assert!(
+        eventually(WAIT, || marker.exists()),
+        "the child was not let finish: {}",
+        s.logs()
+    );
+    assert!(eventually(WAIT, || s.sessions().is_empty()));
+    assert!(!s.logs().contains("SIGTERM"), "{}", s.logs());
+}
