@@ -31,6 +31,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use crate::protocol::Closing;
 use crate::sys;
 
 /// tungstenite's read buffer, which every session holds (it grows for a larger frame,
@@ -366,7 +367,7 @@ impl Link {
                     return Ok(())
                 }
                 Err(tungstenite::Error::Capacity(e)) => {
-                    self.close(CloseCode::Size, "message too large");
+                    self.close(Closing::TooLarge);
                     return Err(LinkError::Protocol(e.to_string()));
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
@@ -374,7 +375,7 @@ impl Link {
                 }
                 Err(tungstenite::Error::Io(e)) => return Err(LinkError::Gone(e.to_string())),
                 Err(e) => {
-                    self.close(CloseCode::Protocol, "protocol error");
+                    self.close(Closing::ProtocolError);
                     return Err(LinkError::Protocol(e.to_string()));
                 }
             }
@@ -419,11 +420,12 @@ impl Link {
         self.ws.get_ref().stalled_for()
     }
 
-    /// Send a close frame with `code` and `reason` (best effort).
-    pub fn close(&mut self, code: CloseCode, reason: &str) {
+    /// Send a close frame saying why (best effort).
+    pub fn close(&mut self, why: Closing) {
+        let (code, reason) = why.frame();
         let _ = self.ws.close(Some(CloseFrame {
-            code,
-            reason: reason.to_string().into(),
+            code: CloseCode::from(code),
+            reason: reason.into(),
         }));
         let _ = self.ws.flush();
     }

@@ -133,6 +133,34 @@ impl std::fmt::Display for ClientError {
     }
 }
 
+/// Why the server closes a connection: the close code and reason it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// A message over the size limit (1009).
+    TooLarge,
+    /// A frame that breaks the WebSocket protocol (1002).
+    ProtocolError,
+    /// The server is shutting down (1001).
+    ShuttingDown,
+    /// No query and no client message for the session timeout (4000).
+    IdleTimeout,
+    /// The client read none of its pending output for the stall timeout (4001).
+    NotReading,
+}
+
+impl Closing {
+    /// The close code and reason sent.
+    pub fn frame(self) -> (u16, &'static str) {
+        match self {
+            Closing::TooLarge => (1009, "message too large"),
+            Closing::ProtocolError => (1002, "protocol error"),
+            Closing::ShuttingDown => (1001, "server shutting down"),
+            Closing::IdleTimeout => (4000, "session idle timeout"),
+            Closing::NotReading => (4001, "client is not reading"),
+        }
+    }
+}
+
 /// Options of a `query`, each mapped to one `claude` flag (see `child::ChildSpec`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -18,25 +18,20 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver};
 use serde_json::{json, Value};
-use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use crate::child::{self, Child, ChildEvent, ChildSpec};
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
 use crate::protocol::{
-    parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, ErrorCode,
-    QueryOptions, QueryOutcome, ServerMessage,
+    parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, Closing,
+    ErrorCode, QueryOptions, QueryOutcome, ServerMessage,
 };
 use crate::registry::{now_unix, Control, Listing, Running, SessionState};
 use crate::server::Shared;
 use crate::spec;
 use crate::translate::{translate_line, CliEvent};
 
-/// Close code sent to a session closed for idleness.
-pub const CLOSE_IDLE: u16 = 4000;
-/// Close code sent to a client that stopped reading its output.
-pub const CLOSE_STALLED: u16 = 4001;
 /// How often unsent output is retried while the client's socket is full.
 const FLUSH_RETRY: Duration = Duration::from_millis(10);
 /// Child stdout chunks (each up to 64 KiB of lines) handled in one go before the loop
@@ -779,13 +774,9 @@ impl<'a> Session<'a> {
         }
         self.listing.update(|i| i.state = SessionState::Closing);
         match &end {
-            End::Shutdown => self.link.close(CloseCode::Away, "server shutting down"),
-            End::IdleTimeout => self
-                .link
-                .close(CloseCode::from(CLOSE_IDLE), "session idle timeout"),
-            End::Stalled => self
-                .link
-                .close(CloseCode::from(CLOSE_STALLED), "client is not reading"),
+            End::Shutdown => self.link.close(Closing::ShuttingDown),
+            End::IdleTimeout => self.link.close(Closing::IdleTimeout),
+            End::Stalled => self.link.close(Closing::NotReading),
             End::ClientGone(_) | End::Protocol(_) | End::HeartbeatTimeout => {}
         }
         self.stop_child_after(had_query);
