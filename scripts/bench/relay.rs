@@ -24,6 +24,11 @@
 //! Every process it starts is ended before it returns (and, should the benchmark die,
 //! receives SIGTERM from the kernel: PR_SET_PDEATHSIG).
 
+#[path = "../../tests/support/cli.rs"]
+mod cli;
+#[path = "../../tests/support/procs.rs"]
+mod procs;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -34,6 +39,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use procs::children_of;
 
 use serde_json::json;
 use tungstenite::protocol::WebSocketConfig;
@@ -522,28 +529,6 @@ fn start_websocketd(bin: &Path, file: &Path) -> Res<(Proc, String)> {
     Ok((proc, addr))
 }
 
-/// Live (not zombie) children of `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-            if let Some((_, rest)) = stat.rsplit_once(')') {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                if f.get(1).and_then(|pp| pp.parse::<u32>().ok()) == Some(pid) && f[0] != "Z" {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// A number field of /proc/PID/status (kB for memory), 0 if missing.
 fn proc_field(pid: u32, name: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -781,6 +766,36 @@ fn run_clients<P: Send>(
     Ok((last.duration_since(t0).as_secs_f64(), total))
 }
 
+/// For each session count: the median events/s over the repetitions of `run(n)`, which
+/// returns (seconds, events); and the CPU seconds per event that process `pid` spent
+/// in the one-session runs.
+fn measure_rates(
+    o: &Opts,
+    pid: u32,
+    expect: u64,
+    who: &str,
+    run: impl Fn(usize) -> Res<(f64, u64)>,
+) -> Res<(BTreeMap<usize, f64>, Option<f64>)> {
+    let mut medians = BTreeMap::new();
+    let mut cpu = None;
+    for &n in &o.sessions {
+        let mut rates = Vec::new();
+        let cpu0 = proc_cpu_secs(pid);
+        for _ in 0..o.reps {
+            let (secs, total) = run(n)?;
+            rates.push(total as f64 / secs);
+        }
+        if n == 1 {
+            let events = (o.reps as u64 * expect) as f64;
+            cpu = Some((proc_cpu_secs(pid) - cpu0) / events);
+        }
+        let r = median(rates);
+        println!("  {who}, {n} at once: {} events/s", rate(r));
+        medians.insert(n, r);
+    }
+    Ok((medians, cpu))
+}
+
 /// `n` claude-ws sessions at once, each replaying `file` in one query: (seconds, events).
 fn relay_claude_ws(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(f64, u64)> {
     let prompt = format!("replay {}", file.display());
@@ -843,18 +858,11 @@ struct Direct {
 
 fn spawn_direct(o: &Opts) -> Res<Direct> {
     let mut cmd = Command::new(&o.fake);
-    cmd.args([
-        "-p",
-        "--output-format",
-        "stream-json",
-        "--verbose",
-        "--input-format",
-        "stream-json",
-    ])
-    .current_dir(&o.out)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    cmd.args(cli::STREAM_JSON_ARGS)
+        .current_dir(&o.out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     die_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()
@@ -969,53 +977,29 @@ fn section_relay(o: &Opts, rep: &mut Report) -> Res<()> {
     let pipe = median(pipe);
     let cat = median(cat);
 
-    let mut ours = BTreeMap::new();
-    // CPU seconds the server process used per relayed event, 1-session runs.
-    let mut our_cpu = None;
-    {
+    // Events/s per session count, and CPU seconds the server used per relayed event
+    // in the 1-session runs.
+    let (ours, our_cpu) = {
         let server = start_server(o, "relay", &[])?;
-        for &n in &o.sessions {
-            let mut rates = Vec::new();
-            let cpu0 = proc_cpu_secs(server.pid());
-            for _ in 0..o.reps {
-                let (secs, total) = relay_claude_ws(&server, n, &file, expect)?;
-                rates.push(total as f64 / secs);
-            }
-            if n == 1 {
-                let events = (o.reps as u64 * expect) as f64;
-                our_cpu = Some((proc_cpu_secs(server.pid()) - cpu0) / events);
-            }
-            let r = median(rates);
-            println!("  claude-ws {n} session(s): {} events/s", rate(r));
-            ours.insert(n, r);
-        }
+        let measured = measure_rates(o, server.pid(), expect, "claude-ws", |n| {
+            relay_claude_ws(&server, n, &file, expect)
+        })?;
         let (_, threads, _) = proc_stats(server.pid());
         rep.note(format!(
             "claude-ws during the relay runs: peak RSS {}, {threads} threads after them",
             mb(proc_field(server.pid(), "VmHWM:"))
         ));
-    }
+        measured
+    };
 
     let mut theirs = BTreeMap::new();
     let mut their_cpu = None;
     match &o.websocketd {
         Some(bin) => {
             let (wsd, addr) = start_websocketd(bin, &file)?;
-            for &n in &o.sessions {
-                let mut rates = Vec::new();
-                let cpu0 = proc_cpu_secs(wsd.pid());
-                for _ in 0..o.reps {
-                    let (secs, total) = relay_websocketd(&addr, n, expect)?;
-                    rates.push(total as f64 / secs);
-                }
-                if n == 1 {
-                    let events = (o.reps as u64 * expect) as f64;
-                    their_cpu = Some((proc_cpu_secs(wsd.pid()) - cpu0) / events);
-                }
-                let r = median(rates);
-                println!("  websocketd {n} connection(s): {} frames/s", rate(r));
-                theirs.insert(n, r);
-            }
+            (theirs, their_cpu) = measure_rates(o, wsd.pid(), expect, "websocketd", |n| {
+                relay_websocketd(&addr, n, expect)
+            })?;
         }
         None => {
             rep.note("websocketd not found: its rows are missing (scripts/bench.sh installs it)")

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod mock_api;
+pub mod procs;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -19,6 +20,8 @@ use tungstenite::{Message, WebSocket};
 
 pub use cli::TempDir;
 pub use mock_api::MockApi;
+#[allow(unused_imports)] // each test crate uses a different part
+pub use procs::{children_of, pid_alive};
 
 /// The longest any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -37,16 +40,6 @@ pub fn fake_claude() -> PathBuf {
         p.display()
     );
     p
-}
-
-/// Is a process with this pid alive (and not a zombie)?
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// Wait until `f` holds, up to `limit`; false if it never did.
@@ -463,28 +456,6 @@ pub fn assert_seq(msgs: &[Value], first: u64) {
     for (i, m) in msgs.iter().enumerate() {
         assert_eq!(m["seq"].as_u64(), Some(first + i as u64), "seq of {m}");
     }
-}
-
-/// The pids of live children of process `pid` (direct children only).
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-            if let Some((_, rest)) = stat.rsplit_once(')') {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                if f.get(1).and_then(|pp| pp.parse::<u32>().ok()) == Some(pid) && f[0] != "Z" {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Read a file, for tests that check what a tool wrote.
