@@ -66,16 +66,17 @@ pub struct Config {
     /// Queries allowed per session (and per peer address) in a window: (count, window).
     /// Defaults to 10 per 60 s.
     pub rate_limit: (u32, Duration),
-    /// Most children running queries at once across the server; a query beyond is
-    /// refused with `server_busy`. Defaults to 16.
+    /// Most `claude` children alive at once across the server (each ~300 MB). A query
+    /// that needs a new child beyond this is refused with `server_busy`; an idle child
+    /// keeps its place until `child_idle` ends it. Defaults to 16.
     pub max_running: usize,
     /// Most sessions one peer address may hold. Defaults to 20.
     pub max_sessions_per_peer: usize,
     /// Longest prompt or input text accepted, in bytes. Defaults to 256 KiB.
     pub max_prompt_bytes: usize,
-    /// A session's child idle (no query) for this long is stopped; the next query
-    /// restarts it with `--resume`. Defaults to none (children live as long as their
-    /// session).
+    /// A session's child idle (no query) for this long is stopped, giving its place
+    /// among `max_running` back; the next query restarts it with `--resume`. `None`
+    /// keeps children as long as their session. Defaults to 10 minutes.
     pub child_idle: Option<Duration>,
 }
 
@@ -115,7 +116,7 @@ impl Default for Config {
             max_running: 16,
             max_sessions_per_peer: 20,
             max_prompt_bytes: 256 * 1024,
-            child_idle: None,
+            child_idle: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -242,7 +243,7 @@ const FLAGS: &[Flag] = &[
         "max-running",
         "MAX_RUNNING",
         "N",
-        "most children running queries at once; more get server_busy",
+        "most claude children alive at once; a query needing one more gets server_busy",
     ),
     flag(
         "max-sessions-per-peer",
@@ -290,7 +291,7 @@ const FLAGS: &[Flag] = &[
         "child-idle-secs",
         "CHILD_IDLE_SECS",
         "SECS",
-        "stop a session's claude idle this long; the next query resumes it",
+        "stop a session's claude idle this long (0 = never); the next query resumes it",
     ),
     flag(
         "handshake-timeout-secs",
@@ -424,7 +425,7 @@ impl Config {
             "max-running" => self.max_running = parse(v)?,
             "max-sessions-per-peer" => self.max_sessions_per_peer = parse(v)?,
             "max-prompt-bytes" => self.max_prompt_bytes = parse(v)?,
-            "child-idle-secs" => self.child_idle = Some(duration(v, 1.0)?),
+            "child-idle-secs" => self.child_idle = Some(duration(v, 1.0)?).filter(|d| !d.is_zero()),
             _ => return Err("no such setting".into()),
         }
         Ok(())

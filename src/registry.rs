@@ -59,7 +59,7 @@ pub struct Registry {
     sessions: Mutex<HashMap<String, Entry>>,
     per_peer: Mutex<HashMap<String, usize>>,
     reserved: AtomicUsize,
-    running: AtomicUsize,
+    children: AtomicUsize,
     started: Instant,
 }
 
@@ -69,7 +69,7 @@ impl Default for Registry {
             sessions: Mutex::new(HashMap::new()),
             per_peer: Mutex::new(HashMap::new()),
             reserved: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
+            children: AtomicUsize::new(0),
             started: Instant::now(),
         }
     }
@@ -101,14 +101,14 @@ pub enum SlotRefusal {
     PeerFull,
 }
 
-/// Holds one running-query slot; gives it back when dropped.
-pub struct Running {
+/// Held by a session while its `claude` child lives; gives the slot back when dropped.
+pub struct ChildSlot {
     registry: Arc<Registry>,
 }
 
-impl Drop for Running {
+impl Drop for ChildSlot {
     fn drop(&mut self) {
-        self.registry.running.fetch_sub(1, Ordering::SeqCst);
+        self.registry.children.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -163,14 +163,14 @@ impl Registry {
         })
     }
 
-    /// Take a running-query slot unless `max` are taken.
-    pub fn start_running(self: &Arc<Self>, max: usize) -> Option<Running> {
-        self.running
+    /// Take a slot for a `claude` child unless `max` are taken.
+    pub fn reserve_child(self: &Arc<Self>, max: usize) -> Option<ChildSlot> {
+        self.children
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Running {
+            .map(|_| ChildSlot {
                 registry: self.clone(),
             })
     }
@@ -202,15 +202,15 @@ impl Registry {
 
     /// Queries running right now.
     pub fn running_count(&self) -> usize {
-        self.running.load(Ordering::SeqCst)
-    }
-
-    /// Live `claude` children.
-    pub fn child_count(&self) -> usize {
         lock(&self.sessions)
             .values()
-            .filter(|e| e.info.child_pid.is_some())
+            .filter(|e| e.info.state == SessionState::Running)
             .count()
+    }
+
+    /// Live `claude` children (slots held).
+    pub fn child_count(&self) -> usize {
+        self.children.load(Ordering::SeqCst)
     }
 
     pub fn uptime_s(&self) -> u64 {
@@ -289,10 +289,11 @@ mod tests {
         assert!(r.reserve("1.1.1.1", 2, 1).is_ok());
         drop(b);
         assert_eq!(r.reserved.load(Ordering::SeqCst), 0);
-        let run = r.start_running(1).unwrap();
-        assert!(r.start_running(1).is_none());
-        drop(run);
-        assert!(r.start_running(1).is_some());
+        let child = r.reserve_child(1).unwrap();
+        assert!(r.reserve_child(1).is_none());
+        assert_eq!(r.child_count(), 1);
+        drop(child);
+        assert!(r.reserve_child(1).is_some());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::protocol::{
     parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, Closing,
     ErrorCode, QueryOptions, QueryOutcome, ServerMessage,
 };
-use crate::registry::{now_unix, Control, Listing, Running, SessionState};
+use crate::registry::{now_unix, ChildSlot, Control, Listing, SessionState};
 use crate::server::Shared;
 use crate::spec;
 use crate::translate::{translate_line, CliEvent};
@@ -64,7 +64,6 @@ struct Query {
     /// Interrupt the next turn as soon as it starts (it answers input queued before
     /// the interrupt, which must not run either).
     reinterrupt: bool,
-    _running: Running,
 }
 
 impl Query {
@@ -111,6 +110,8 @@ pub struct Session<'a> {
     child_key: Option<ChildSpec>,
     /// The spec the last child (live or not) was built from.
     last_key: Option<ChildSpec>,
+    /// The live child's place among the server's --max-running.
+    child_slot: Option<ChildSlot>,
     /// Whether the current child echoes our messages (seen at least once).
     child_echoes: bool,
     child_idle_since: Instant,
@@ -145,6 +146,7 @@ impl<'a> Session<'a> {
             child_events: never(),
             child_key: None,
             last_key: None,
+            child_slot: None,
             child_echoes: false,
             child_idle_since: now,
             claude_session_id: None,
@@ -296,14 +298,21 @@ impl<'a> Session<'a> {
         if let Err(e) = self.check_rate() {
             return self.send_error(e);
         }
-        let Some(running) = self.shared.registry.start_running(config.max_running) else {
-            return self.send_error(ClientError::new(
-                ErrorCode::ServerBusy,
-                format!(
-                    "the server is running its maximum of {} queries; try again shortly",
-                    config.max_running
-                ),
-            ));
+        // A live child holds a slot of --max-running; a restart passes it on.
+        let slot = match self.child_slot.take() {
+            Some(slot) => slot,
+            None => match self.shared.registry.reserve_child(config.max_running) {
+                Some(slot) => slot,
+                None => {
+                    return self.send_error(ClientError::new(
+                        ErrorCode::ServerBusy,
+                        format!(
+                            "the server runs its maximum of {} claude processes; try again shortly",
+                            config.max_running
+                        ),
+                    ))
+                }
+            },
         };
         self.queries += 1;
         log::info!("[{}] query {} started", self.label, self.queries);
@@ -316,10 +325,9 @@ impl<'a> Session<'a> {
             written_since_init: 0,
             interrupt_deadline: None,
             reinterrupt: false,
-            _running: running,
         });
         let cwd = key.cwd.as_ref().map(|p| p.display().to_string());
-        if let Err(e) = self.ensure_child(key) {
+        if let Err(e) = self.ensure_child(key, slot) {
             self.send_error(e);
             return self.end_query(QueryOutcome::Error);
         }
@@ -338,13 +346,15 @@ impl<'a> Session<'a> {
     }
 
     /// Make sure a child built from `key` is running, restarting it (resuming the
-    /// conversation) when the flags differ from the current one's.
-    fn ensure_child(&mut self, key: ChildSpec) -> Result<(), ClientError> {
+    /// conversation) when the flags differ from the current one's. The child keeps
+    /// `slot` for as long as it lives.
+    fn ensure_child(&mut self, key: ChildSpec, slot: ChildSlot) -> Result<(), ClientError> {
         if self.child.is_some() && self.child_key.as_ref() != Some(&key) {
             log::info!("[{}] options changed; restarting claude", self.label);
             self.stop_child();
         }
         if self.child.is_some() {
+            self.child_slot = Some(slot);
             return Ok(());
         }
         // Continue this session's conversation, unless the client has just asked for
@@ -366,7 +376,9 @@ impl<'a> Session<'a> {
         }));
         self.child_events = child.events().clone();
         self.child_echoes = false;
+        self.listing.update(|i| i.child_pid = Some(child.pid()));
         self.child = Some(child);
+        self.child_slot = Some(slot);
         self.last_key = Some(key.clone());
         self.child_key = Some(key);
         Ok(())
@@ -580,16 +592,26 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn on_child_exit(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+    /// Detach the current child from the session (its events, its slot, its row in
+    /// /sessions), for the caller to stop.
+    fn take_child(&mut self) -> Option<Child> {
         self.child_events = never();
         self.child_key = None;
+        self.child_slot = None;
+        let child = self.child.take();
+        if child.is_some() {
+            self.listing.update(|i| i.child_pid = None);
+        }
+        child
+    }
+
+    fn on_child_exit(&mut self) {
+        let Some(mut child) = self.take_child() else {
+            return;
+        };
         let ending = child.stop(self.shared.config.stop_grace, &self.label);
         let tail = child.stderr_tail();
         log::info!("[{}] claude exited: {ending:?}", self.label);
-        self.listing.update(|i| i.child_pid = None);
         let Some(q) = &self.query else { return };
         if q.interrupt_deadline.is_some() {
             return self.end_query(QueryOutcome::Interrupted);
@@ -615,9 +637,7 @@ impl<'a> Session<'a> {
 
     /// Stop the current child gracefully, interrupting its turn first if one runs.
     fn stop_child_after(&mut self, interrupt: bool) {
-        self.child_events = never();
-        self.child_key = None;
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.take_child() {
             if interrupt {
                 child.send_line(&json!({
                     "type": "control_request",
@@ -626,7 +646,6 @@ impl<'a> Session<'a> {
                 }));
             }
             child.stop(self.shared.config.stop_grace, &self.label);
-            self.listing.update(|i| i.child_pid = None);
         }
     }
 
@@ -692,11 +711,8 @@ impl<'a> Session<'a> {
                 self.label,
                 config.interrupt_grace
             );
-            self.child_events = never();
-            self.child_key = None;
-            if let Some(mut child) = self.child.take() {
+            if let Some(mut child) = self.take_child() {
                 child.kill(&self.label);
-                self.listing.update(|i| i.child_pid = None);
             }
             self.end_query(QueryOutcome::Interrupted);
         }

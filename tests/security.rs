@@ -432,8 +432,10 @@ fn rate_limit_trips_and_recovers() {
 }
 
 #[test]
-fn max_running_refuses_with_server_busy_then_recovers() {
-    let s = ServerOptions::fake().arg("--max-running=1").start();
+fn max_running_caps_live_children_then_recovers() {
+    let s = ServerOptions::fake()
+        .args(&["--max-running=1", "--child-idle-secs=0.5"])
+        .start();
     let mut a = s.connect();
     let mut b = s.connect();
     a.send(json!({"type": "query", "prompt": "slow 20 50"}));
@@ -443,8 +445,14 @@ fn max_running_refuses_with_server_busy_then_recovers() {
     assert_eq!(e["data"]["code"], "server_busy", "{e}");
     assert_eq!(children_of(s.pid()).len(), 1, "b spawned a child");
     a.until("query_end");
+    // a's child, idle now, still holds the one place until --child-idle-secs ends it;
+    // a's next query reuses its own child.
+    let msgs = a.query("again", json!({}));
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed");
+    assert!(eventually(WAIT, || s.get("/health").1["children"] == 0));
     let msgs = b.query("hi", json!({}));
     assert_eq!(only(&msgs, "query_end")["outcome"], "completed");
+    assert_eq!(children_of(s.pid()).len(), 1);
 }
 
 #[test]
