@@ -128,7 +128,7 @@ impl Server {
             Ok(_) => {}
             Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
         }
-        let ws_bind = format!("{}:{}", config.host, config.port);
+        let ws_bind = host_port(&config.host, config.port);
         let listener = TcpListener::bind(&ws_bind).map_err(|source| Error::Bind {
             addr: ws_bind.clone(),
             source,
@@ -137,7 +137,7 @@ impl Server {
             addr: ws_bind,
             source,
         })?;
-        let http_bind = format!("{}:{}", config.host, config.http_port);
+        let http_bind = host_port(&config.host, config.http_port);
         let http = tiny_http::Server::http(&http_bind).map_err(|e| Error::Bind {
             addr: http_bind.clone(),
             source: std::io::Error::other(e.to_string()),
@@ -248,6 +248,15 @@ impl Server {
             let _ = h.join();
         }
         log::info!("stopped");
+    }
+}
+
+/// `host:port`, with an IPv6 literal in brackets (`[::1]:8000`).
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 

@@ -406,11 +406,21 @@ impl<'a> Session<'a> {
     }
 
     fn input(&mut self, text: String) {
-        if self.query.is_none() {
-            return self.send_error(ClientError::new(
-                ErrorCode::NoActiveQuery,
-                "no query is running; send a query instead",
-            ));
+        match &self.query {
+            None => {
+                return self.send_error(ClientError::new(
+                    ErrorCode::NoActiveQuery,
+                    "no query is running; send a query instead",
+                ))
+            }
+            // It would only be interrupted too (see `on_result`).
+            Some(q) if q.interrupt_deadline.is_some() => {
+                return self.send_error(ClientError::new(
+                    ErrorCode::NoActiveQuery,
+                    "the query is being interrupted; send a new query after its query_end",
+                ))
+            }
+            Some(_) => {}
         }
         if text.len() > self.shared.config.max_prompt_bytes {
             return self.send_error(ClientError::new(

@@ -503,8 +503,11 @@ fn interrupt_also_stops_input_queued_before_it() {
     c.send(json!({"type": "input", "text": "slow 100 50"}));
     c.until("input_acknowledged");
     c.send(json!({"type": "interrupt"}));
+    // Input after the interrupt would be stopped too: it is refused instead.
+    c.send(json!({"type": "input", "text": "too late"}));
     let msgs = c.until("query_end");
     assert_eq!(only(&msgs, "query_end")["outcome"], "interrupted");
+    assert_eq!(only(&msgs, "error")["code"], "no_active_query");
     let interrupted = msgs
         .iter()
         .filter(|m| m["type"] == "result_message")
