@@ -5,6 +5,8 @@
 //! the variant's fields) so that each way a frame can be wrong gets its own stable code.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -371,7 +373,7 @@ pub enum QueryOutcome {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
-pub enum ServerMessage {
+pub enum ServerMessage<'a> {
     ConnectionEstablished {
         session_id: String,
         capabilities: Capabilities,
@@ -384,11 +386,11 @@ pub enum ServerMessage {
     ///
     /// Its parts are kept as the CLI's own JSON text: relayed, never rebuilt.
     AssistantMessage {
-        content: Box<RawValue>,
+        content: Raw<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        model: Option<Box<RawValue>>,
+        model: Option<Raw<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        parent_tool_use_id: Option<Box<RawValue>>,
+        parent_tool_use_id: Option<Raw<'a>>,
     },
     /// A `system` line of the CLI, all its fields (including `subtype`) kept.
     SystemMessage(Map<String, Value>),
@@ -406,11 +408,11 @@ pub enum ServerMessage {
         result: Value,
     },
     StreamEvent {
-        event: Box<RawValue>,
+        event: Raw<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        session_id: Option<Box<RawValue>>,
+        session_id: Option<Raw<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        parent_tool_use_id: Option<Box<RawValue>>,
+        parent_tool_use_id: Option<Raw<'a>>,
     },
     QueryEnd {
         outcome: QueryOutcome,
@@ -427,7 +429,10 @@ pub enum ServerMessage {
     },
 }
 
-impl ServerMessage {
+/// JSON text relayed as it is: borrowed from a child's stdout line where possible.
+pub type Raw<'a> = Cow<'a, RawValue>;
+
+impl ServerMessage<'_> {
     /// The wire `type` of this message.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -446,28 +451,48 @@ impl ServerMessage {
         }
     }
 
+    /// Room for the frame of this message, so it is written without regrowing.
+    fn size_hint(&self) -> usize {
+        let raw = |r: &Option<Raw>| r.as_ref().map_or(0, |r| r.get().len());
+        96 + match self {
+            ServerMessage::AssistantMessage {
+                content,
+                model,
+                parent_tool_use_id,
+            } => content.get().len() + raw(model) + raw(parent_tool_use_id),
+            ServerMessage::StreamEvent { event, .. } => event.get().len() + 64,
+            _ => 64,
+        }
+    }
+
     /// The JSON text of this message as sent, numbered `seq`.
     pub fn to_frame(&self, seq: u64) -> String {
         #[derive(Serialize)]
-        struct Frame<'a> {
+        struct Frame<'a, 'm> {
             #[serde(rename = "type")]
             kind: &'static str,
             seq: u64,
-            data: &'a ServerMessage,
+            data: &'a ServerMessage<'m>,
         }
         // Serializing a tree of `Value`s and plain structs into a String cannot fail.
-        serde_json::to_string(&Frame {
-            kind: self.kind(),
-            seq,
-            data: self,
-        })
+        let mut out = Vec::with_capacity(self.size_hint());
+        serde_json::to_writer(
+            &mut out,
+            &Frame {
+                kind: self.kind(),
+                seq,
+                data: self,
+            },
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|()| String::from_utf8(out).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| {
             format!(r#"{{"type":"error","seq":{seq},"data":{{"error":"could not encode a message: {e}","code":"invalid_message"}}}}"#)
         })
     }
 }
 
-impl From<ClientError> for ServerMessage {
+impl From<ClientError> for ServerMessage<'static> {
     fn from(e: ClientError) -> Self {
         ServerMessage::Error {
             error: e.message,

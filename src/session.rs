@@ -499,7 +499,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn on_child_line(&mut self, event: CliEvent) {
+    fn on_child_line(&mut self, event: CliEvent<'_>) {
         match event {
             CliEvent::Forward(m) => self.send(m),
             CliEvent::Init {
@@ -752,7 +752,7 @@ impl<'a> Session<'a> {
 
     // ---- output and ending ------------------------------------------------------
 
-    fn send(&mut self, msg: ServerMessage) {
+    fn send(&mut self, msg: ServerMessage<'_>) {
         self.seq += 1;
         if let Err(LinkError::Gone(why) | LinkError::Protocol(why)) =
             self.link.queue_text(msg.to_frame(self.seq))

@@ -9,17 +9,19 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::protocol::{truncate, ServerMessage};
+use std::borrow::Cow;
+
+use crate::protocol::{truncate, Raw, ServerMessage};
 
 /// What one stdout line means to the session.
 #[derive(Debug)]
-pub enum CliEvent {
+pub enum CliEvent<'a> {
     /// Relay to the client.
-    Forward(ServerMessage),
+    Forward(ServerMessage<'a>),
     /// `system/init`: the CLI's session id is known.
     Init {
         session_id: Option<String>,
-        message: ServerMessage,
+        message: ServerMessage<'a>,
     },
     /// A user message of ours echoed back (`--replay-user-messages`): the CLI has taken
     /// it into a turn. Messages queued during a turn come back merged, joined by `\n`.
@@ -28,7 +30,7 @@ pub enum CliEvent {
     Result {
         session_id: Option<String>,
         is_error: bool,
-        message: ServerMessage,
+        message: ServerMessage<'a>,
     },
     /// The CLI asks its driver something (e.g. `can_use_tool`); it waits for an answer.
     ControlRequest { request_id: Value, subtype: String },
@@ -70,22 +72,21 @@ struct FastMessage<'a> {
 /// take a fast path: their parts are relayed as the CLI's own JSON text, so no tree is
 /// built and re-encoded. Every other line (and any line the fast path does not fit)
 /// is parsed whole and handled by [`translate`].
-pub fn translate_line(line: &[u8]) -> CliEvent {
+pub fn translate_line(line: &[u8]) -> CliEvent<'_> {
     if let Ok(f) = serde_json::from_slice::<Fast>(line) {
-        let own = |v: Option<&RawValue>| v.map(RawValue::to_owned);
         match (f.kind.get(), f.message, f.event) {
             ("\"assistant\"", Some(m), _) => {
                 return CliEvent::Forward(ServerMessage::AssistantMessage {
-                    content: m.content.to_owned(),
-                    model: own(m.model),
-                    parent_tool_use_id: own(f.parent_tool_use_id),
+                    content: Cow::Borrowed(m.content),
+                    model: m.model.map(Cow::Borrowed),
+                    parent_tool_use_id: f.parent_tool_use_id.map(Cow::Borrowed),
                 });
             }
             ("\"stream_event\"", _, Some(event)) => {
                 return CliEvent::Forward(ServerMessage::StreamEvent {
-                    event: event.to_owned(),
-                    session_id: own(f.session_id),
-                    parent_tool_use_id: own(f.parent_tool_use_id),
+                    event: Cow::Borrowed(event),
+                    session_id: f.session_id.map(Cow::Borrowed),
+                    parent_tool_use_id: f.parent_tool_use_id.map(Cow::Borrowed),
                 });
             }
             _ => {}
@@ -98,12 +99,12 @@ pub fn translate_line(line: &[u8]) -> CliEvent {
 }
 
 /// A value as JSON text (a `Value` always serializes).
-fn raw(v: &Value) -> Box<RawValue> {
-    serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned())
+fn raw(v: &Value) -> Raw<'static> {
+    Cow::Owned(serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned()))
 }
 
 /// Translate one stdout line parsed whole.
-fn translate(mut line: Map<String, Value>) -> CliEvent {
+fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
     let kind = match line.remove("type") {
         Some(Value::String(s)) => s,
         _ => String::new(),
@@ -229,7 +230,7 @@ fn take_object(line: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
     }
 }
 
-fn non_null(v: Option<Value>) -> Option<Box<RawValue>> {
+fn non_null(v: Option<Value>) -> Option<Raw<'static>> {
     v.filter(|v| !v.is_null()).map(|v| raw(&v))
 }
 
