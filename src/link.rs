@@ -430,8 +430,11 @@ impl Link {
         let _ = self.ws.flush();
     }
 
-    /// Give queued output up to `limit` to reach the peer, then shut the socket down
-    /// (dropping the link).
+    /// Give queued output up to `limit` to reach the peer, then close gracefully:
+    /// send FIN and read (discarding) what the peer still sends, until it closes too or
+    /// `limit` is up. Closing a socket with unread input makes the kernel answer with a
+    /// reset, which can destroy the close frame before the peer reads it (a client
+    /// still sending a too-large message would never learn why it was cut off).
     pub fn finish(mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.pending() > 0 && Instant::now() < deadline {
@@ -440,6 +443,22 @@ impl Link {
             }
             if self.pending() > 0 {
                 thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let tcp = self.ws.get_ref().tcp.clone();
+        let _ = self.watcher.epoll.forget(&*tcp);
+        if tcp.shutdown(Shutdown::Write).is_err() {
+            return;
+        }
+        let mut sink = [0u8; 16 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
+                return;
+            }
+            match (&*tcp).read(&mut sink) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
         }
     }
