@@ -92,6 +92,15 @@ impl std::fmt::Display for SpawnError {
     }
 }
 
+/// Why a line did not reach the child's stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undelivered {
+    /// The child is not reading: the queue to its stdin is full.
+    Busy,
+    /// Its stdin is closed: the child exited or is exiting (stdout's EOF follows).
+    Closed,
+}
+
 /// How a child ended, as the stop ladder saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -208,15 +217,17 @@ impl Child {
     }
 
     /// Queue one line (a JSON object, newline added here) for the child's stdin without
-    /// blocking. `false` when the child is not keeping up or stdin is closed.
-    pub fn send_line(&self, json: &Value) -> bool {
-        let Some(tx) = &self.stdin else { return false };
+    /// blocking. Callers that do not care whether it got there may ignore the result.
+    pub fn send_line(&self, json: &Value) -> Result<(), Undelivered> {
+        let Some(tx) = &self.stdin else {
+            return Err(Undelivered::Closed);
+        };
         let mut line = json.to_string().into_bytes();
         line.push(b'\n');
-        match tx.try_send(line) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-        }
+        tx.try_send(line).map_err(|e| match e {
+            TrySendError::Full(_) => Undelivered::Busy,
+            TrySendError::Disconnected(_) => Undelivered::Closed,
+        })
     }
 
     /// Close the child's stdin (after the lines already queued). The CLI then finishes

@@ -20,7 +20,7 @@ use crossbeam_channel::{never, select, Receiver};
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-use crate::child::{self, Child, ChildEvent, ChildSpec};
+use crate::child::{self, Child, ChildEvent, ChildSpec, Undelivered};
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
 use crate::protocol::{
@@ -369,7 +369,7 @@ impl<'a> Session<'a> {
             ClientError::new(ErrorCode::ClaudeSpawnFailed, e.to_string())
         })?;
         // The SDK's first message: the CLI answers control requests after it.
-        child.send_line(&json!({
+        let _ = child.send_line(&json!({
             "type": "control_request",
             "request_id": "claude_ws_init",
             "request": {"subtype": "initialize", "hooks": null}
@@ -391,18 +391,28 @@ impl<'a> Session<'a> {
             "parent_tool_use_id": null,
             "session_id": "default"
         });
-        let sent = self.child.as_ref().is_some_and(|c| c.send_line(&line));
-        if let (true, Some(q)) = (sent, &mut self.query) {
-            q.unacked.push_back(text.to_string());
-            q.written_since_init += 1;
+        let sent = match &self.child {
+            Some(c) => c.send_line(&line),
+            None => Err(Undelivered::Closed),
+        };
+        match sent {
+            Ok(()) => {
+                if let Some(q) = &mut self.query {
+                    q.unacked.push_back(text.to_string());
+                    q.written_since_init += 1;
+                }
+                true
+            }
+            Err(Undelivered::Busy) => {
+                self.send_error(ClientError::new(
+                    ErrorCode::ClaudeBusy,
+                    "claude is not reading its input; the message was not delivered",
+                ));
+                false
+            }
+            // The child is exiting; its exit ends the query with the reason.
+            Err(Undelivered::Closed) => false,
         }
-        if !sent {
-            self.send_error(ClientError::new(
-                ErrorCode::ClaudeBusy,
-                "claude is not reading its input; the message was not delivered",
-            ));
-        }
-        sent
     }
 
     fn input(&mut self, text: String) {
@@ -456,7 +466,7 @@ impl<'a> Session<'a> {
 
     fn send_interrupt(&self) {
         if let Some(c) = &self.child {
-            c.send_line(&json!({
+            let _ = c.send_line(&json!({
                 "type": "control_request",
                 "request_id": format!("claude_ws_interrupt_{}", self.queries),
                 "request": {"subtype": "interrupt"}
@@ -591,7 +601,7 @@ impl<'a> Session<'a> {
             subtype.escape_debug().to_string()
         );
         if let Some(c) = &self.child {
-            c.send_line(&json!({
+            let _ = c.send_line(&json!({
                 "type": "control_response",
                 "response": {
                     "subtype": "error",
@@ -649,7 +659,7 @@ impl<'a> Session<'a> {
     fn stop_child_after(&mut self, interrupt: bool) {
         if let Some(mut child) = self.take_child() {
             if interrupt {
-                child.send_line(&json!({
+                let _ = child.send_line(&json!({
                     "type": "control_request",
                     "request_id": "claude_ws_stop",
                     "request": {"subtype": "interrupt"}
