@@ -358,10 +358,17 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         // Continue this session's conversation, unless the client has just asked for
-        // a specific one (new options with `resume` or `continue_conversation`).
-        let asked_for_own = spec::picks_conversation(&key) && self.last_key.as_ref() != Some(&key);
+        // a specific one (new options with `resume` or `continue_conversation`), or for
+        // another directory: the CLI keeps conversations per directory and cannot
+        // resume one elsewhere, so a new cwd starts a new conversation.
+        let new_options = self.last_key.as_ref() != Some(&key);
+        let asked_for_own = spec::picks_conversation(&key) && new_options;
+        let moved = self
+            .last_key
+            .as_ref()
+            .is_some_and(|last| last.cwd != key.cwd);
         let spec = match &self.claude_session_id {
-            Some(id) if !asked_for_own => spec::resuming(&key, id),
+            Some(id) if !asked_for_own && !moved => spec::resuming(&key, id),
             _ => key.clone(),
         };
         let child = Child::spawn(&spec, &self.label).map_err(|e| {

@@ -246,3 +246,20 @@ fn several_inputs_during_a_turn_end_the_query_once() {
     c.send(json!({"type": "ping"}));
     assert_eq!(c.recv()["type"], "pong");
 }
+
+#[test]
+fn a_new_cwd_starts_a_new_conversation_instead_of_failing() {
+    let api = MockApi::start();
+    let s = real(&api);
+    std::fs::create_dir_all(s.workspace.join("sub")).unwrap();
+    let mut c = s.connect();
+    c.query("remember india", json!({}));
+    // The CLI keeps conversations per directory: resuming this one from "sub" would
+    // fail ("No conversation found"), so the server starts a fresh one there.
+    let msgs = c.query("recall", json!({"cwd": "sub"}));
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    assert!(!assistant_text(&msgs).contains("india"));
+    // Moving back works the same way (an earlier conversation is one `resume` away).
+    let msgs = c.query("recall", json!({}));
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+}
