@@ -231,6 +231,9 @@ impl<'a> Session<'a> {
     fn on_client_input(&mut self) {
         let mut messages = Vec::new();
         let result = self.link.receive(|_, m| messages.push(m));
+        if !messages.is_empty() {
+            self.listing.update(|i| i.last_activity = now_unix());
+        }
         for m in messages {
             match m {
                 Message::Text(text) => {
