@@ -268,28 +268,13 @@ fn now_unix() -> u64 {
 }
 
 #[cfg(test)]
+#[path = "../tests/support/jwt.rs"]
+mod jwt;
+
+#[cfg(test)]
 mod tests {
+    use super::jwt::{b64url as b64, make_jwt};
     use super::*;
-
-    fn b64(data: &[u8]) -> String {
-        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let n = chunk.iter().fold(0u32, |a, &b| (a << 8) | b as u32) << (8 * (3 - chunk.len()));
-            for i in 0..=chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            }
-        }
-        out
-    }
-
-    pub fn make_jwt(secret: &[u8], claims: &str) -> String {
-        let h = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let p = b64(claims.as_bytes());
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-        mac.update(format!("{h}.{p}").as_bytes());
-        format!("{h}.{p}.{}", b64(&mac.finalize().into_bytes()))
-    }
 
     #[test]
     fn jwt_checks_signature_and_expiry() {

@@ -9,33 +9,15 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use support::*;
 use tungstenite::Message;
 
 const TOKEN: &str = "correct-horse-battery-staple";
 const SECRET: &str = "jwt-signing-secret";
 
-fn b64url(data: &[u8]) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().fold(0u32, |a, &b| (a << 8) | b as u32) << (8 * (3 - chunk.len()));
-        for i in 0..=chunk.len() {
-            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 fn jwt(secret: &str, claims: Value) -> String {
-    let h = b64url(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let p = b64url(claims.to_string().as_bytes());
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{h}.{p}").as_bytes());
-    format!("{h}.{p}.{}", b64url(&mac.finalize().into_bytes()))
+    support::jwt::make_jwt(secret.as_bytes(), &claims.to_string())
 }
 
 fn now() -> u64 {
