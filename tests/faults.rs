@@ -155,10 +155,8 @@ fn child_exiting_at_start_shows_its_stderr() {
         ),
     )
     .unwrap();
-    std::process::Command::new("chmod")
-        .args(["+x", wrapper.to_str().unwrap()])
-        .status()
-        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let s = ServerOptions {
         claude: wrapper,
         args: vec![],

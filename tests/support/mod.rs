@@ -278,9 +278,10 @@ impl TestServer {
 
     fn terminate(&mut self) -> Option<ExitStatus> {
         let mut proc = self.proc.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &proc.id().to_string()])
-            .status();
+        // SAFETY: kill(2) only sends a signal, to the server this struct started.
+        unsafe {
+            libc::kill(proc.id() as libc::pid_t, libc::SIGTERM);
+        }
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(Some(s)) = proc.try_wait() {
