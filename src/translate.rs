@@ -240,6 +240,7 @@ fn string(line: &Map<String, Value>, key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::CliEvent::Forward;
     use super::*;
     use serde_json::json;
 
@@ -273,6 +274,19 @@ mod tests {
                 let v: Value = serde_json::from_str(line).unwrap();
                 let kind = v["type"].as_str().unwrap().to_string();
                 let e = translate_line(line.as_bytes());
+                if kind == "assistant" {
+                    // Relayed as the CLI wrote it, byte for byte.
+                    let content = serde_json::to_string(&v["message"]["content"]).unwrap();
+                    let Forward(m) = translate_line(line.as_bytes()) else {
+                        panic!("not forwarded: {line}")
+                    };
+                    let sent = m.to_frame(1);
+                    let original = &line[line.find("\"content\":").unwrap() + 10..];
+                    assert!(
+                        sent.contains(&original[..content.len().min(original.len())]),
+                        "{sent}"
+                    );
+                }
                 if matches!(kind.as_str(), "assistant" | "stream_event") {
                     // The fast path says exactly what the whole parse says.
                     assert_eq!(
