@@ -573,3 +573,22 @@ fn a_child_flooding_a_gone_client_still_stops_gracefully() {
     assert!(eventually(WAIT, || s.sessions().is_empty()));
     assert!(!s.logs().contains("SIGTERM"), "{}", s.logs());
 }
+
+#[test]
+fn a_client_that_is_not_reading_can_still_interrupt() {
+    let s = ServerOptions::fake()
+        .arg("--interrupt-grace-secs=0.5")
+        .start();
+    let mut c = s.connect();
+    // Far more output than the socket, the server's backlog and the pipe hold: the
+    // session stops taking it and the child blocks writing.
+    c.send(json!({"type": "query", "prompt": "flood 5000 65536"}));
+    assert!(eventually(WAIT, || s.sessions()[0]["child_pid"].is_u64()));
+    std::thread::sleep(Duration::from_millis(500));
+    c.send(json!({"type": "interrupt"}));
+    let msgs = c.until("query_end");
+    assert!(msgs.iter().any(|m| m["type"] == "interrupt_acknowledged"));
+    assert_eq!(only(&msgs, "query_end")["outcome"], "interrupted");
+    let msgs = c.query("after", json!({}));
+    assert!(assistant_text(&msgs).contains("Echo: after"));
+}
