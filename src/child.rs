@@ -136,6 +136,7 @@ impl Child {
             .stderr(Stdio::piped());
         // Its own group, so a stop reaches Bash-tool grandchildren too.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        sys::terminate_with_parent(&mut cmd);
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }

@@ -27,6 +27,25 @@ pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
     }
 }
 
+/// Have the child started by `cmd` receive SIGTERM if the thread that starts it ends,
+/// which includes the whole server dying (even by SIGKILL): no orphaned `claude`.
+/// A session stops its child before its thread ends, so in normal operation the signal
+/// never fires.
+pub fn terminate_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// Whether any process is left in group `pgid`.
 pub fn group_exists(pgid: u32) -> bool {
     let Ok(pgid) = libc::pid_t::try_from(pgid) else {

@@ -592,3 +592,24 @@ fn a_client_that_is_not_reading_can_still_interrupt() {
     let msgs = c.query("after", json!({}));
     assert!(assistant_text(&msgs).contains("Echo: after"));
 }
+
+#[test]
+fn children_do_not_outlive_a_killed_server() {
+    let s = fake();
+    let mut c = s.connect();
+    // A child that neither writes (no broken pipe to end it) nor minds its stdin closing.
+    c.send(json!({"type": "query", "prompt": "hang"}));
+    c.until("system_message");
+    let kids = children_of(s.pid());
+    assert_eq!(kids.len(), 1);
+    // SIGKILL: no shutdown path runs at all.
+    // SAFETY: kill(2) only sends a signal, to the server this test started.
+    unsafe {
+        libc::kill(s.pid() as libc::pid_t, libc::SIGKILL);
+    }
+    assert!(
+        eventually(WAIT, || !pid_alive(kids[0])),
+        "child {} outlived the killed server",
+        kids[0]
+    );
+}
