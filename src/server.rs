@@ -6,6 +6,7 @@
 //! session (each closes its client with 1001, interrupts and stops its child), wait for
 //! them with a deadline, stop the side port, return.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -18,9 +19,14 @@ use crate::config::Config;
 use crate::handshake::{self, Admission};
 use crate::limits::PeerRates;
 use crate::link::{self, Duplex, Link};
+use crate::protocol::{http_error_body, ErrorCode};
 use crate::registry::{new_session_id, now_unix, Control, Registry, SessionInfo, SessionState};
 use crate::session::Session;
 use crate::{http, spec, sys};
+
+/// Connections that may be in their handshake beyond `max_sessions`; more are answered
+/// 503 at once.
+const HANDSHAKE_HEADROOM: usize = 64;
 
 /// Stack size of a connection (session) thread. Only touched pages cost memory, and
 /// an idle session touches few (see `sys::release_stack_below_caller`); the size is
@@ -215,6 +221,14 @@ impl Server {
                     continue;
                 }
             };
+            // Connections still in their handshake hold a thread but no session slot
+            // yet: bound them too, or idle sockets could exhaust threads.
+            let cap = self.shared.config.max_sessions + HANDSHAKE_HEADROOM;
+            if self.shared.connections.load(Ordering::SeqCst) >= cap {
+                log::debug!("{cap} connections open; refusing one at once");
+                refuse_busy(tcp);
+                continue;
+            }
             next_id += 1;
             let shared = self.shared.clone();
             shared.connections.fetch_add(1, Ordering::SeqCst);
@@ -248,6 +262,23 @@ impl Server {
             let _ = h.join();
         }
         log::info!("stopped");
+    }
+}
+
+/// Answer a connection the server has no room for with HTTP 503, without blocking
+/// the accept loop, and close it.
+fn refuse_busy(tcp: TcpStream) {
+    let body = http_error_body(
+        ErrorCode::ServerFull,
+        "the server has no room for more connections",
+    );
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if tcp.set_nonblocking(true).is_ok() {
+        let _ = (&tcp).write(response.as_bytes());
     }
 }
 

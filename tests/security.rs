@@ -504,3 +504,25 @@ fn client_strings_cannot_forge_log_lines() {
         assert!(!line.starts_with("[2026-01-01"), "forged line: {line}");
     }
 }
+
+#[test]
+fn sockets_that_never_handshake_cannot_exhaust_threads() {
+    let s = ServerOptions::fake().arg("--max-sessions=1").start();
+    // max-sessions plus 64 connections may sit in their handshake; these send nothing.
+    let idle: Vec<TcpStream> = (0..65)
+        .map(|_| TcpStream::connect(s.ws_authority()).unwrap())
+        .collect();
+    assert!(
+        eventually(WAIT, || {
+            let mut extra = TcpStream::connect(s.ws_authority()).unwrap();
+            extra.set_read_timeout(Some(WAIT)).unwrap();
+            let mut answer = String::new();
+            let _ = extra.read_to_string(&mut answer);
+            answer.starts_with("HTTP/1.1 503")
+        }),
+        "no immediate 503 for a connection beyond the cap"
+    );
+    drop(idle);
+    // Room again once they are gone.
+    assert!(eventually(WAIT, || s.try_connect(&s.ws_url, &[]).is_ok()));
+}
