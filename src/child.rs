@@ -112,6 +112,15 @@ pub enum Ending {
     Killed(ExitStatus),
 }
 
+impl Ending {
+    /// The exit status, however it came about.
+    pub fn status(self) -> ExitStatus {
+        match self {
+            Ending::Exited(s) | Ending::Terminated(s) | Ending::Killed(s) => s,
+        }
+    }
+}
+
 /// A running `claude` process and the threads around it.
 pub struct Child {
     proc: std::process::Child,
@@ -250,7 +259,7 @@ impl Child {
     /// The exit status, if the child has exited (reaps it).
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if let Some(e) = self.ended {
-            return Some(ending_status(e));
+            return Some(e.status());
         }
         match self.proc.try_wait() {
             Ok(Some(s)) => {
@@ -380,12 +389,6 @@ impl Drop for Child {
             );
             self.kill("drop");
         }
-    }
-}
-
-fn ending_status(e: Ending) -> ExitStatus {
-    match e {
-        Ending::Exited(s) | Ending::Terminated(s) | Ending::Killed(s) => s,
     }
 }
 

@@ -106,9 +106,8 @@ pub struct Session<'a> {
     child: Option<Child>,
     /// The current child's events; `never()` when there is no child.
     child_events: Receiver<ChildEvent>,
-    /// The spec the current child was built from, before any `--resume` was added.
-    child_key: Option<ChildSpec>,
-    /// The spec the last child (live or not) was built from.
+    /// The spec the last child (the live one, if any) was built from, before any
+    /// `--resume` was added.
     last_key: Option<ChildSpec>,
     /// The live child's place among the server's --max-running.
     child_slot: Option<ChildSlot>,
@@ -144,7 +143,6 @@ impl<'a> Session<'a> {
             seq: 0,
             child: None,
             child_events: never(),
-            child_key: None,
             last_key: None,
             child_slot: None,
             child_echoes: false,
@@ -334,12 +332,10 @@ impl<'a> Session<'a> {
             self.send_error(e);
             return self.end_query(QueryOutcome::Error);
         }
-        let pid = self.child.as_ref().map(Child::pid);
         let queries = self.queries;
         self.listing.update(|i| {
             i.state = SessionState::Running;
             i.queries = queries;
-            i.child_pid = pid;
             i.last_activity = now_unix();
             if cwd.is_some() {
                 i.cwd = cwd;
@@ -352,9 +348,9 @@ impl<'a> Session<'a> {
     /// conversation) when the flags differ from the current one's. The child keeps
     /// `slot` for as long as it lives.
     fn ensure_child(&mut self, key: ChildSpec, slot: ChildSlot) -> Result<(), ClientError> {
-        if self.child.is_some() && self.child_key.as_ref() != Some(&key) {
+        if self.child.is_some() && self.last_key.as_ref() != Some(&key) {
             log::info!("[{}] options changed; restarting claude", self.label);
-            self.stop_child();
+            self.stop_child(false); // between queries: no turn to interrupt
         }
         if self.child.is_some() {
             self.child_slot = Some(slot);
@@ -389,8 +385,7 @@ impl<'a> Session<'a> {
         self.listing.update(|i| i.child_pid = Some(child.pid()));
         self.child = Some(child);
         self.child_slot = Some(slot);
-        self.last_key = Some(key.clone());
-        self.child_key = Some(key);
+        self.last_key = Some(key);
         Ok(())
     }
 
@@ -626,7 +621,6 @@ impl<'a> Session<'a> {
     /// /sessions), for the caller to stop.
     fn take_child(&mut self) -> Option<Child> {
         self.child_events = never();
-        self.child_key = None;
         self.child_slot = None;
         let child = self.child.take();
         if child.is_some() {
@@ -646,11 +640,7 @@ impl<'a> Session<'a> {
         if q.interrupt_deadline.is_some() {
             return self.end_query(QueryOutcome::Interrupted);
         }
-        let status = match ending {
-            crate::child::Ending::Exited(s)
-            | crate::child::Ending::Terminated(s)
-            | crate::child::Ending::Killed(s) => s,
-        };
+        let status = ending.status();
         let mut message = format!("claude exited ({status}) before the query finished");
         if !tail.is_empty() {
             message.push_str("; its stderr ends with: ");
@@ -660,13 +650,9 @@ impl<'a> Session<'a> {
         self.end_query(QueryOutcome::Error);
     }
 
-    /// Stop the current child gracefully (close stdin, then escalate).
-    fn stop_child(&mut self) {
-        self.stop_child_after(self.query.is_some());
-    }
-
-    /// Stop the current child gracefully, interrupting its turn first if one runs.
-    fn stop_child_after(&mut self, interrupt: bool) {
+    /// Stop the current child gracefully (close stdin, then escalate), interrupting
+    /// its turn first if `interrupt`.
+    fn stop_child(&mut self, interrupt: bool) {
         if let Some(mut child) = self.take_child() {
             if interrupt {
                 let _ = child.send_line(&json!({
@@ -756,7 +742,7 @@ impl<'a> Session<'a> {
                     "[{}] claude idle for {idle:?}; stopping it until the next query",
                     self.label
                 );
-                self.stop_child();
+                self.stop_child(false);
             }
         }
         if self.link.stalled_for() > config.stall_timeout {
@@ -825,7 +811,7 @@ impl<'a> Session<'a> {
             End::Stalled => self.link.close(Closing::NotReading),
             End::ClientGone(_) | End::Protocol(_) | End::HeartbeatTimeout => {}
         }
-        self.stop_child_after(had_query);
+        self.stop_child(had_query);
         self.query = None;
         let link = self.link;
         link.finish(Duration::from_secs(1));
