@@ -2,6 +2,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+
+use crate::registry::lock;
 use std::time::{Duration, Instant};
 
 /// At most `max` events in any `window`.
@@ -69,7 +71,7 @@ impl PeerRates {
 
     /// Zero if `peer` may start a query at `now`; otherwise how long until it may.
     pub fn check(&self, peer: &str, now: Instant) -> Duration {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = lock(&self.peers);
         match peers.get_mut(peer) {
             Some(w) => w.check(now),
             None => Duration::ZERO,
@@ -77,7 +79,7 @@ impl PeerRates {
     }
 
     pub fn record(&self, peer: &str, now: Instant) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = lock(&self.peers);
         if peers.len() > 10_000 {
             peers.retain(|_, w| !w.is_empty_at(now)); // forget peers gone quiet
         }

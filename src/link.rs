@@ -32,6 +32,7 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use crate::protocol::Closing;
+use crate::registry::lock;
 use crate::sys;
 
 /// tungstenite's read buffer, which every session holds (it grows for a larger frame,
@@ -89,7 +90,7 @@ impl Watcher {
                     continue;
                 }
             }
-            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let sessions = lock(&self.sessions);
             for token in &ready {
                 if let Some(tx) = sessions.get(token) {
                     // Full: the session has not taken the last word yet, which says the same.
@@ -291,11 +292,7 @@ impl Link {
         let watcher = watcher()?;
         let token = watcher.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, inbound) = bounded(1);
-        watcher
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(token, tx);
+        lock(&watcher.sessions).insert(token, tx);
         // From here on the link's drop undoes the registration.
         let link = Link {
             ws,
@@ -470,11 +467,7 @@ impl Drop for Link {
     fn drop(&mut self) {
         let tcp = &self.ws.get_ref().tcp;
         let _ = self.watcher.epoll.forget(&**tcp);
-        self.watcher
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.token);
+        lock(&self.watcher.sessions).remove(&self.token);
         let _ = tcp.shutdown(Shutdown::Both);
     }
 }

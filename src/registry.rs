@@ -227,7 +227,7 @@ impl Registry {
 
 /// Lock, recovering from a poisoned mutex: the data (counters, rows) stays valid even
 /// if a session thread panicked while holding it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
