@@ -32,6 +32,7 @@ mod child;
 pub mod config;
 mod handshake;
 mod http;
+mod json;
 mod limits;
 mod link;
 pub mod protocol;

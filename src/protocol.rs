@@ -5,10 +5,10 @@
 //! the variant's fields) so that each way a frame can be wrong gets its own stable code.
 
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+pub use crate::json::Raw;
 
 /// A stable, machine-readable reason carried by every `error` message.
 ///
@@ -367,7 +367,8 @@ pub enum QueryOutcome {
 }
 
 /// A message from the server. Serialized as `{"type": …, "seq": …, "data": {…}}`
-/// by [`ServerMessage::to_frame`].
+/// by [`ServerMessage::to_frame`]: the variants that carry the CLI's own JSON text
+/// ([`Raw`]) are written by hand there, every other one by serde.
 // Messages are built and serialized at once, never stored in bulk, so the size of the
 // largest variant (a result's ten fields) costs nothing worth boxing for.
 #[allow(clippy::large_enum_variant)]
@@ -385,11 +386,10 @@ pub enum ServerMessage<'a> {
     /// line carrying `tool_result` blocks.
     ///
     /// Its parts are kept as the CLI's own JSON text: relayed, never rebuilt.
+    #[serde(skip)]
     AssistantMessage {
         content: Raw<'a>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         model: Option<Raw<'a>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         parent_tool_use_id: Option<Raw<'a>>,
     },
     /// A `system` line of the CLI, all its fields (including `subtype`) kept.
@@ -407,11 +407,11 @@ pub enum ServerMessage<'a> {
         is_error: Value,
         result: Value,
     },
+    /// A `stream_event` line (with `--include-partial-messages`), its event relayed.
+    #[serde(skip)]
     StreamEvent {
         event: Raw<'a>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         session_id: Option<Raw<'a>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         parent_tool_use_id: Option<Raw<'a>>,
     },
     QueryEnd {
@@ -428,9 +428,6 @@ pub enum ServerMessage<'a> {
         code: ErrorCode,
     },
 }
-
-/// JSON text relayed as it is: borrowed from a child's stdout line where possible.
-pub type Raw<'a> = Cow<'a, RawValue>;
 
 impl ServerMessage<'_> {
     /// The wire `type` of this message.
@@ -460,36 +457,106 @@ impl ServerMessage<'_> {
                 model,
                 parent_tool_use_id,
             } => content.get().len() + raw(model) + raw(parent_tool_use_id),
-            ServerMessage::StreamEvent { event, .. } => event.get().len() + 64,
+            ServerMessage::StreamEvent {
+                event,
+                session_id,
+                parent_tool_use_id,
+            } => event.get().len() + raw(session_id) + raw(parent_tool_use_id),
             _ => 64,
         }
     }
 
-    /// The JSON text of this message as sent, numbered `seq`.
-    pub fn to_frame(&self, seq: u64) -> String {
-        #[derive(Serialize)]
-        struct Frame<'a, 'm> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            seq: u64,
-            data: &'a ServerMessage<'m>,
+    /// Append the JSON text of this message as sent, numbered `seq`, to `out`.
+    pub fn write_frame(&self, seq: u64, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.reserve(self.size_hint());
+        out.extend_from_slice(br#"{"type":""#);
+        out.extend_from_slice(self.kind().as_bytes());
+        out.extend_from_slice(br#"","seq":"#);
+        push_decimal(out, seq);
+        out.extend_from_slice(br#","data":"#);
+        match self {
+            ServerMessage::AssistantMessage {
+                content,
+                model,
+                parent_tool_use_id,
+            } => raw_object(
+                out,
+                [
+                    ("content", Some(content)),
+                    ("model", model.as_ref()),
+                    ("parent_tool_use_id", parent_tool_use_id.as_ref()),
+                ],
+            ),
+            ServerMessage::StreamEvent {
+                event,
+                session_id,
+                parent_tool_use_id,
+            } => raw_object(
+                out,
+                [
+                    ("event", Some(event)),
+                    ("session_id", session_id.as_ref()),
+                    ("parent_tool_use_id", parent_tool_use_id.as_ref()),
+                ],
+            ),
+            // Serializing plain structs and `Value`s cannot fail.
+            other => {
+                if let Err(e) = serde_json::to_writer(&mut *out, other) {
+                    out.truncate(start);
+                    let error = ServerMessage::Error {
+                        error: format!("could not encode a {} message: {e}", self.kind()),
+                        code: ErrorCode::InvalidMessage,
+                    };
+                    return error.write_frame(seq, out);
+                }
+            }
         }
-        // Serializing a tree of `Value`s and plain structs into a String cannot fail.
-        let mut out = Vec::with_capacity(self.size_hint());
-        serde_json::to_writer(
-            &mut out,
-            &Frame {
-                kind: self.kind(),
-                seq,
-                data: self,
-            },
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|()| String::from_utf8(out).map_err(|e| e.to_string()))
-        .unwrap_or_else(|e| {
-            format!(r#"{{"type":"error","seq":{seq},"data":{{"error":"could not encode a message: {e}","code":"invalid_message"}}}}"#)
-        })
+        out.push(b'}');
     }
+
+    /// The JSON text of this message as sent, numbered `seq`.
+    #[cfg(test)]
+    pub fn to_frame(&self, seq: u64) -> String {
+        let mut out = Vec::new();
+        self.write_frame(seq, &mut out);
+        // Only serde_json output and checked JSON text were written.
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// `{"name":<json>,…}` of the members present. Names are plain identifiers: no escaping.
+fn raw_object<const N: usize>(out: &mut Vec<u8>, members: [(&str, Option<&Raw>); N]) {
+    out.push(b'{');
+    let mut first = true;
+    for (name, value) in members {
+        if let Some(value) = value {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(value.get());
+        }
+    }
+    out.push(b'}');
+}
+
+/// `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 impl From<ClientError> for ServerMessage<'static> {

@@ -5,13 +5,10 @@
 //! `control_request` and `control_response`. A line of any other type is relayed as a
 //! `system_message` whose `subtype` is `cli_<type>`, so nothing the CLI says is lost.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use std::borrow::Cow;
-
-use crate::protocol::{truncate, Raw, ServerMessage};
+use crate::json::{Declined, Raw, Scanner};
+use crate::protocol::{truncate, ServerMessage};
 
 /// What one stdout line means to the session.
 #[derive(Debug)]
@@ -40,57 +37,16 @@ pub enum CliEvent<'a> {
     Invalid(String),
 }
 
-/// The fields of a stdout line the fast path needs, borrowed from the line's text.
-/// Everything else is skipped, not built.
-#[derive(Deserialize)]
-struct Fast<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a RawValue,
-    /// Parsed in the same pass; a line whose `message` does not fit (no `content`)
-    /// fails the fast path and is parsed whole.
-    #[serde(borrow, default)]
-    message: Option<FastMessage<'a>>,
-    #[serde(borrow, default)]
-    event: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    session_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    parent_tool_use_id: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct FastMessage<'a> {
-    #[serde(borrow)]
-    content: &'a RawValue,
-    #[serde(borrow, default)]
-    model: Option<&'a RawValue>,
-}
-
 /// Translate one stdout line (without its newline).
 ///
 /// The events that make up the bulk of a stream — `assistant` and `stream_event` —
-/// take a fast path: their parts are relayed as the CLI's own JSON text, so no tree is
-/// built and re-encoded. Every other line (and any line the fast path does not fit)
-/// is parsed whole and handled by [`translate`].
+/// take a fast path: the line is checked by [`Scanner`] and its parts are relayed as
+/// the CLI's own JSON text, so no tree is built and re-encoded. Every other line (and
+/// any line the scanner declines) is parsed whole by serde_json and handled by
+/// [`translate`].
 pub fn translate_line(line: &[u8]) -> CliEvent<'_> {
-    if let Ok(f) = serde_json::from_slice::<Fast>(line) {
-        match (f.kind.get(), f.message, f.event) {
-            ("\"assistant\"", Some(m), _) => {
-                return CliEvent::Forward(ServerMessage::AssistantMessage {
-                    content: Cow::Borrowed(m.content),
-                    model: m.model.map(Cow::Borrowed),
-                    parent_tool_use_id: f.parent_tool_use_id.map(Cow::Borrowed),
-                });
-            }
-            ("\"stream_event\"", _, Some(event)) => {
-                return CliEvent::Forward(ServerMessage::StreamEvent {
-                    event: Cow::Borrowed(event),
-                    session_id: f.session_id.map(Cow::Borrowed),
-                    parent_tool_use_id: f.parent_tool_use_id.map(Cow::Borrowed),
-                });
-            }
-            _ => {}
-        }
+    if let Ok(Some(event)) = fast(line) {
+        return event;
     }
     match serde_json::from_slice::<Value>(line) {
         Ok(Value::Object(map)) => translate(map),
@@ -98,9 +54,57 @@ pub fn translate_line(line: &[u8]) -> CliEvent<'_> {
     }
 }
 
-/// A value as JSON text (a `Value` always serializes).
-fn raw(v: &Value) -> Raw<'static> {
-    Cow::Owned(serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+/// The fast path: `Ok(None)` for a valid line of another type.
+fn fast(line: &[u8]) -> Result<Option<CliEvent<'_>>, Declined> {
+    /// Keep the first sighting of a member; a second one is for serde to judge.
+    fn once<'a>(slot: &mut Option<Raw<'a>>, value: Raw<'a>) -> Result<(), Declined> {
+        match slot {
+            Some(_) => Err(Declined),
+            None => {
+                *slot = Some(value);
+                Ok(())
+            }
+        }
+    }
+    let (mut kind, mut content, mut model, mut event, mut session_id, mut parent) =
+        (None, None, None, None, None, None);
+    let mut has_message = false;
+    let mut scan = Scanner::new(line);
+    scan.members(|s, key| match key {
+        b"type" => once(&mut kind, s.value()?),
+        b"message" if !has_message => {
+            has_message = true;
+            s.members(|s, key| match key {
+                b"content" => once(&mut content, s.value()?),
+                b"model" => once(&mut model, s.value()?),
+                _ => s.value().map(drop),
+            })
+        }
+        b"message" => Err(Declined),
+        b"event" => once(&mut event, s.value()?),
+        b"session_id" => once(&mut session_id, s.value()?),
+        b"parent_tool_use_id" => once(&mut parent, s.value()?),
+        _ => s.value().map(drop),
+    })?;
+    scan.end()?;
+    let parent_tool_use_id = parent.filter(|p| !p.is_null());
+    Ok(match (kind.as_ref().map(Raw::get), content, event) {
+        (Some(br#""assistant""#), Some(content), _) => {
+            Some(CliEvent::Forward(ServerMessage::AssistantMessage {
+                content,
+                model,
+                parent_tool_use_id,
+            }))
+        }
+        (Some(br#""stream_event""#), _, Some(event)) => {
+            Some(CliEvent::Forward(ServerMessage::StreamEvent {
+                event,
+                session_id: session_id.filter(|s| !s.is_null()),
+                parent_tool_use_id,
+            }))
+        }
+        _ => None,
+    })
 }
 
 /// Translate one stdout line parsed whole.
@@ -113,8 +117,8 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
         "assistant" => {
             let message = take_object(&mut line, "message");
             CliEvent::Forward(ServerMessage::AssistantMessage {
-                content: raw(message.get("content").unwrap_or(&Value::Array(vec![]))),
-                model: message.get("model").map(raw),
+                content: Raw::of(message.get("content").unwrap_or(&Value::Array(vec![]))),
+                model: message.get("model").map(Raw::of),
                 parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
             })
         }
@@ -148,7 +152,7 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
                 CliEvent::Internal
             } else {
                 CliEvent::Forward(ServerMessage::AssistantMessage {
-                    content: raw(&Value::Array(results)),
+                    content: Raw::of(&Value::Array(results)),
                     model: None,
                     parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
                 })
@@ -194,8 +198,8 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
             }
         }
         "stream_event" => CliEvent::Forward(ServerMessage::StreamEvent {
-            event: raw(line.get("event").unwrap_or(&Value::Null)),
-            session_id: line.get("session_id").map(raw),
+            event: Raw::of(line.get("event").unwrap_or(&Value::Null)),
+            session_id: non_null(line.remove("session_id")),
             parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
         }),
         "control_request" => {
@@ -231,7 +235,7 @@ fn take_object(line: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
 }
 
 fn non_null(v: Option<Value>) -> Option<Raw<'static>> {
-    v.filter(|v| !v.is_null()).map(|v| raw(&v))
+    v.filter(|v| !v.is_null()).map(|v| Raw::of(&v))
 }
 
 fn string(line: &Map<String, Value>, key: &str) -> Option<String> {

@@ -1,0 +1,584 @@
+//! JSON text that is checked but never built: the fast path for the bulk of a child's
+//! output.
+//!
+//! A turn of the CLI is mostly `assistant` and `stream_event` lines, and the server
+//! relays their parts as the CLI wrote them. Building a tree for that, or letting serde
+//! check each byte on its way to a borrowed `RawValue`, cost more than everything else
+//! on the way to the client (see the relay benchmark). [`Scanner`] checks a line against
+//! the JSON grammar (RFC 8259) and UTF-8 in one pass — eight bytes at a time inside
+//! strings — and hands out the text of the members its caller asks for as [`Raw`].
+//! Frames are bytes on the wire, so no `str` is made of them (which would check the
+//! relayed bytes a second time).
+//!
+//! The scanner may decline a line it is not sure how to read (a key written with an
+//! escape, a member twice, nesting deeper than serde_json allows): the caller then parses
+//! the line with serde_json, which has the last word. So declining is never wrong, and
+//! accepting is only right for valid JSON: a property test holds it to serde_json's
+//! verdict on many broken and valid lines.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde_json::Value;
+
+/// JSON text relayed as it is: a span of a child's stdout line checked by [`Scanner`],
+/// or the output of serde_json. Nothing else can make one, so it is always valid JSON
+/// (and so valid UTF-8).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Raw<'a>(Cow<'a, [u8]>);
+
+impl Raw<'_> {
+    /// The JSON text.
+    pub fn get(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// JSON `null`.
+    pub fn is_null(&self) -> bool {
+        *self.0 == *b"null"
+    }
+}
+
+impl Raw<'static> {
+    /// The JSON text of a value.
+    pub fn of(v: &Value) -> Raw<'static> {
+        // Serializing a `Value` cannot fail: its keys are strings.
+        Raw(Cow::Owned(
+            serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()),
+        ))
+    }
+}
+
+impl fmt::Debug for Raw<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// The scanner will not read this line (it may still be JSON: ask serde_json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declined;
+
+type Scan<T> = Result<T, Declined>;
+
+/// Containers nested deeper than this are declined (then serde_json, which parses up
+/// to 128 levels into a `Value`, reads the line).
+const MAX_DEPTH: usize = 64;
+
+/// A reader of one JSON text that checks every byte it passes.
+pub struct Scanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    /// Objects entered through [`members`](Self::members).
+    depth: usize,
+    /// Only ASCII seen so far. At the first other byte (which can only be inside a
+    /// string) the rest of the text is checked as UTF-8 at once; typical lines are ASCII
+    /// and never pay for it.
+    ascii_so_far: bool,
+}
+
+impl<'a> Scanner<'a> {
+    /// A scanner at the start of `text`.
+    pub fn new(text: &'a [u8]) -> Scanner<'a> {
+        Scanner {
+            bytes: text,
+            pos: 0,
+            depth: 0,
+            ascii_so_far: true,
+        }
+    }
+
+    #[inline(always)]
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    #[inline(always)]
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// Take `byte` (after whitespace).
+    #[inline(always)]
+    fn expect(&mut self, byte: u8) -> Scan<()> {
+        self.skip_whitespace();
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(Declined)
+        }
+    }
+
+    /// Only whitespace is left.
+    pub fn end(&mut self) -> Scan<()> {
+        self.skip_whitespace();
+        if self.pos == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(Declined)
+        }
+    }
+
+    /// Read an object, calling `on_member(self, key)` at each member; the callback must
+    /// take the member's value with [`value`](Self::value) or `members`. Keys with an
+    /// escape are declined, so `key` is the key itself.
+    pub fn members(
+        &mut self,
+        mut on_member: impl FnMut(&mut Self, &'a [u8]) -> Scan<()>,
+    ) -> Scan<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Declined);
+        }
+        self.expect(b'{')?;
+        self.skip_whitespace();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                let key = self.key()?;
+                on_member(self, key)?;
+                self.skip_whitespace();
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b'}') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(Declined),
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// A member's key and the colon after it.
+    #[inline(always)]
+    fn key(&mut self) -> Scan<&'a [u8]> {
+        self.skip_whitespace();
+        let start = self.pos;
+        if self.string()? {
+            return Err(Declined); // escaped: compare it unescaped, i.e. let serde do it
+        }
+        let key = self.bytes.get(start + 1..self.pos - 1).ok_or(Declined)?;
+        self.expect(b':')?;
+        Ok(key)
+    }
+
+    /// Pass a key, escaped or not, and the colon after it.
+    #[inline(always)]
+    fn any_key(&mut self) -> Scan<()> {
+        self.skip_whitespace();
+        self.string()?;
+        self.expect(b':')
+    }
+
+    /// The next value, checked, as its text.
+    pub fn value(&mut self) -> Scan<Raw<'a>> {
+        self.skip_whitespace();
+        let start = self.pos;
+        self.skip_value()?;
+        let text = self.bytes.get(start..self.pos).ok_or(Declined)?;
+        Ok(Raw(Cow::Borrowed(text)))
+    }
+
+    /// Pass one value, checking it. Iterative: nesting costs one bit, not a stack frame.
+    fn skip_value(&mut self) -> Scan<()> {
+        // Bit i: the container at depth i is an object (else an array).
+        let mut objects: u64 = 0;
+        let mut depth = 0usize;
+        loop {
+            // A value starts here.
+            self.skip_whitespace();
+            let opened = match self.peek().ok_or(Declined)? {
+                open @ (b'{' | b'[') => {
+                    self.pos += 1;
+                    self.skip_whitespace();
+                    let close = if open == b'{' { b'}' } else { b']' };
+                    if self.peek() == Some(close) {
+                        self.pos += 1;
+                        false
+                    } else {
+                        if depth + self.depth >= MAX_DEPTH {
+                            return Err(Declined);
+                        }
+                        let is_object = open == b'{';
+                        objects = (objects & !(1 << depth)) | (u64::from(is_object) << depth);
+                        depth += 1;
+                        if is_object {
+                            self.any_key()?;
+                        }
+                        true
+                    }
+                }
+                b'"' => {
+                    self.string()?;
+                    false
+                }
+                b't' => self.literal(b"true").map(|()| false)?,
+                b'f' => self.literal(b"false").map(|()| false)?,
+                b'n' => self.literal(b"null").map(|()| false)?,
+                b'-' | b'0'..=b'9' => self.number().map(|()| false)?,
+                _ => return Err(Declined),
+            };
+            if opened {
+                continue; // the first element or member value
+            }
+            // A value ended: close containers until one goes on with a comma.
+            loop {
+                if depth == 0 {
+                    return Ok(());
+                }
+                let in_object = objects & (1 << (depth - 1)) != 0;
+                self.skip_whitespace();
+                match self.peek() {
+                    Some(b',') => {
+                        self.pos += 1;
+                        if in_object {
+                            self.any_key()?;
+                        }
+                        break;
+                    }
+                    Some(b'}') if in_object => {}
+                    Some(b']') if !in_object => {}
+                    _ => return Err(Declined),
+                }
+                self.pos += 1;
+                depth -= 1;
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Scan<()> {
+        if self
+            .bytes
+            .get(self.pos..)
+            .is_some_and(|rest| rest.starts_with(word))
+        {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(Declined)
+        }
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn number(&mut self) -> Scan<()> {
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(Declined),
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            self.some_digits()?;
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Scan<()> {
+        let start = self.pos;
+        self.digits();
+        if self.pos > start {
+            Ok(())
+        } else {
+            Err(Declined)
+        }
+    }
+
+    /// Pass a string, at its opening quote. `Ok(true)` if it has escapes.
+    #[inline(always)]
+    fn string(&mut self) -> Scan<bool> {
+        if self.peek() != Some(b'"') {
+            return Err(Declined);
+        }
+        self.pos += 1;
+        let bytes = self.bytes;
+        let mut escaped = false;
+        loop {
+            // Eight bytes at a time, up to the next one that needs a look.
+            while let Some(chunk) = bytes.get(self.pos..self.pos + 8) {
+                let word = u64::from_le_bytes(chunk.try_into().map_err(|_| Declined)?);
+                let mut flags = special_bytes(word);
+                if self.ascii_so_far {
+                    flags |= word & HIGHS;
+                }
+                if flags != 0 {
+                    self.pos += flags.trailing_zeros() as usize / 8;
+                    break;
+                }
+                self.pos += 8;
+            }
+            match *bytes.get(self.pos).ok_or(Declined)? {
+                b'"' => {
+                    self.pos += 1;
+                    return Ok(escaped);
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.pos += 1;
+                    match *bytes.get(self.pos).ok_or(Declined)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 1,
+                        b'u' => {
+                            let hex = bytes.get(self.pos + 1..self.pos + 5).ok_or(Declined)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return Err(Declined);
+                            }
+                            self.pos += 5;
+                        }
+                        _ => return Err(Declined),
+                    }
+                }
+                0..=0x1f => return Err(Declined), // control characters must be escaped
+                0x80.. if self.ascii_so_far => {
+                    // Everything before is ASCII, so a character starts here.
+                    std::str::from_utf8(bytes.get(self.pos..).unwrap_or_default())
+                        .map_err(|_| Declined)?;
+                    self.ascii_so_far = false;
+                }
+                _ => self.pos += 1,
+            }
+        }
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit set in the lowest byte of `word` (the first, read little-endian) that is
+/// a quote, a backslash or a control character, if any; maybe in later bytes too.
+///
+/// Each test flags a byte's high bit by subtracting from every byte at once; a byte can
+/// be flagged wrongly only by a borrow from a lower byte that was flagged rightly, so
+/// the lowest flag is always exact.
+#[inline(always)]
+fn special_bytes(word: u64) -> u64 {
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let quote = zero_bytes(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_bytes(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    quote | backslash | control
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scanner's verdict on a whole text.
+    fn accepts(text: &[u8]) -> bool {
+        let mut s = Scanner::new(text);
+        s.value().and_then(|_| s.end()).is_ok()
+    }
+
+    fn serde_accepts(text: &[u8]) -> bool {
+        serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
+            && std::str::from_utf8(text).is_ok()
+    }
+
+    #[test]
+    fn valid_json_is_accepted() {
+        for t in [
+            r#"{}"#,
+            r#"[]"#,
+            r#" { "a" : [ 1 , -0.5e+3 , true , false , null , "x\"\\\/\b\f\n\r\t\u00e9" ] } "#,
+            r#"{"a":{"b":{"c":[[],{}]}}}"#,
+            r#""a string of more than eight bytes, with ünïcödé in it""#,
+            "0",
+            "-12.25E-2",
+            r#""\ud800""#, // a lone surrogate escape: grammatical, as serde_json agrees
+        ] {
+            assert!(accepts(t.as_bytes()), "{t}");
+            assert!(serde_accepts(t.as_bytes()), "{t}");
+        }
+    }
+
+    #[test]
+    fn invalid_json_is_declined() {
+        for t in [
+            &b""[..],
+            b"{",
+            b"{\"a\"}",
+            b"{\"a\":}",
+            b"{\"a\":1,}",
+            b"[1,]",
+            b"[1 2]",
+            b"{\"a\":1]",
+            b"[1}",
+            b"01",
+            b"1.",
+            b"1e",
+            b"-",
+            b"+1",
+            b".5",
+            b"tru",
+            b"nul",
+            b"\"unterminated",
+            b"\"bad \\x escape\"",
+            b"\"bad \\u12g4 escape\"",
+            b"\"raw\ttab\"",
+            b"\"raw \x01 control in a long string\"",
+            b"\"bad utf-8 \xff\"",
+            b"{} {}",
+            b"{'a':1}",
+        ] {
+            assert!(!accepts(t), "{}", String::from_utf8_lossy(t));
+            assert!(!serde_accepts(t), "{}", String::from_utf8_lossy(t));
+        }
+    }
+
+    #[test]
+    fn members_hands_out_the_text_of_values() {
+        let line = br#"{"type":"assistant","message":{"model":"m","content":[{"type":"text","text":"hi"}]},"n":1}"#;
+        let mut s = Scanner::new(line);
+        let mut seen = Vec::new();
+        let mut note = |key: &[u8], value: Raw| {
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            seen.push((text(key), text(value.get())));
+            Ok(())
+        };
+        s.members(|s, key| {
+            if key == b"message" {
+                s.members(|s, key| note(key, s.value()?))
+            } else {
+                note(key, s.value()?)
+            }
+        })
+        .unwrap();
+        s.end().unwrap();
+        let expected = [
+            ("type", r#""assistant""#),
+            ("model", r#""m""#),
+            ("content", r#"[{"type":"text","text":"hi"}]"#),
+            ("n", "1"),
+        ];
+        assert_eq!(seen, expected.map(|(k, v)| (k.to_string(), v.to_string())));
+    }
+
+    #[test]
+    fn deep_nesting_and_escaped_keys_are_left_to_serde() {
+        let nested = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!accepts(nested(200).as_bytes()));
+        assert!(!accepts(nested(MAX_DEPTH + 2).as_bytes()));
+        assert!(accepts(nested(MAX_DEPTH - 1).as_bytes()));
+        let mut s = Scanner::new(br#"{"typ\u0065":1}"#);
+        assert_eq!(s.members(|s, _| s.value().map(drop)), Err(Declined));
+    }
+
+    #[test]
+    fn the_word_test_finds_exactly_the_first_special_byte() {
+        let naive = |w: [u8; 8]| w.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        let first_special = |w: u64| match special_bytes(w) {
+            0 => None,
+            flags => Some(flags.trailing_zeros() as usize / 8),
+        };
+        // Every byte value at every place, around bytes that are and are not special.
+        for fill in [b'a', b' ', b'"', 0, 0x1f, 0x20, 0x7f, 0x80, 0xff] {
+            for at in 0..8 {
+                for b in 0..=255u8 {
+                    let mut w = [fill; 8];
+                    w[at] = b;
+                    assert_eq!(first_special(u64::from_le_bytes(w)), naive(w), "{w:?}");
+                }
+            }
+        }
+        // And many mixed words (xorshift: the same ones every run).
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Bias towards the bytes that matter.
+            let w = state.to_le_bytes().map(|b| match b % 8 {
+                0 => b'"',
+                1 => b'\\',
+                2 => b % 0x21,
+                _ => b,
+            });
+            assert_eq!(first_special(u64::from_le_bytes(w)), naive(w), "{w:?}");
+        }
+    }
+
+    /// Many broken and valid variants of real CLI lines: the scanner accepts exactly
+    /// what serde_json accepts. (It declines more only for nesting deeper than these
+    /// texts have, and in `members`, for escaped keys.)
+    #[test]
+    fn agrees_with_serde_json_on_mutated_lines() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/transcripts");
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        for entry in std::fs::read_dir(dir)
+            .expect("transcripts are in the repo")
+            .flatten()
+        {
+            let text = std::fs::read(entry.path()).unwrap();
+            lines.extend(
+                text.split(|&b| b == b'\n')
+                    .filter(|l| l.starts_with(b"{"))
+                    .map(<[u8]>::to_vec),
+            );
+        }
+        assert!(lines.len() > 20);
+        // A small deterministic generator (xorshift): the same cases every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        const BYTES: &[u8] = b"{}[],:\"\\ \t\n0123456789-+.eEtrufalsn/bu\x01\x1f\x7f\xc3\xa9\xff";
+        let mut checked = 0;
+        for round in 0..40_000 {
+            let mut t = lines[round % lines.len()].clone();
+            for _ in 0..1 + next(3) {
+                let i = next(t.len() + 1);
+                match next(5) {
+                    0 if i < t.len() => t[i] = BYTES[next(BYTES.len())],
+                    // Swap one structural character for another: the subtle breakage.
+                    3 => {
+                        const SYNTAX: &[u8] = b"{}[],:\"";
+                        let at: Vec<usize> =
+                            (0..t.len()).filter(|&k| SYNTAX.contains(&t[k])).collect();
+                        if !at.is_empty() {
+                            t[at[next(at.len())]] = SYNTAX[next(SYNTAX.len())];
+                        }
+                    }
+                    1 if i < t.len() => {
+                        t.remove(i);
+                    }
+                    2 => t.insert(i, BYTES[next(BYTES.len())]),
+                    _ => t.truncate(i),
+                }
+            }
+            let mine = accepts(&t);
+            let theirs = serde_accepts(&t);
+            if mine != theirs {
+                panic!(
+                    "scanner {mine}, serde_json {theirs}: {}",
+                    String::from_utf8_lossy(&t)
+                );
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 40_000);
+    }
+}
