@@ -45,6 +45,8 @@ const RECV_CHUNK: usize = 16 * 1024;
 const READ_LIMIT: usize = 64 * 1024;
 /// Above this much unsent output the session stops taking child events.
 pub const HIGH_WATER: usize = 256 * 1024;
+/// The opcode of a text frame (RFC 6455 5.2).
+const OPCODE_TEXT: u8 = 0x1;
 
 /// The one thread that waits for input on every session's socket.
 struct Watcher {
@@ -178,6 +180,37 @@ impl Duplex {
         if self.read_pos == self.input.len() {
             self.input = Vec::new();
             self.read_pos = 0;
+        }
+    }
+
+    /// Queue one whole unmasked frame (FIN set) whose payload `write` appends.
+    ///
+    /// The payload is written in place, after room for the header most events need (a
+    /// 16-bit length); a frame that needs another header is moved by the difference.
+    fn queue_frame_with(&mut self, opcode: u8, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.output.is_empty() {
+            self.last_progress = Instant::now();
+        }
+        let start = self.output.len();
+        // RFC 6455 5.2: a 7-bit length, or 126 and 16 bits, or 127 and 64 bits (network
+        // order).
+        self.output.extend_from_slice(&[0x80 | opcode, 126, 0, 0]);
+        write(&mut self.output);
+        let len = self.output.len() - start - 4;
+        match u16::try_from(len) {
+            Ok(len) if len >= 126 => {
+                self.output[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            Ok(len) => {
+                self.output[start + 1] = len as u8;
+                self.output.copy_within(start + 4.., start + 2);
+                self.output.truncate(self.output.len() - 2);
+            }
+            Err(_) => {
+                let mut long = [127; 9];
+                long[1..].copy_from_slice(&(len as u64).to_be_bytes());
+                self.output.splice(start + 1..start + 4, long);
+            }
         }
     }
 
@@ -379,11 +412,20 @@ impl Link {
         }
     }
 
-    /// Queue one text message (sent at the next [`flush`](Self::flush)).
-    pub fn queue_text(&mut self, text: String) -> Result<(), LinkError> {
-        self.ws
-            .write(Message::text(text))
-            .map_err(|e| LinkError::Gone(e.to_string()))
+    /// Queue one text message, the UTF-8 text `write` appends to the buffer it is given
+    /// (sent at the next [`flush`](Self::flush)).
+    ///
+    /// The frame is written straight into the output queue: a server's frames are not
+    /// masked, so framing one is writing a header, and tungstenite's way (an owned
+    /// message, its buffer, then ours) costs an allocation and two copies per event.
+    /// Everything tungstenite writes itself (pongs, pings, close) lands in the same
+    /// queue whole and in order, because it is configured to write through ([`ws_config`]).
+    pub fn queue_text_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), LinkError> {
+        if !self.ws.can_write() {
+            return Err(LinkError::Gone("the connection is closing".into()));
+        }
+        self.ws.get_mut().queue_frame_with(OPCODE_TEXT, write);
+        Ok(())
     }
 
     /// Send a WebSocket ping (heartbeat).
@@ -432,7 +474,7 @@ impl Link {
     /// `limit` is up. Closing a socket with unread input makes the kernel answer with a
     /// reset, which can destroy the close frame before the peer reads it (a client
     /// still sending a too-large message would never learn why it was cut off).
-    pub fn finish(mut self, limit: Duration) {
+    pub fn finish(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.pending() > 0 && Instant::now() < deadline {
             if self.ws.get_mut().drain_output().is_err() {
@@ -469,5 +511,44 @@ impl Drop for Link {
         let _ = self.watcher.epoll.forget(&**tcp);
         lock(&self.watcher.sessions).remove(&self.token);
         let _ = tcp.shutdown(Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use tungstenite::protocol::Role;
+
+    /// Frames of every header size read back whole and in order by a client, mixed with
+    /// frames tungstenite writes itself.
+    #[test]
+    fn frames_written_in_place_read_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut duplex = Duplex::for_handshake(Arc::new(tcp), Duration::from_secs(1));
+        duplex.handshake_deadline = None;
+        let mut ws = WebSocket::from_raw_socket(duplex, Role::Server, Some(ws_config(1 << 20)));
+        let sizes = [0, 1, 125, 126, 127, 65_535, 65_536, 200_000];
+        let text = |n: usize| "é".repeat(n / 2) + &"x".repeat(n % 2);
+        for &n in &sizes {
+            ws.get_mut()
+                .queue_frame_with(OPCODE_TEXT, |out| out.extend_from_slice(text(n).as_bytes()));
+            ws.write(Message::Ping(b"between".to_vec().into())).unwrap();
+        }
+        let bytes = std::mem::take(&mut ws.get_mut().output);
+        // A read buffer as large as the stream: with its default one, tungstenite 0.30's
+        // client misreads the 64 KiB frame from an in-memory cursor (frames written by
+        // tungstenite itself alike; not over TCP).
+        let config = WebSocketConfig::default().read_buffer_size(1 << 20);
+        let cursor = io::Cursor::new(bytes);
+        let mut client = WebSocket::from_raw_socket(cursor, Role::Client, Some(config));
+        for &n in &sizes {
+            match client.read().unwrap() {
+                Message::Text(t) => assert_eq!(t.as_str(), text(n), "{n}"),
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(client.read().unwrap(), Message::Ping(p) if &p[..] == b"between"));
+        }
     }
 }

@@ -653,14 +653,10 @@ impl<'a> Session<'a> {
     /// Stop the current child gracefully (close stdin, then escalate), interrupting
     /// its turn first if `interrupt`.
     fn stop_child(&mut self, interrupt: bool) {
+        if interrupt {
+            self.send_interrupt();
+        }
         if let Some(mut child) = self.take_child() {
-            if interrupt {
-                let _ = child.send_line(&json!({
-                    "type": "control_request",
-                    "request_id": "claude_ws_stop",
-                    "request": {"subtype": "interrupt"}
-                }));
-            }
             child.stop(self.shared.config.stop_grace, &self.label);
         }
     }
@@ -760,8 +756,9 @@ impl<'a> Session<'a> {
 
     fn send(&mut self, msg: ServerMessage<'_>) {
         self.seq += 1;
+        let seq = self.seq;
         if let Err(LinkError::Gone(why) | LinkError::Protocol(why)) =
-            self.link.queue_text(msg.to_frame(self.seq))
+            self.link.queue_text_with(|out| msg.write_frame(seq, out))
         {
             self.end(End::ClientGone(why));
         }
@@ -811,10 +808,15 @@ impl<'a> Session<'a> {
             End::Stalled => self.link.close(Closing::NotReading),
             End::ClientGone(_) | End::Protocol(_) | End::HeartbeatTimeout => {}
         }
-        self.stop_child(had_query);
+        // The client learns first: its close completes without waiting for the child's
+        // stop ladder (seconds, for the real CLI). A turn still running is interrupted
+        // before that, so the child does no more work meanwhile.
+        if had_query {
+            self.send_interrupt();
+        }
         self.query = None;
-        let link = self.link;
-        link.finish(Duration::from_secs(1));
+        self.link.finish(Duration::from_secs(1));
+        self.stop_child(false);
         log::info!("[{}] session closed", self.label);
         drop(self.listing);
     }
