@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
@@ -329,6 +329,33 @@ fn disconnect_with_a_child_ignoring_signals_escalates_to_sigkill() {
     assert!(eventually(WAIT, || !pid_alive(pid)), "child {pid} survived");
     assert!(eventually(WAIT, || s.sessions().is_empty()));
     assert!(s.logs().contains("SIGKILL"), "{}", s.logs());
+}
+
+/// The client's close completes at once, not after the child's stop ladder: the
+/// server sends its FIN first and stops the child afterwards.
+#[test]
+fn a_client_close_does_not_wait_for_the_child_to_stop() {
+    // A ladder of at least 2 × 2 s: the child ignores stdin closing and SIGTERM.
+    let s = ServerOptions::fake().arg("--stop-grace-secs=2").start();
+    let mut c = s.connect();
+    c.send(json!({"type": "query", "prompt": "ignore-signals"}));
+    c.until("system_message");
+    let pid = s.sessions()[0]["child_pid"].as_u64().unwrap() as u32;
+    let started = Instant::now();
+    c.ws.close(None).expect("close");
+    c.ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // The client's side of the handshake ends when the server has closed the TCP
+    // connection: tungstenite waits for that after the close reply.
+    while c.ws.read().is_ok() {}
+    let closed_after = started.elapsed();
+    assert!(pid_alive(pid), "the child should still be on its ladder");
+    assert!(
+        closed_after < Duration::from_secs(2),
+        "closing took {closed_after:?}: it waited for the child"
+    );
+    assert!(eventually(WAIT, || !pid_alive(pid)), "child {pid} survived");
 }
 
 #[test]
