@@ -392,7 +392,7 @@ impl Drop for Child {
     }
 }
 
-fn read_stdout(mut stdout: std::process::ChildStdout, tx: Sender<ChildEvent>) {
+fn read_stdout(stdout: std::process::ChildStdout, tx: Sender<ChildEvent>) {
     let mut buf: Vec<u8> = Vec::with_capacity(STDOUT_CHUNK);
     let mut listening = true;
     loop {
@@ -404,14 +404,11 @@ fn read_stdout(mut stdout: std::process::ChildStdout, tx: Sender<ChildEvent>) {
         } else {
             STDOUT_CHUNK
         };
-        buf.resize(start + room, 0);
-        let n = match stdout.read(&mut buf[start..]) {
-            Ok(0) | Err(_) => 0,
-            Ok(n) => n,
-        };
-        buf.truncate(start + n);
-        if n == 0 {
-            break;
+        match sys::read_append(&stdout, &mut buf, room) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         }
         let Some(last) = buf[start..].iter().rposition(|&b| b == b'\n') else {
             continue; // a line longer than one read: keep reading it

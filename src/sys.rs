@@ -78,23 +78,38 @@ pub fn send_nonblocking(sock: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
 /// Receive up to `max` bytes without blocking, appended to `buf`. `Ok(0)` is end of
 /// file; `WouldBlock` means nothing is waiting.
 pub fn recv_append(sock: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let fd = sock.as_raw_fd();
+    // SAFETY: recv writes at most `len` bytes at `to`.
+    append_with(buf, max, |to, len| unsafe {
+        libc::recv(fd, to, len, libc::MSG_DONTWAIT)
+    })
+}
+
+/// Read up to `max` bytes (blocking), appended to `buf`: unlike `Read::read`, into the
+/// vector's spare room, so the room need not be zeroed first (a child streaming fast
+/// is read 64 KiB at a time). `Ok(0)` is end of file.
+pub fn read_append(file: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let fd = file.as_raw_fd();
+    // SAFETY: read writes at most `len` bytes at `to`.
+    append_with(buf, max, |to, len| unsafe { libc::read(fd, to, len) })
+}
+
+/// Let `io` (a read-like call: bytes written at a pointer, at most a length; the count
+/// or -1) fill up to `max` bytes of `buf`'s spare room, and take them into `buf`.
+fn append_with(
+    buf: &mut Vec<u8>,
+    max: usize,
+    io: impl FnOnce(*mut libc::c_void, usize) -> isize,
+) -> io::Result<usize> {
     buf.reserve(max);
     let spare = buf.spare_capacity_mut();
     let len = spare.len().min(max);
-    // SAFETY: recv writes at most `len` bytes into the spare capacity we own.
-    let n = unsafe {
-        libc::recv(
-            sock.as_raw_fd(),
-            spare.as_mut_ptr().cast(),
-            len,
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let n = io(spare.as_mut_ptr().cast(), len);
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let n = n as usize;
-    // SAFETY: the kernel initialised exactly `n` (≤ `len`) bytes past the old length.
+    let n = (n as usize).min(len);
+    // SAFETY: the kernel initialised `n` (≤ `len`) bytes past the old length.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
