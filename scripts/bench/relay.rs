@@ -716,16 +716,17 @@ fn generate_events(path: &Path, n: usize) -> Res<()> {
     out.flush().map_err(|e| e.to_string())
 }
 
-/// Run `n` clients at once: each prepares (untimed), waits at a barrier, then runs
-/// (timed) and reports how many events it counted and when it finished. Returns the
-/// seconds from the barrier to the last finish, and the total count; every client must
-/// have counted `expect`.
+/// Run `n` clients at once: each prepares (untimed), waits at a barrier, then runs:
+/// `run` returns how many events it counted and when the stream's last message
+/// arrived (what it does after that, such as closing, is not timed). Returns the
+/// seconds from the barrier to the last stream's end, and the total count; every client
+/// must have counted `expect`.
 fn run_clients<P: Send>(
     n: usize,
     expect: u64,
     what: &str,
     prepare: impl Fn() -> Res<P> + Sync,
-    run: impl Fn(P) -> Res<u64> + Sync,
+    run: impl Fn(P) -> Res<(u64, Instant)> + Sync,
 ) -> Res<(f64, u64)> {
     let barrier = Barrier::new(n + 1);
     let (t0, results) = thread::scope(|s| {
@@ -735,8 +736,7 @@ fn run_clients<P: Send>(
                 s.spawn(move || -> Res<(u64, Instant)> {
                     let prepared = prepare();
                     barrier.wait();
-                    let count = run(prepared?)?;
-                    Ok((count, Instant::now()))
+                    run(prepared?)
                 })
             })
             .collect();
@@ -813,8 +813,9 @@ fn relay_claude_ws(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(
         |mut ws| {
             send_query(&mut ws, &prompt)?;
             let count = count_until_end(&mut ws)?;
+            let end = Instant::now(); // `query_end` arrived
             close(ws);
-            Ok(count)
+            Ok((count, end))
         },
     );
     server.settle(Duration::from_secs(10));
@@ -831,7 +832,8 @@ fn relay_websocketd(addr: &str, n: usize, expect: u64) -> Res<(f64, u64)> {
         |()| {
             // websocketd starts `cat` per connection: the spawn is in the time.
             let mut ws = connect(addr, "/", None)?;
-            count_until_close(&mut ws)
+            let count = count_until_close(&mut ws)?;
+            Ok((count, Instant::now())) // the close frame that ends the stream arrived
         },
     )
 }
