@@ -15,8 +15,9 @@
 //!
 //! Writes go out with non-blocking `send`; what the socket does not take waits in
 //! [`Duplex`]'s own queue, whose size is the back-pressure signal the session uses to
-//! stop taking child output (see `session.rs`). A stalled client therefore never
-//! blocks the session thread.
+//! stop taking child output (see `session.rs`), and the watcher then also reports when
+//! the socket has room again. A stalled client therefore never blocks the session
+//! thread, and a slow one is fed as fast as it reads.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -301,6 +302,8 @@ pub struct Link {
     peer_ip: String,
     /// When the peer last sent anything (for the heartbeat).
     pub last_heard: Instant,
+    /// The watch includes room for output: a report comes when the socket drains.
+    awaiting_room: bool,
 }
 
 /// The socket settings every session uses: small buffers (many idle sessions must be
@@ -335,6 +338,7 @@ impl Link {
             peer_ip: peer.ip().to_string(),
             peer,
             last_heard: Instant::now(),
+            awaiting_room: false,
         };
         watcher.epoll.watch(&*tcp, token)?;
         Ok(link)
@@ -349,15 +353,16 @@ impl Link {
         &self.peer_ip
     }
 
-    /// Word that the socket has input, for the session's `select!`: then call
-    /// [`receive`](Self::receive).
+    /// Word that the socket has input (or room for output that is waiting), for the
+    /// session's `select!`: then call [`receive`](Self::receive) (and flush).
     pub fn inbound(&self) -> &Receiver<()> {
         &self.inbound
     }
 
     /// Read what the socket has without blocking and hand every complete message to
-    /// `on_message`; then ask the watcher to report the next input. Pings are answered
-    /// by tungstenite; pongs only refresh the heartbeat.
+    /// `on_message`; send what output the socket takes; then ask the watcher to report
+    /// the next input (or room). Pings are answered by tungstenite; pongs only refresh
+    /// the heartbeat.
     pub fn receive(&mut self, on_message: impl FnMut(&mut Self, Message)) -> Result<(), LinkError> {
         let eof = match self.ws.get_mut().fill_input() {
             Ok(eof) => eof,
@@ -372,11 +377,25 @@ impl Link {
         if eof {
             return Err(LinkError::Gone("connection closed".into()));
         }
+        // The report may have been room for output: send what waits before re-arming,
+        // so the watch asks for room only if it is still needed.
+        if let Err(e) = self.ws.get_mut().drain_output() {
+            return Err(LinkError::Gone(e.to_string()));
+        }
+        self.rearm()
+    }
+
+    /// Have the watcher report the socket's next input, and room for output if some
+    /// is waiting (the watch is one-shot: each report needs this).
+    fn rearm(&mut self) -> Result<(), LinkError> {
+        let writable_too = self.pending() > 0;
         let tcp = &self.ws.get_ref().tcp;
         self.watcher
             .epoll
-            .rearm(&**tcp, self.token)
-            .map_err(|e| LinkError::Gone(e.to_string()))
+            .rearm(&**tcp, self.token, writable_too)
+            .map_err(|e| LinkError::Gone(e.to_string()))?;
+        self.awaiting_room = writable_too;
+        Ok(())
     }
 
     /// Hand every complete message tungstenite has to `on_message`.
@@ -435,13 +454,19 @@ impl Link {
             .map_err(|e| LinkError::Gone(e.to_string()))
     }
 
-    /// Push queued output to the socket, as far as it takes it without blocking.
+    /// Push queued output to the socket, as far as it takes it without blocking. If
+    /// some is left, the watcher reports when the socket has room again (as input, on
+    /// [`inbound`](Self::inbound)).
     pub fn flush(&mut self) -> Result<(), LinkError> {
         match self.ws.flush() {
-            Ok(()) => Ok(()),
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(LinkError::Gone(e.to_string())),
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(LinkError::Gone(e.to_string())),
         }
+        if self.pending() > 0 && !self.awaiting_room {
+            self.rearm()?;
+        }
+        Ok(())
     }
 
     /// Give back buffer memory that only a busy link needs (call when idle).

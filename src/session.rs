@@ -32,8 +32,6 @@ use crate::server::Shared;
 use crate::spec;
 use crate::translate::{translate_line, CliEvent};
 
-/// How often unsent output is retried while the client's socket is full.
-const FLUSH_RETRY: Duration = Duration::from_millis(10);
 /// Child stdout chunks (each up to 64 KiB of lines) handled in one go before the loop
 /// looks at the client again.
 const EVENT_BATCH: usize = 4;
@@ -693,7 +691,10 @@ impl<'a> Session<'a> {
             next = next.min(self.child_idle_since + idle);
         }
         if self.link.pending() > 0 {
-            next = next.min(Instant::now() + FLUSH_RETRY);
+            // (Room in the socket wakes the session through `inbound`; this is the
+            // deadline of a client that reads nothing.)
+            let left = config.stall_timeout.saturating_sub(self.link.stalled_for());
+            next = next.min(Instant::now() + left);
         }
         next
     }
@@ -741,7 +742,7 @@ impl<'a> Session<'a> {
                 self.stop_child(false);
             }
         }
-        if self.link.stalled_for() > config.stall_timeout {
+        if self.link.stalled_for() >= config.stall_timeout {
             log::warn!(
                 "[{}] client read nothing for {:?} with {} bytes waiting; disconnecting",
                 self.label,

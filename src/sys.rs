@@ -114,7 +114,8 @@ fn append_with(
     Ok(n)
 }
 
-/// An epoll instance: one thread learns which of many sockets have input. Sockets are
+/// An epoll instance: one thread learns which of many sockets have input (or room
+/// for output their owner is waiting to send). Sockets are
 /// watched one-shot: after a socket is reported it stays quiet until re-armed, so the
 /// watcher never spins on input its owner has not read yet.
 pub struct Epoll(OwnedFd);
@@ -130,9 +131,16 @@ impl Epoll {
         Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    fn ctl(&self, op: libc::c_int, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
+    fn ctl(
+        &self,
+        op: libc::c_int,
+        sock: &impl AsRawFd,
+        token: u64,
+        writable_too: bool,
+    ) -> io::Result<()> {
+        let out = if writable_too { libc::EPOLLOUT } else { 0 };
         let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32,
+            events: (libc::EPOLLIN | libc::EPOLLONESHOT | out) as u32,
             u64: token,
         };
         // SAFETY: the kernel reads the event we own for the duration of the call.
@@ -146,17 +154,18 @@ impl Epoll {
 
     /// Report `token` once when `sock` has input (or the peer hung up).
     pub fn watch(&self, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, sock, token)
+        self.ctl(libc::EPOLL_CTL_ADD, sock, token, false)
     }
 
-    /// Report `token` once more when `sock` has input (at once if it has some now).
-    pub fn rearm(&self, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, sock, token)
+    /// Report `token` once more when `sock` has input (at once if it has some now) or,
+    /// with `writable_too`, room for output.
+    pub fn rearm(&self, sock: &impl AsRawFd, token: u64, writable_too: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, sock, token, writable_too)
     }
 
     /// Stop watching `sock`.
     pub fn forget(&self, sock: &impl AsRawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, sock, 0)
+        self.ctl(libc::EPOLL_CTL_DEL, sock, 0, false)
     }
 
     /// Block until watched sockets have input; their tokens replace `tokens`' contents.

@@ -496,6 +496,38 @@ fn a_client_that_stops_reading_is_disconnected_and_others_are_unaffected() {
     drop(slow);
 }
 
+/// Back-pressure lets go as soon as the client reads again: the socket having room
+/// wakes the session (nothing else would: it takes no child output meanwhile).
+#[test]
+fn a_client_that_pauses_reading_gets_every_event_when_it_resumes() {
+    // No timer wakes it either: heartbeat and stall limit far away.
+    let s = ServerOptions::fake()
+        .arg("--stall-timeout-secs=300")
+        .arg("--ping-interval-secs=300")
+        .start();
+    let mut c = s.connect();
+    // 1,000 lines of 32 KiB: far more than socket buffers and the high-water mark.
+    c.send(json!({"type": "query", "prompt": "flood 1000 32768"}));
+    std::thread::sleep(Duration::from_secs(1));
+    let mut events = 0;
+    let t0 = Instant::now();
+    loop {
+        let m = c.recv();
+        match m["type"].as_str() {
+            Some("assistant_message") => events += 1,
+            Some("query_end") => break,
+            _ => {}
+        }
+        // Generous: the whole stream takes well under a second once read.
+        let waited = t0.elapsed();
+        assert!(
+            waited < Duration::from_secs(10),
+            "stuck after {events} events"
+        );
+    }
+    assert_eq!(events, 1000);
+}
+
 #[test]
 fn inputs_queued_during_a_turn_are_answered_together_and_end_the_query_once() {
     let s = fake();
