@@ -318,13 +318,22 @@ fn input_during_a_query_gets_its_own_result_and_one_query_end() {
     assert_eq!(types(&msgs).last().unwrap(), "query_end");
 }
 
-#[test]
-fn disconnect_with_a_child_ignoring_signals_escalates_to_sigkill() {
-    let s = ServerOptions::fake().arg("--stop-grace-secs=0.3").start();
+/// A server whose session runs a child that ignores stdin closing and SIGTERM, so its
+/// stop ladder takes 2 × `grace`: (server, client, child pid).
+fn stubborn_child(grace: &str) -> (TestServer, Client, u32) {
+    let s = ServerOptions::fake()
+        .arg(&format!("--stop-grace-secs={grace}"))
+        .start();
     let mut c = s.connect();
     c.send(json!({"type": "query", "prompt": "ignore-signals"}));
     c.until("system_message");
     let pid = s.sessions()[0]["child_pid"].as_u64().unwrap() as u32;
+    (s, c, pid)
+}
+
+#[test]
+fn disconnect_with_a_child_ignoring_signals_escalates_to_sigkill() {
+    let (s, c, pid) = stubborn_child("0.3");
     drop(c);
     assert!(eventually(WAIT, || !pid_alive(pid)), "child {pid} survived");
     assert!(eventually(WAIT, || s.sessions().is_empty()));
@@ -335,12 +344,7 @@ fn disconnect_with_a_child_ignoring_signals_escalates_to_sigkill() {
 /// server sends its FIN first and stops the child afterwards.
 #[test]
 fn a_client_close_does_not_wait_for_the_child_to_stop() {
-    // A ladder of at least 2 × 2 s: the child ignores stdin closing and SIGTERM.
-    let s = ServerOptions::fake().arg("--stop-grace-secs=2").start();
-    let mut c = s.connect();
-    c.send(json!({"type": "query", "prompt": "ignore-signals"}));
-    c.until("system_message");
-    let pid = s.sessions()[0]["child_pid"].as_u64().unwrap() as u32;
+    let (_server, mut c, pid) = stubborn_child("2"); // a ladder of 4 s or more
     let started = Instant::now();
     c.ws.close(None).expect("close");
     c.ws.get_mut()
