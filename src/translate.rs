@@ -320,6 +320,33 @@ mod tests {
     }
 
     #[test]
+    fn text_beyond_ascii_and_escapes_are_relayed_byte_for_byte() {
+        let content =
+            r#"[{"type":"text","text":"é — 😀 漢字 \"q\" \\ \n \u00e9 \ud83d\ude00 \u0000"}]"#;
+        for line in [
+            format!(r#"{{"type":"assistant","message":{{"model":"m","content":{content}}}}}"#),
+            format!(r#"{{"type":"stream_event","event":{{"delta":{content}}},"session_id":"s"}}"#),
+            // Non-ASCII before the relayed part, then ASCII only.
+            r#"{"type":"assistant","uuid":"ü","message":{"content":[{"text":"plain"}]}}"#
+                .to_string(),
+        ] {
+            assert!(matches!(fast(line.as_bytes()), Ok(Some(_))), "{line}");
+            let relayed = frame(translate_line(line.as_bytes()));
+            let whole = frame(translate(obj(serde_json::from_str(&line).unwrap())));
+            assert_eq!(relayed, whole, "{line}");
+            if line.contains(content) {
+                let Forward(m) = translate_line(line.as_bytes()) else {
+                    panic!("not forwarded: {line}")
+                };
+                assert!(m.to_frame(1).contains(content), "{line}");
+            }
+        }
+        // Invalid UTF-8 in a string: not relayed, reported.
+        let bad = b"{\"type\":\"assistant\",\"message\":{\"content\":\"\xc3\x28\"}}";
+        assert!(matches!(translate_line(bad), CliEvent::Invalid(_)));
+    }
+
+    #[test]
     fn lines_the_fast_path_does_not_fit_still_translate() {
         // Escaped type, content missing, not an object, not JSON.
         let f = frame(translate_line(
