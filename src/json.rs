@@ -381,7 +381,7 @@ fn special_bytes(word: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The scanner's verdict on a whole text.
@@ -518,11 +518,10 @@ mod tests {
         }
     }
 
-    /// Many broken and valid variants of real CLI lines: the scanner accepts exactly
-    /// what serde_json accepts. (It declines more only for nesting deeper than these
-    /// texts have, and in `members`, for escaped keys.)
-    #[test]
-    fn agrees_with_serde_json_on_mutated_lines() {
+    /// Lines of the real CLI (tests/fixtures/transcripts), each broken or changed in one
+    /// to three places: bytes replaced, removed, inserted, structural characters
+    /// swapped, the line cut short. Deterministic (xorshift): the same cases every run.
+    pub(crate) fn mutated_cli_lines(count: usize) -> Vec<Vec<u8>> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/transcripts");
         let mut lines: Vec<Vec<u8>> = Vec::new();
         for entry in std::fs::read_dir(dir)
@@ -537,7 +536,6 @@ mod tests {
             );
         }
         assert!(lines.len() > 20);
-        // A small deterministic generator (xorshift): the same cases every run.
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move |n: usize| {
             state ^= state << 13;
@@ -546,39 +544,47 @@ mod tests {
             (state % n as u64) as usize
         };
         const BYTES: &[u8] = b"{}[],:\"\\ \t\n0123456789-+.eEtrufalsn/bu\x01\x1f\x7f\xc3\xa9\xff";
-        let mut checked = 0;
-        for round in 0..40_000 {
-            let mut t = lines[round % lines.len()].clone();
-            for _ in 0..1 + next(3) {
-                let i = next(t.len() + 1);
-                match next(5) {
-                    0 if i < t.len() => t[i] = BYTES[next(BYTES.len())],
-                    // Swap one structural character for another: the subtle breakage.
-                    3 => {
-                        const SYNTAX: &[u8] = b"{}[],:\"";
-                        let at: Vec<usize> =
-                            (0..t.len()).filter(|&k| SYNTAX.contains(&t[k])).collect();
-                        if !at.is_empty() {
-                            t[at[next(at.len())]] = SYNTAX[next(SYNTAX.len())];
+        const SYNTAX: &[u8] = b"{}[],:\"";
+        (0..count)
+            .map(|round| {
+                let mut t = lines[round % lines.len()].clone();
+                for _ in 0..1 + next(3) {
+                    let i = next(t.len() + 1);
+                    match next(5) {
+                        0 if i < t.len() => t[i] = BYTES[next(BYTES.len())],
+                        1 if i < t.len() => {
+                            t.remove(i);
                         }
+                        2 => t.insert(i, BYTES[next(BYTES.len())]),
+                        // One structural character for another: the subtle breakage.
+                        3 => {
+                            let at: Vec<usize> =
+                                (0..t.len()).filter(|&k| SYNTAX.contains(&t[k])).collect();
+                            if !at.is_empty() {
+                                t[at[next(at.len())]] = SYNTAX[next(SYNTAX.len())];
+                            }
+                        }
+                        _ => t.truncate(i),
                     }
-                    1 if i < t.len() => {
-                        t.remove(i);
-                    }
-                    2 => t.insert(i, BYTES[next(BYTES.len())]),
-                    _ => t.truncate(i),
                 }
-            }
+                t
+            })
+            .collect()
+    }
+
+    /// The scanner accepts exactly what serde_json accepts. (It declines more only for
+    /// nesting deeper than these texts have, and in `members`, for escaped keys.)
+    #[test]
+    fn agrees_with_serde_json_on_mutated_lines() {
+        for t in mutated_cli_lines(40_000) {
             let mine = accepts(&t);
             let theirs = serde_accepts(&t);
-            if mine != theirs {
-                panic!(
-                    "scanner {mine}, serde_json {theirs}: {}",
-                    String::from_utf8_lossy(&t)
-                );
-            }
-            checked += 1;
+            assert_eq!(
+                mine,
+                theirs,
+                "scanner {mine}, serde_json {theirs}: {}",
+                String::from_utf8_lossy(&t)
+            );
         }
-        assert_eq!(checked, 40_000);
     }
 }

@@ -346,6 +346,27 @@ mod tests {
         assert!(matches!(translate_line(bad), CliEvent::Invalid(_)));
     }
 
+    /// On many changed CLI lines, whatever the fast path relays is what the whole parse
+    /// relays (and every line the fast path takes is valid JSON to serde_json).
+    #[test]
+    fn the_fast_path_says_what_the_whole_parse_says_on_mutated_lines() {
+        let mut fast_taken = 0;
+        for line in crate::json::tests::mutated_cli_lines(40_000) {
+            let Ok(Some(event)) = fast(&line) else {
+                continue;
+            };
+            fast_taken += 1;
+            let text = String::from_utf8_lossy(&line);
+            let parsed: Value = serde_json::from_slice(&line)
+                .unwrap_or_else(|e| panic!("fast path took invalid JSON ({e}): {text}"));
+            assert_eq!(frame(event), frame(translate(obj(parsed))), "{text}");
+        }
+        assert!(
+            fast_taken > 1_000,
+            "only {fast_taken} lines took the fast path"
+        );
+    }
+
     #[test]
     fn lines_the_fast_path_does_not_fit_still_translate() {
         // Escaped type, content missing, not an object, not JSON.
