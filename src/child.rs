@@ -51,27 +51,10 @@ pub struct ChildSpec {
 /// Something the child's stdout produced.
 #[derive(Debug)]
 pub enum ChildEvent {
-    /// One or more complete stdout lines, as read (see [`lines`]).
+    /// One or more complete stdout lines, as read (`translate::events` reads them).
     Lines(Vec<u8>),
     /// stdout reached end of file (or failed): the child exited or is exiting.
     Closed,
-}
-
-/// The lines of a [`ChildEvent::Lines`] chunk, one by one, without their line ends;
-/// blank lines skipped. (`translate::translate_line` reads each.)
-pub fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
-    let mut rest = chunk;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let end = find_newline(rest).unwrap_or(rest.len());
-        let line = &rest[..end];
-        rest = rest.get(end + 1..).unwrap_or_default();
-        Some(line)
-    })
-    .map(trim_line)
-    .filter(|body| !body.is_empty())
 }
 
 /// Why a child could not be started.
@@ -429,37 +412,6 @@ fn read_stdout(stdout: std::process::ChildStdout, tx: Sender<ChildEvent>) {
     let _ = tx.send(ChildEvent::Closed);
 }
 
-/// The index of the first `\n` in `bytes`, eight bytes at a time (a byte-by-byte
-/// search was a tenth of the session's time relaying a fast child).
-fn find_newline(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
-    let mut words = bytes.chunks_exact(8);
-    let mut offset = 0;
-    for word in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        let x = u64::from_ne_bytes(w) ^ NEWLINES; // a zero byte where there was a newline
-        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
-            break; // this word has one; find it below
-        }
-        offset += 8;
-    }
-    bytes[offset..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|i| offset + i)
-}
-
-fn trim_line(line: &[u8]) -> &[u8] {
-    let mut end = line.len();
-    while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
-        end -= 1;
-    }
-    &line[..end]
-}
-
 fn read_stderr(
     mut stderr: std::process::ChildStderr,
     tail: Arc<Mutex<Vec<u8>>>,
@@ -494,39 +446,5 @@ fn write_stdin(mut stdin: std::process::ChildStdin, rx: Receiver<Vec<u8>>) {
         if stdin.write_all(&line).and_then(|_| stdin.flush()).is_err() {
             break; // the child closed stdin; the stdout side reports the exit
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn find_newline_matches_a_plain_search() {
-        let text = b"0123456789abcdef\nx\n\n0123456\n01234567\n\xff\x8a\x0a tail";
-        for start in 0..text.len() {
-            let s = &text[start..];
-            assert_eq!(
-                find_newline(s),
-                s.iter().position(|&b| b == b'\n'),
-                "{start}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_chunk_splits_into_lines() {
-        let chunk = b"{\"type\":\"a\"}\r\n\n  \nnot json\n[1]\n{\"type\":\"b\"}";
-        let got: Vec<&[u8]> = lines(chunk).collect();
-        assert_eq!(
-            got,
-            [
-                &b"{\"type\":\"a\"}"[..],
-                b"  ",
-                b"not json",
-                b"[1]",
-                b"{\"type\":\"b\"}"
-            ]
-        );
     }
 }

@@ -65,14 +65,16 @@ type Scan<T> = Result<T, Declined>;
 /// to 128 levels into a `Value`, reads the line).
 const MAX_DEPTH: usize = 64;
 
-/// A reader of one JSON text that checks every byte it passes.
+/// A reader of one line of JSON text that checks every byte it passes. The text may go
+/// on after the line: a newline ends it (JSON allows newlines as whitespace, but a
+/// stream-json line has none, and this way the scanner finds where the line ends).
 pub struct Scanner<'a> {
     bytes: &'a [u8],
     pos: usize,
     /// Objects entered through [`members`](Self::members).
     depth: usize,
     /// Only ASCII seen so far. At the first other byte (which can only be inside a
-    /// string) the rest of the text is checked as UTF-8 at once; typical lines are ASCII
+    /// string) the rest of the line is checked as UTF-8 at once; typical lines are ASCII
     /// and never pay for it.
     ascii_so_far: bool,
 }
@@ -93,9 +95,10 @@ impl<'a> Scanner<'a> {
         self.bytes.get(self.pos).copied()
     }
 
+    /// JSON whitespace, but for the newline, which ends the line.
     #[inline(always)]
     fn skip_whitespace(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+        while let Some(b' ' | b'\r' | b'\t') = self.peek() {
             self.pos += 1;
         }
     }
@@ -112,13 +115,14 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Only whitespace is left.
-    pub fn end(&mut self) -> Scan<()> {
+    /// Only whitespace is left on the line: the length of the line with its newline
+    /// (if it has one), where the next line starts.
+    pub fn end_of_line(&mut self) -> Scan<usize> {
         self.skip_whitespace();
-        if self.pos == self.bytes.len() {
-            Ok(())
-        } else {
-            Err(Declined)
+        match self.peek() {
+            None => Ok(self.pos),
+            Some(b'\n') => Ok(self.pos + 1),
+            Some(_) => Err(Declined),
         }
     }
 
@@ -351,9 +355,11 @@ impl<'a> Scanner<'a> {
                 }
                 0..=0x1f => return Err(Declined), // control characters must be escaped
                 0x80.. if self.ascii_so_far => {
-                    // Everything before is ASCII, so a character starts here.
-                    std::str::from_utf8(bytes.get(self.pos..).unwrap_or_default())
-                        .map_err(|_| Declined)?;
+                    // Everything before is ASCII, so a character starts here. The scanner
+                    // never passes a newline, so the rest of the line is all it will read.
+                    let rest = bytes.get(self.pos..).unwrap_or_default();
+                    let line = &rest[..find_newline(rest).unwrap_or(rest.len())];
+                    std::str::from_utf8(line).map_err(|_| Declined)?;
                     self.ascii_so_far = false;
                 }
                 _ => self.pos += 1,
@@ -365,6 +371,28 @@ impl<'a> Scanner<'a> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
+/// The high bit set in each zero byte of `v`, maybe also in bytes above one.
+#[inline(always)]
+fn zero_bytes(v: u64) -> u64 {
+    v.wrapping_sub(ONES) & !v & HIGHS
+}
+
+/// The index of the first `\n` in `bytes`, eight bytes at a time.
+pub fn find_newline(bytes: &[u8]) -> Option<usize> {
+    let mut words = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        let flags = zero_bytes(word ^ (ONES * u64::from(b'\n')));
+        if flags != 0 {
+            return Some(offset + flags.trailing_zeros() as usize / 8);
+        }
+        offset += 8;
+    }
+    let tail = words.remainder().iter().position(|&b| b == b'\n');
+    tail.map(|i| offset + i)
+}
+
 /// The high bit set in the lowest byte of `word` (the first, read little-endian) that is
 /// a quote, a backslash or a control character, if any; maybe in later bytes too.
 ///
@@ -373,7 +401,6 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 /// the lowest flag is always exact.
 #[inline(always)]
 fn special_bytes(word: u64) -> u64 {
-    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
     let quote = zero_bytes(word ^ (ONES * u64::from(b'"')));
     let backslash = zero_bytes(word ^ (ONES * u64::from(b'\\')));
     let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
@@ -387,12 +414,18 @@ pub(crate) mod tests {
     /// The scanner's verdict on a whole text.
     fn accepts(text: &[u8]) -> bool {
         let mut s = Scanner::new(text);
-        s.value().and_then(|_| s.end()).is_ok()
+        s.value().and_then(|_| s.end_of_line()) == Ok(text.len())
     }
 
+    /// serde_json's verdict on `text` as one line: a newline may only end it.
     fn serde_accepts(text: &[u8]) -> bool {
-        serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
-            && std::str::from_utf8(text).is_ok()
+        let line = match text.iter().position(|&b| b == b'\n') {
+            Some(i) if i + 1 < text.len() => return false,
+            Some(i) => &text[..i],
+            None => text,
+        };
+        serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
+            && std::str::from_utf8(line).is_ok()
     }
 
     #[test]
@@ -464,7 +497,7 @@ pub(crate) mod tests {
             }
         })
         .unwrap();
-        s.end().unwrap();
+        assert_eq!(s.end_of_line(), Ok(line.len()));
         let expected = [
             ("type", r#""assistant""#),
             ("model", r#""m""#),
@@ -482,6 +515,27 @@ pub(crate) mod tests {
         assert!(accepts(nested(MAX_DEPTH - 1).as_bytes()));
         let mut s = Scanner::new(br#"{"typ\u0065":1}"#);
         assert_eq!(s.members(|s, _| s.value().map(drop)), Err(Declined));
+    }
+
+    #[test]
+    fn find_newline_matches_a_plain_search() {
+        let text = b"0123456789abcdef\nx\n\n0123456\n01234567\n\xff\x8a\x0a tail";
+        for start in 0..text.len() {
+            let s = &text[start..];
+            let plain = s.iter().position(|&b| b == b'\n');
+            assert_eq!(find_newline(s), plain, "{start}");
+        }
+    }
+
+    #[test]
+    fn a_line_ends_at_its_newline() {
+        let text = b"{\"a\":1} \r\n{\"b\":2}";
+        let mut s = Scanner::new(text);
+        s.members(|s, _| s.value().map(drop)).unwrap();
+        assert_eq!(s.end_of_line(), Ok(10));
+        // A newline is never whitespace inside a line.
+        assert!(!accepts(b"{\"a\":\n1}"));
+        assert!(!accepts(b"[1,\n2]"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crossbeam_channel::{never, select, Receiver};
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-use crate::child::{self, Child, ChildEvent, ChildSpec, Undelivered};
+use crate::child::{Child, ChildEvent, ChildSpec, Undelivered};
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
 use crate::protocol::{
@@ -30,7 +30,7 @@ use crate::protocol::{
 use crate::registry::{now_unix, ChildSlot, Control, Listing, SessionState};
 use crate::server::Shared;
 use crate::spec;
-use crate::translate::{translate_line, CliEvent};
+use crate::translate::{self, CliEvent};
 
 /// Child stdout chunks (each up to 64 KiB of lines) handled in one go before the loop
 /// looks at the client again.
@@ -501,8 +501,8 @@ impl<'a> Session<'a> {
     fn on_child_event(&mut self, ev: ChildEvent) {
         match ev {
             ChildEvent::Lines(chunk) => {
-                for line in child::lines(&chunk) {
-                    self.on_child_line(translate_line(line));
+                for event in translate::events(&chunk) {
+                    self.on_child_line(event);
                     if self.child.is_none() || self.ending.is_some() {
                         break; // the child was stopped or the session ends: the rest is moot
                     }

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::json::{Declined, Raw, Scanner};
+use crate::json::{find_newline, Declined, Raw, Scanner};
 use crate::protocol::{truncate, ServerMessage};
 
 /// What one stdout line means to the session.
@@ -37,25 +37,57 @@ pub enum CliEvent<'a> {
     Invalid(String),
 }
 
-/// Translate one stdout line (without its newline).
+/// The events of a chunk of the child's stdout (whole lines), in order; blank lines
+/// (nothing but whitespace) are skipped.
 ///
 /// The events that make up the bulk of a stream — `assistant` and `stream_event` —
-/// take a fast path: the line is checked by [`Scanner`] and its parts are relayed as
-/// the CLI's own JSON text, so no tree is built and re-encoded. Every other line (and
-/// any line the scanner declines) is parsed whole by serde_json and handled by
-/// [`translate`].
-pub fn translate_line(line: &[u8]) -> CliEvent<'_> {
-    if let Ok(Some(event)) = fast(line) {
-        return event;
-    }
+/// take a fast path: [`Scanner`] checks the line, finding where it ends as it goes, and
+/// its parts are relayed as the CLI's own JSON text, so no tree is built and
+/// re-encoded. Every other line (and any line the scanner declines) is parsed whole by
+/// serde_json and handled by [`translate`].
+pub fn events(chunk: &[u8]) -> impl Iterator<Item = CliEvent<'_>> {
+    let mut rest = chunk;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let line_len = match fast(rest) {
+            Ok((Some(event), len)) => {
+                rest = &rest[len..];
+                return Some(event);
+            }
+            Ok((None, len)) => len,
+            Err(Declined) => find_newline(rest).map_or(rest.len(), |i| i + 1),
+        };
+        let (line, after) = rest.split_at(line_len);
+        rest = after;
+        let body = line.trim_ascii_end();
+        if !body.is_empty() {
+            return Some(whole(body));
+        }
+    })
+}
+
+/// Translate one stdout line (without its newline).
+#[cfg(test)]
+fn translate_line(line: &[u8]) -> CliEvent<'_> {
+    let mut events = events(line);
+    let event = events.next().expect("a line that is not blank");
+    assert!(events.next().is_none(), "more than one line");
+    event
+}
+
+/// A line parsed whole.
+fn whole(line: &[u8]) -> CliEvent<'static> {
     match serde_json::from_slice::<Value>(line) {
         Ok(Value::Object(map)) => translate(map),
         _ => CliEvent::Invalid(truncate(&String::from_utf8_lossy(line), 200).to_string()),
     }
 }
 
-/// The fast path: `Ok(None)` for a valid line of another type.
-fn fast(line: &[u8]) -> Result<Option<CliEvent<'_>>, Declined> {
+/// The fast path, reading the line at the start of `text`: its event (`None` for a
+/// valid line of another type) and its length with its newline.
+fn fast(text: &[u8]) -> Result<(Option<CliEvent<'_>>, usize), Declined> {
     /// Keep the first sighting of a member; a second one is for serde to judge.
     fn once<'a>(slot: &mut Option<Raw<'a>>, value: Raw<'a>) -> Result<(), Declined> {
         match slot {
@@ -69,7 +101,7 @@ fn fast(line: &[u8]) -> Result<Option<CliEvent<'_>>, Declined> {
     let (mut kind, mut content, mut model, mut event, mut session_id, mut parent) =
         (None, None, None, None, None, None);
     let mut has_message = false;
-    let mut scan = Scanner::new(line);
+    let mut scan = Scanner::new(text);
     scan.members(|s, key| match key {
         b"type" => once(&mut kind, s.value()?),
         b"message" if !has_message => {
@@ -86,9 +118,9 @@ fn fast(line: &[u8]) -> Result<Option<CliEvent<'_>>, Declined> {
         b"parent_tool_use_id" => once(&mut parent, s.value()?),
         _ => s.value().map(drop),
     })?;
-    scan.end()?;
+    let len = scan.end_of_line()?;
     let parent_tool_use_id = parent.filter(|p| !p.is_null());
-    Ok(match (kind.as_ref().map(Raw::get), content, event) {
+    let event = match (kind.as_ref().map(Raw::get), content, event) {
         (Some(br#""assistant""#), Some(content), _) => {
             Some(CliEvent::Forward(ServerMessage::AssistantMessage {
                 content,
@@ -104,7 +136,8 @@ fn fast(line: &[u8]) -> Result<Option<CliEvent<'_>>, Declined> {
             }))
         }
         _ => None,
-    })
+    };
+    Ok((event, len))
 }
 
 /// Translate one stdout line parsed whole.
@@ -330,7 +363,7 @@ mod tests {
             r#"{"type":"assistant","uuid":"ü","message":{"content":[{"text":"plain"}]}}"#
                 .to_string(),
         ] {
-            assert!(matches!(fast(line.as_bytes()), Ok(Some(_))), "{line}");
+            assert!(matches!(fast(line.as_bytes()), Ok((Some(_), _))), "{line}");
             let relayed = frame(translate_line(line.as_bytes()));
             let whole = frame(translate(obj(serde_json::from_str(&line).unwrap())));
             assert_eq!(relayed, whole, "{line}");
@@ -352,7 +385,7 @@ mod tests {
     fn the_fast_path_says_what_the_whole_parse_says_on_mutated_lines() {
         let mut fast_taken = 0;
         for line in crate::json::tests::mutated_cli_lines(40_000) {
-            let Ok(Some(event)) = fast(&line) else {
+            let Ok((Some(event), _)) = fast(&line) else {
                 continue;
             };
             fast_taken += 1;
@@ -364,6 +397,36 @@ mod tests {
         assert!(
             fast_taken > 1_000,
             "only {fast_taken} lines took the fast path"
+        );
+    }
+
+    #[test]
+    fn a_chunk_yields_one_event_per_line() {
+        let assistant = r#"{"type":"assistant","message":{"content":[]}}"#;
+        let chunk = format!(
+            "{assistant}\r\n\n  \n{{\"type\":\"system\",\"subtype\":\"x\"}}\nnot json\n\
+             {assistant} \n[1]\n{{\"type\":\"assistant\",\n\"message\":{{}}}}\n{assistant}"
+        );
+        let kinds: Vec<String> = events(chunk.as_bytes())
+            .map(|e| match e {
+                Forward(m) => m.kind().to_string(),
+                CliEvent::Invalid(text) => format!("invalid {text}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "assistant_message",
+                "system_message",
+                "invalid not json",
+                "assistant_message",
+                "invalid [1]",
+                // A newline inside a line's JSON ends the line: two broken lines.
+                r#"invalid {"type":"assistant","#,
+                r#"invalid "message":{}}"#,
+                "assistant_message", // the last line has no newline
+            ]
         );
     }
 
