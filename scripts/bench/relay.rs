@@ -486,11 +486,19 @@ impl Server {
         self.proc.pid()
     }
 
-    /// Wait until the server has no children left (sessions of a previous run gone).
+    /// Wait until the server has no children left and its thread count has held still
+    /// for 100 ms (sessions of a previous run gone, their threads ended).
     fn settle(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while !children_of(self.pid()).is_empty() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
+        }
+        let (mut threads, mut still) = (proc_stats(self.pid()).1, 0);
+        while still < 5 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+            let now = proc_stats(self.pid()).1;
+            still = if now == threads { still + 1 } else { 0 };
+            threads = now;
         }
     }
 }
