@@ -563,8 +563,8 @@ mod tests {
         }
         let bytes = std::mem::take(&mut ws.get_mut().output);
         // A read buffer as large as the stream: with its default one, tungstenite 0.30's
-        // client misreads the 64 KiB frame from an in-memory cursor (frames written by
-        // tungstenite itself alike; not over TCP).
+        // client misreads the 64 KiB frame from an in-memory cursor (a frame written by
+        // tungstenite itself alike).
         let config = WebSocketConfig::default().read_buffer_size(1 << 20);
         let cursor = io::Cursor::new(bytes);
         let mut client = WebSocket::from_raw_socket(cursor, Role::Client, Some(config));
