@@ -11,7 +11,7 @@
 //! relayed bytes a second time).
 //!
 //! The scanner may decline a line it is not sure how to read (a key written with an
-//! escape, a member twice, nesting deeper than serde_json allows): the caller then parses
+//! escape, a member twice, nesting deeper than [`MAX_DEPTH`]): the caller then parses
 //! the line with serde_json, which has the last word. So declining is never wrong, and
 //! accepting is only right for valid JSON: a property test holds it to serde_json's
 //! verdict on many broken and valid lines.
