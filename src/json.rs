@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-/// JSON text relayed as it is: a span of a child's stdout line checked by [`Scanner`],
+/// JSON text relayed as it is: a span of a child's stdout line checked by `Scanner`,
 /// or the output of serde_json. Nothing else can make one, so it is always valid JSON
 /// (and so valid UTF-8).
 #[derive(Clone, PartialEq, Eq)]

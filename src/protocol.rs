@@ -367,7 +367,7 @@ pub enum QueryOutcome {
 }
 
 /// A message from the server. Serialized as `{"type": …, "seq": …, "data": {…}}`
-/// by [`ServerMessage::to_frame`]: the variants that carry the CLI's own JSON text
+/// by [`ServerMessage::write_frame`]: the variants that carry the CLI's own JSON text
 /// ([`Raw`]) are written by hand there, every other one by serde.
 // Messages are built and serialized at once, never stored in bulk, so the size of the
 // largest variant (a result's ten fields) costs nothing worth boxing for.
