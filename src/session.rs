@@ -348,7 +348,7 @@ impl<'a> Session<'a> {
     fn ensure_child(&mut self, key: ChildSpec, slot: ChildSlot) -> Result<(), ClientError> {
         if self.child.is_some() && self.last_key.as_ref() != Some(&key) {
             log::info!("[{}] options changed; restarting claude", self.label);
-            self.stop_child(false); // between queries: no turn to interrupt
+            self.stop_child(); // between queries: no turn to interrupt
         }
         if self.child.is_some() {
             self.child_slot = Some(slot);
@@ -648,12 +648,8 @@ impl<'a> Session<'a> {
         self.end_query(QueryOutcome::Error);
     }
 
-    /// Stop the current child gracefully (close stdin, then escalate), interrupting
-    /// its turn first if `interrupt`.
-    fn stop_child(&mut self, interrupt: bool) {
-        if interrupt {
-            self.send_interrupt();
-        }
+    /// Stop the current child gracefully (close stdin, then escalate).
+    fn stop_child(&mut self) {
         if let Some(mut child) = self.take_child() {
             child.stop(self.shared.config.stop_grace, &self.label);
         }
@@ -739,7 +735,7 @@ impl<'a> Session<'a> {
                     "[{}] claude idle for {idle:?}; stopping it until the next query",
                     self.label
                 );
-                self.stop_child(false);
+                self.stop_child();
             }
         }
         if self.link.stalled_for() >= config.stall_timeout {
@@ -817,7 +813,7 @@ impl<'a> Session<'a> {
         }
         self.query = None;
         self.link.finish(Duration::from_secs(1));
-        self.stop_child(false);
+        self.stop_child();
         log::info!("[{}] session closed", self.label);
         drop(self.listing);
     }
