@@ -86,7 +86,8 @@ fn whole(line: &[u8]) -> CliEvent<'static> {
 }
 
 /// The fast path, reading the line at the start of `text`: its event (`None` for a
-/// valid line of another type) and its length with its newline.
+/// valid line it has no event for, such as one without a `type`) and its length with
+/// its newline. Lines of other types are declined as soon as their `type` is read.
 fn fast(text: &[u8]) -> Result<(Option<CliEvent<'_>>, usize), Declined> {
     /// Keep the first sighting of a member; a second one is for serde to judge.
     fn once<'a>(slot: &mut Option<Raw<'a>>, value: Raw<'a>) -> Result<(), Declined> {
@@ -103,7 +104,14 @@ fn fast(text: &[u8]) -> Result<(Option<CliEvent<'_>>, usize), Declined> {
     let mut has_message = false;
     let mut scan = Scanner::new(text);
     scan.members(|s, key| match key {
-        b"type" => once(&mut kind, s.value()?),
+        b"type" => match s.value()? {
+            // Any other line is read by serde_json anyway: stop checking it here (the
+            // CLI writes `type` first; a tool result's line can be megabytes).
+            k if k.get() == br#""assistant""# || k.get() == br#""stream_event""# => {
+                once(&mut kind, k)
+            }
+            _ => Err(Declined),
+        },
         b"message" if !has_message => {
             has_message = true;
             s.members(|s, key| match key {
