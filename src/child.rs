@@ -29,10 +29,15 @@ use serde_json::Value;
 use crate::sys::{self, Signal};
 
 /// How many stdout chunks may wait for the session.
-const EVENT_QUEUE: usize = 8;
+const EVENT_QUEUE: usize = 2;
 /// The size of a stdout chunk (unless one line is longer): with [`EVENT_QUEUE`], at
 /// most 512 KiB of output waits for a session that is not taking it.
-const STDOUT_CHUNK: usize = 64 * 1024;
+const STDOUT_CHUNK: usize = 256 * 1024;
+/// The child's stdout pipe buffer asked for (64 KiB by default): a child that streams
+/// fast, and its reader, then wait for each other less often. Pipe buffers count
+/// against a per-user budget (fs.pipe-user-pages-soft, 64 MiB by default), beyond which
+/// new pipes get tiny buffers: 256 KiB leaves room for hundreds of children.
+const STDOUT_PIPE: usize = 256 * 1024;
 /// How many stdin lines may wait for a child that is not reading.
 const STDIN_QUEUE: usize = 64;
 /// How much of stderr is kept for error reports.
@@ -151,6 +156,9 @@ impl Child {
                 }
             };
         log::info!("[{label}] started claude pid={pid}");
+        if let Err(e) = sys::grow_pipe(&stdout, STDOUT_PIPE) {
+            log::debug!("[{label}] stdout pipe keeps its size: {e}");
+        }
         let (event_tx, events) = bounded(EVENT_QUEUE);
         let (stdin_tx, stdin_rx) = bounded::<Vec<u8>>(STDIN_QUEUE);
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));

@@ -32,7 +32,7 @@ use crate::server::Shared;
 use crate::spec;
 use crate::translate::{self, CliEvent};
 
-/// Child stdout chunks (each up to 64 KiB of lines) handled in one go before the loop
+/// Child stdout chunks (each up to 256 KiB of lines) handled in one go before the loop
 /// looks at the client again.
 const EVENT_BATCH: usize = 4;
 

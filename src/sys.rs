@@ -87,11 +87,24 @@ pub fn recv_append(sock: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Re
 
 /// Read up to `max` bytes (blocking), appended to `buf`: unlike `Read::read`, into the
 /// vector's spare room, so the room need not be zeroed first (a child streaming fast
-/// is read 64 KiB at a time). `Ok(0)` is end of file.
+/// is read in chunks of a quarter MiB). `Ok(0)` is end of file.
 pub fn read_append(file: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
     let fd = file.as_raw_fd();
     // SAFETY: read writes at most `len` bytes at `to`.
     append_with(buf, max, |to, len| unsafe { libc::read(fd, to, len) })
+}
+
+/// Ask for a pipe buffer of `bytes` (Linux rounds up to pages; an unprivileged process
+/// gets at most /proc/sys/fs/pipe-max-size, 1 MiB by default). The size granted.
+pub fn grow_pipe(pipe: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl with F_SETPIPE_SZ takes an integer, no pointers.
+    let got = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+    if got < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(got as usize)
+    }
 }
 
 /// Let `io` (a read-like call: bytes written at a pointer, at most a length; the count
