@@ -9,7 +9,7 @@ use tungstenite::http::{HeaderValue, StatusCode};
 use crate::auth;
 use crate::protocol::{http_error_body, ErrorCode};
 use crate::registry::{Slot, SlotRefusal};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// The only path that upgrades.
 pub const WS_PATH: &str = "/ws";

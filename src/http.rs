@@ -8,7 +8,7 @@ use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::protocol::{http_error_body, ErrorCode};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Answer requests until the server is unblocked.
 pub fn serve(server: &tiny_http::Server, shared: &Shared) {

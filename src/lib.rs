@@ -29,6 +29,7 @@
 
 mod auth;
 mod child;
+mod cli;
 pub mod config;
 mod handshake;
 mod http;
@@ -36,10 +37,12 @@ mod json;
 mod limits;
 mod link;
 pub mod protocol;
+mod query;
 mod registry;
 mod server;
 mod session;
 mod spec;
+mod state;
 #[allow(unsafe_code)]
 mod sys;
 mod translate;

@@ -8,21 +8,19 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
 
 use crate::config::Config;
 use crate::handshake::{self, Admission};
-use crate::limits::PeerRates;
 use crate::link::{self, Duplex, Link};
 use crate::protocol::{http_error_body, ErrorCode};
-use crate::registry::{new_session_id, now_unix, Control, Registry, SessionInfo, SessionState};
-use crate::session::Session;
-use crate::{http, spec, sys};
+use crate::registry::Control;
+use crate::state::Shared;
+use crate::{http, session, spec, sys};
 
 /// Connections that may be in their handshake beyond `max_sessions`; more are answered
 /// 503 at once.
@@ -57,31 +55,6 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// State every thread of the server shares.
-pub struct Shared {
-    pub config: Config,
-    /// The allow-listed environment children get, computed once.
-    pub child_env: Vec<(String, String)>,
-    pub registry: Arc<Registry>,
-    pub peer_rates: PeerRates,
-    shutting_down: AtomicBool,
-    connections: AtomicUsize,
-    ws_addr: SocketAddr,
-    /// `claude --version`, asked once by the side port (it takes a moment).
-    pub claude_version: OnceLock<Result<String, String>>,
-}
-
-impl Shared {
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-
-    /// The WebSocket listener's address.
-    pub fn ws_addr(&self) -> SocketAddr {
-        self.ws_addr
-    }
-}
-
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     listener: TcpListener,
@@ -99,11 +72,11 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Begin a graceful shutdown; [`Server::run`] returns once it is done.
     pub fn shutdown(&self) {
-        if !self.shared.shutting_down.swap(true, Ordering::SeqCst) {
+        if self.shared.begin_shutdown() {
             log::info!("shutting down");
             // Wake the accept loop, blocked in accept(2).
             let _ =
-                TcpStream::connect_timeout(&wake_addr(self.shared.ws_addr), Duration::from_secs(1));
+                TcpStream::connect_timeout(&wake_addr(self.shared.ws_addr()), Duration::from_secs(1));
         }
     }
 }
@@ -153,17 +126,7 @@ impl Server {
             source: std::io::Error::other("not an IP listener"),
         })?;
         let child_env = spec::child_env(std::env::vars(), &config.pass_env);
-        let (n, window) = config.rate_limit;
-        let shared = Arc::new(Shared {
-            config,
-            child_env,
-            registry: Arc::new(Registry::default()),
-            peer_rates: PeerRates::new(n, window),
-            shutting_down: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
-            ws_addr,
-            claude_version: OnceLock::new(),
-        });
+        let shared = Arc::new(Shared::new(config, child_env, ws_addr));
         Ok(Server {
             listener,
             http: Arc::new(http),
@@ -174,7 +137,7 @@ impl Server {
 
     /// The WebSocket listener's address.
     pub fn ws_addr(&self) -> SocketAddr {
-        self.shared.ws_addr
+        self.shared.ws_addr()
     }
 
     /// The side port's address.
@@ -324,35 +287,12 @@ fn serve_connection(shared: &Shared, tcp: TcpStream) {
         }
     };
     let Some(admission) = admitted else { return };
-    let id = new_session_id();
-    let label: String = id.chars().take(8).collect();
     let link = match Link::start(ws, peer) {
         Ok(l) => l,
         Err(e) => {
-            log::error!("[{label}] cannot watch the socket: {e}");
+            log::error!("cannot watch the socket of {peer}: {e}");
             return;
         }
     };
-    let (control_tx, control_rx) = bounded(4);
-    let now = now_unix();
-    let listing = shared.registry.list(
-        SessionInfo {
-            session_id: id.clone(),
-            claude_session_id: None,
-            state: SessionState::Idle,
-            created_at: now,
-            last_activity: now,
-            queries: 0,
-            peer: peer.to_string(),
-            cwd: None,
-            user: admission.user.clone(),
-            child_pid: None,
-        },
-        control_tx.clone(),
-    );
-    if shared.is_shutting_down() {
-        let _ = control_tx.try_send(Control::Shutdown);
-    }
-    Session::new(shared, id, link, listing, control_rx).run();
-    drop(admission);
+    session::serve(shared, link, peer, admission);
 }

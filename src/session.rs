@@ -13,23 +13,26 @@
 //! A query: `query` → `query_start` → the child's events translated → `query_end`.
 //! Exactly one `query_end` follows every `query_start`, whatever happens.
 
-use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{never, select, Receiver};
-use serde_json::{json, Value};
+use crossbeam_channel::{bounded, never, select, Receiver};
+use serde_json::Value;
 use tungstenite::Message;
 
 use crate::child::{Child, ChildEvent, ChildSpec, Undelivered};
+use crate::cli;
+use crate::handshake::Admission;
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
 use crate::protocol::{
     parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, Closing,
     ErrorCode, QueryOptions, QueryOutcome, ServerMessage,
 };
-use crate::registry::{now_unix, ChildSlot, Control, Listing, SessionState};
-use crate::server::Shared;
+use crate::query::{Query, Step};
+use crate::registry::{new_session_id, now_unix, ChildSlot, Control, Listing, SessionInfo, SessionState};
 use crate::spec;
+use crate::state::Shared;
 use crate::translate::{self, CliEvent};
 
 /// Child stdout chunks (each up to 256 KiB of lines) handled in one go before the loop
@@ -47,50 +50,16 @@ enum End {
     Shutdown,
 }
 
-/// A running query. When is it over? The CLI answers messages that arrive during a
-/// turn together, in one further turn, so results cannot be counted against messages.
-/// Instead every message we write waits in `unacked` until the CLI echoes it back
-/// (`--replay-user-messages`, merged echoes acknowledge several); a `result` with
-/// nothing left unacknowledged ends the query. Should a CLI not echo at all, the
-/// fallback is the turn boundary: a `result` with no message written since the turn's
-/// `system/init` ends it.
-struct Query {
-    unacked: VecDeque<String>,
-    written_since_init: usize,
-    /// Set once the client interrupted: when the child must have stopped by.
-    interrupt_deadline: Option<Instant>,
-    /// Interrupt the next turn as soon as it starts (it answers input queued before
-    /// the interrupt, which must not run either).
-    reinterrupt: bool,
-}
-
-impl Query {
-    /// Whether messages we wrote still wait for a turn of their own.
-    fn outstanding(&self, child_echoes: bool) -> bool {
-        if child_echoes {
-            !self.unacked.is_empty()
-        } else {
-            self.written_since_init > 0
-        }
-    }
-
-    /// The CLI took `text` into a turn: it is one message of ours, or several queued
-    /// ones joined by newlines.
-    fn acknowledge(&mut self, text: &str) {
-        let mut joined = String::new();
-        for n in 1..=self.unacked.len() {
-            if n > 1 {
-                joined.push('\n');
-            }
-            joined.push_str(&self.unacked[n - 1]);
-            if joined == text {
-                self.unacked.drain(..n);
-                return;
-            }
-        }
-        // Not an exact match (the CLI may have changed the text): take the oldest.
-        self.unacked.pop_front();
-    }
+/// The session's live `claude` child and what belongs to it alone. Held as one
+/// `Option`, so nothing about a child outlives it by accident.
+struct LiveChild {
+    child: Child,
+    /// Its place among the server's `--max-running`, given back when it is gone.
+    slot: ChildSlot,
+    /// Whether it echoes our messages (seen at least once); see `query.rs`.
+    echoes: bool,
+    /// Since when it has had no query (for `--child-idle-secs`).
+    idle_since: Instant,
 }
 
 pub struct Session<'a> {
@@ -101,17 +70,11 @@ pub struct Session<'a> {
     listing: Listing,
     control: Receiver<Control>,
     seq: u64,
-    child: Option<Child>,
-    /// The current child's events; `never()` when there is no child.
-    child_events: Receiver<ChildEvent>,
-    /// The spec the last child (the live one, if any) was built from, before any
-    /// `--resume` was added.
-    last_key: Option<ChildSpec>,
-    /// The live child's place among the server's --max-running.
-    child_slot: Option<ChildSlot>,
-    /// Whether the current child echoes our messages (seen at least once).
-    child_echoes: bool,
-    child_idle_since: Instant,
+    child: Option<LiveChild>,
+    /// The spec the last child was built from (before any `--resume` was added). It
+    /// outlives that child: the next query's options are compared with it to decide
+    /// whether the conversation goes on.
+    last_spec: Option<ChildSpec>,
     claude_session_id: Option<String>,
     query: Option<Query>,
     queries: u64,
@@ -121,8 +84,37 @@ pub struct Session<'a> {
     ending: Option<End>,
 }
 
+/// Set up a session for a connection that passed the handshake, list it, and run it
+/// on this thread until it ends.
+pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, admission: Admission) {
+    let id = new_session_id();
+    let (control_tx, control_rx) = bounded(4);
+    let now = now_unix();
+    let listing = shared.registry.list(
+        SessionInfo {
+            session_id: id.clone(),
+            claude_session_id: None,
+            state: SessionState::Idle,
+            created_at: now,
+            last_activity: now,
+            queries: 0,
+            peer: peer.to_string(),
+            cwd: None,
+            user: admission.user.clone(),
+            child_pid: None,
+        },
+        control_tx.clone(),
+    );
+    // Listed after the shutdown broadcast went out: tell it ourselves.
+    if shared.is_shutting_down() {
+        let _ = control_tx.try_send(Control::Shutdown);
+    }
+    Session::new(shared, id, link, listing, control_rx).run();
+    drop(admission);
+}
+
 impl<'a> Session<'a> {
-    pub fn new(
+    fn new(
         shared: &'a Shared,
         id: String,
         link: Link,
@@ -140,11 +132,7 @@ impl<'a> Session<'a> {
             control,
             seq: 0,
             child: None,
-            child_events: never(),
-            last_key: None,
-            child_slot: None,
-            child_echoes: false,
-            child_idle_since: now,
+            last_spec: None,
             claude_session_id: None,
             query: None,
             queries: 0,
@@ -157,7 +145,7 @@ impl<'a> Session<'a> {
 
     /// Run the session until its client goes, it times out or the server shuts down;
     /// then stop its child and close the connection.
-    pub fn run(mut self) {
+    fn run(mut self) {
         log::info!("[{}] session open, peer {}", self.label, self.link.peer());
         self.send(ServerMessage::ConnectionEstablished {
             session_id: self.id.clone(),
@@ -178,12 +166,14 @@ impl<'a> Session<'a> {
             if let Some(end) = self.ending.take() {
                 break end;
             }
+            // Clones for this turn of the loop only: a clone kept longer would keep a
+            // stopped child's reader from seeing that nobody listens any more.
             let inbound = self.link.inbound().clone();
             let control = self.control.clone();
-            let events = if self.link.pending() > HIGH_WATER {
-                never() // back-pressure: the client must read first
-            } else {
-                self.child_events.clone()
+            let events = match &self.child {
+                Some(c) if self.link.pending() <= HIGH_WATER => c.child.events().clone(),
+                // No child, or back-pressure: the client must read first.
+                _ => never(),
             };
             let wait = self
                 .next_deadline()
@@ -200,13 +190,15 @@ impl<'a> Session<'a> {
                             if self.link.pending() > HIGH_WATER || self.ending.is_some() {
                                 break;
                             }
-                            match self.child_events.try_recv() {
+                            let Some(c) = &self.child else { break };
+                            match c.child.events().try_recv() {
                                 Ok(ev) => self.on_child_event(ev),
                                 Err(_) => break,
                             }
                         }
                     }
-                    Err(_) => self.child_events = never(),
+                    // The reader thread ended without saying so: treat it as an exit.
+                    Err(_) => self.on_child_exit(),
                 },
                 recv(control) -> c => if let Ok(Control::Shutdown) = c {
                     self.end(End::Shutdown)
@@ -281,27 +273,33 @@ impl<'a> Session<'a> {
                 "a query is already running; send input, or interrupt it first",
             ));
         }
-        if prompt.len() > config.max_prompt_bytes {
-            return self.send_error(ClientError::new(
-                ErrorCode::InvalidField,
-                format!(
-                    "the prompt is longer than {} bytes",
-                    config.max_prompt_bytes
-                ),
-            ));
+        if let Err(e) = self.check_text(&prompt, "prompt") {
+            return self.send_error(e);
         }
-        let key = match spec::build(config, &self.shared.child_env, &options) {
+        let spec = match spec::build(config, &self.shared.child_env, &options) {
             Ok(s) => s,
             Err(e) => return self.send_error(e),
         };
         if let Err(e) = self.check_rate() {
             return self.send_error(e);
         }
-        // A live child holds a slot of --max-running; a restart passes it on.
-        let slot = match self.child_slot.take() {
-            Some(slot) => slot,
+        // A live child holds a place among --max-running; a restart passes it on.
+        let slot = match self.child.take() {
+            Some(live) if self.last_spec.as_ref() == Some(&spec) => {
+                self.child = Some(live);
+                None
+            }
+            Some(live) => {
+                log::info!("[{}] options changed; restarting claude", self.label);
+                Some(self.retire_child(live)) // between queries: no turn to interrupt
+            }
+            None => None,
+        };
+        let slot = match slot {
+            Some(slot) => Some(slot),
+            None if self.child.is_some() => None,
             None => match self.shared.registry.reserve_child(config.max_running) {
-                Some(slot) => slot,
+                Some(slot) => Some(slot),
                 None => {
                     return self.send_error(ClientError::new(
                         ErrorCode::ServerBusy,
@@ -319,16 +317,13 @@ impl<'a> Session<'a> {
         self.send(ServerMessage::QueryStart {
             prompt: prompt.clone(),
         });
-        self.query = Some(Query {
-            unacked: VecDeque::new(),
-            written_since_init: 0,
-            interrupt_deadline: None,
-            reinterrupt: false,
-        });
-        let cwd = key.cwd.as_ref().map(|p| p.display().to_string());
-        if let Err(e) = self.ensure_child(key, slot) {
-            self.send_error(e);
-            return self.end_query(QueryOutcome::Error);
+        self.query = Some(Query::new(config.interrupt_grace));
+        let cwd = spec.cwd.as_ref().map(|p| p.display().to_string());
+        if let Some(slot) = slot {
+            if let Err(e) = self.start_child(spec, slot) {
+                self.send_error(e);
+                return self.end_query(QueryOutcome::Error);
+            }
         }
         let queries = self.queries;
         self.listing.update(|i| {
@@ -339,82 +334,66 @@ impl<'a> Session<'a> {
                 i.cwd = cwd;
             }
         });
-        self.write_user_message(&prompt);
+        if let Err(e) = self.write_user_message(&prompt) {
+            // Nothing reached the child, so nothing will end this query but us.
+            self.send_error(e);
+            self.end_query(QueryOutcome::Error);
+        }
     }
 
-    /// Make sure a child built from `key` is running, restarting it (resuming the
-    /// conversation) when the flags differ from the current one's. The child keeps
-    /// `slot` for as long as it lives.
-    fn ensure_child(&mut self, key: ChildSpec, slot: ChildSlot) -> Result<(), ClientError> {
-        if self.child.is_some() && self.last_key.as_ref() != Some(&key) {
-            log::info!("[{}] options changed; restarting claude", self.label);
-            self.stop_child(); // between queries: no turn to interrupt
-        }
-        if self.child.is_some() {
-            self.child_slot = Some(slot);
-            return Ok(());
-        }
+    /// Start a child built from `spec`, holding `slot` for as long as it lives.
+    fn start_child(&mut self, spec: ChildSpec, slot: ChildSlot) -> Result<(), ClientError> {
         // Continue this session's conversation, unless the client has just asked for
         // a specific one (new options with `resume` or `continue_conversation`), or for
         // another directory: the CLI keeps conversations per directory and cannot
         // resume one elsewhere, so a new cwd starts a new conversation.
-        let new_options = self.last_key.as_ref() != Some(&key);
-        let asked_for_own = spec::picks_conversation(&key) && new_options;
+        let new_options = self.last_spec.as_ref() != Some(&spec);
+        let asked_for_own = spec::picks_conversation(&spec) && new_options;
         let moved = self
-            .last_key
+            .last_spec
             .as_ref()
-            .is_some_and(|last| last.cwd != key.cwd);
-        let spec = match &self.claude_session_id {
-            Some(id) if !asked_for_own && !moved => spec::resuming(&key, id),
-            _ => key.clone(),
+            .is_some_and(|last| last.cwd != spec.cwd);
+        let argv = match &self.claude_session_id {
+            Some(id) if !asked_for_own && !moved => spec::resuming(&spec, id),
+            _ => spec.clone(),
         };
-        let child = Child::spawn(&spec, &self.label).map_err(|e| {
+        let child = Child::spawn(&argv, &self.label).map_err(|e| {
             log::warn!("[{}] {e}", self.label);
             ClientError::new(ErrorCode::ClaudeSpawnFailed, e.to_string())
         })?;
-        // The SDK's first message: the CLI answers control requests after it.
-        let _ = child.send_line(&json!({
-            "type": "control_request",
-            "request_id": "claude_ws_init",
-            "request": {"subtype": "initialize", "hooks": null}
-        }));
-        self.child_events = child.events().clone();
-        self.child_echoes = false;
+        let _ = child.send_line(&cli::initialize());
         self.listing.update(|i| i.child_pid = Some(child.pid()));
-        self.child = Some(child);
-        self.child_slot = Some(slot);
-        self.last_key = Some(key);
+        self.child = Some(LiveChild {
+            child,
+            slot,
+            echoes: false,
+            idle_since: Instant::now(),
+        });
+        self.last_spec = Some(spec);
         Ok(())
     }
 
-    fn write_user_message(&mut self, text: &str) -> bool {
-        let line = json!({
-            "type": "user",
-            "message": {"role": "user", "content": text},
-            "parent_tool_use_id": null,
-            "session_id": "default"
-        });
+    /// Write a user message to the child for the running query.
+    fn write_user_message(&mut self, text: &str) -> Result<(), ClientError> {
         let sent = match &self.child {
-            Some(c) => c.send_line(&line),
+            Some(c) => c.child.send_line(&cli::user_message(text)),
             None => Err(Undelivered::Closed),
         };
         match sent {
             Ok(()) => {
                 if let Some(q) = &mut self.query {
-                    q.unacked.push_back(text.to_string());
-                    q.written_since_init += 1;
+                    q.wrote(text);
                 }
-                true
+                Ok(())
             }
-            Err(Undelivered::Busy) => {
-                self.send_error(ClientError::new(
-                    ErrorCode::ClaudeBusy,
-                    "claude is not reading its input; the message was not delivered",
-                ));
-                false
-            }
-            // The child is exiting; its exit ends the query with the reason.
-            Err(Undelivered::Closed) => false,
+            Err(Undelivered::Busy) => Err(ClientError::new(
+                ErrorCode::ClaudeBusy,
+                "claude is not reading its input; the message was not delivered",
+            )),
+            Err(Undelivered::Closed) => Err(ClientError::new(
+                ErrorCode::ClaudeExited,
+                "claude is exiting; the message was not delivered",
+            )),
         }
     }
 
@@ -426,8 +405,7 @@ impl<'a> Session<'a> {
                     "no query is running; send a query instead",
                 ))
             }
-            // It would only be interrupted too (see `on_result`).
-            Some(q) if q.interrupt_deadline.is_some() => {
+            Some(q) if !q.takes_input() => {
                 return self.send_error(ClientError::new(
                     ErrorCode::NoActiveQuery,
                     "the query is being interrupted; send a new query after its query_end",
@@ -435,18 +413,27 @@ impl<'a> Session<'a> {
             }
             Some(_) => {}
         }
-        if text.len() > self.shared.config.max_prompt_bytes {
-            return self.send_error(ClientError::new(
+        if let Err(e) = self.check_text(&text, "input") {
+            return self.send_error(e);
+        }
+        match self.write_user_message(&text) {
+            Ok(()) => self.send(ServerMessage::InputAcknowledged { text }),
+            // The child is exiting: its exit ends the query with the reason.
+            Err(e) if e.code == ErrorCode::ClaudeExited => {}
+            Err(e) => self.send_error(e),
+        }
+    }
+
+    /// A prompt or input within the size limit.
+    fn check_text(&self, text: &str, what: &str) -> Result<(), ClientError> {
+        let max = self.shared.config.max_prompt_bytes;
+        if text.len() > max {
+            return Err(ClientError::new(
                 ErrorCode::InvalidField,
-                format!(
-                    "the input is longer than {} bytes",
-                    self.shared.config.max_prompt_bytes
-                ),
+                format!("the {what} is longer than {max} bytes"),
             ));
         }
-        if self.write_user_message(&text) {
-            self.send(ServerMessage::InputAcknowledged { text });
-        }
+        Ok(())
     }
 
     fn interrupt(&mut self) {
@@ -456,24 +443,26 @@ impl<'a> Session<'a> {
                 "no query is running",
             ));
         };
-        let first = q.interrupt_deadline.is_none();
-        if first {
-            q.interrupt_deadline = Some(Instant::now() + self.shared.config.interrupt_grace);
-        }
+        let step = q.interrupt(Instant::now());
         self.send(ServerMessage::InterruptAcknowledged {});
-        if first {
+        if step == Step::Interrupt {
             log::info!("[{}] interrupt", self.label);
-            self.send_interrupt();
         }
+        self.apply(step);
     }
 
     fn send_interrupt(&self) {
         if let Some(c) = &self.child {
-            let _ = c.send_line(&json!({
-                "type": "control_request",
-                "request_id": format!("claude_ws_interrupt_{}", self.queries),
-                "request": {"subtype": "interrupt"}
-            }));
+            let _ = c.child.send_line(&cli::interrupt(self.queries));
+        }
+    }
+
+    /// Do what the query asked for.
+    fn apply(&mut self, step: Step) {
+        match step {
+            Step::Continue => {}
+            Step::Interrupt => self.send_interrupt(),
+            Step::End(outcome) => self.end_query(outcome),
         }
     }
 
@@ -521,12 +510,23 @@ impl<'a> Session<'a> {
             } => {
                 self.learn_claude_session(session_id);
                 self.send(message);
-                self.on_turn_start();
+                if let Some(q) = &mut self.query {
+                    let step = q.turn_started(Instant::now());
+                    if step == Step::Interrupt {
+                        log::info!(
+                            "[{}] interrupting the turn that answers queued input",
+                            self.label
+                        );
+                    }
+                    self.apply(step);
+                }
             }
             CliEvent::Replay { text } => {
-                self.child_echoes = true;
+                if let Some(c) = &mut self.child {
+                    c.echoes = true;
+                }
                 if let Some(q) = &mut self.query {
-                    q.acknowledge(&text);
+                    q.echoed(&text);
                 }
             }
             CliEvent::Result {
@@ -536,7 +536,11 @@ impl<'a> Session<'a> {
             } => {
                 self.learn_claude_session(session_id);
                 self.send(message);
-                self.on_result(is_error);
+                let echoes = self.child.as_ref().is_some_and(|c| c.echoes);
+                if let Some(q) = &mut self.query {
+                    let step = q.result(is_error, echoes, Instant::now());
+                    self.apply(step);
+                }
             }
             CliEvent::ControlRequest {
                 request_id,
@@ -557,44 +561,6 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn on_turn_start(&mut self) {
-        let Some(q) = &mut self.query else { return };
-        q.written_since_init = 0;
-        if q.reinterrupt {
-            q.reinterrupt = false;
-            q.interrupt_deadline = Some(Instant::now() + self.shared.config.interrupt_grace);
-            log::info!(
-                "[{}] interrupting the turn that answers queued input",
-                self.label
-            );
-            self.send_interrupt();
-        }
-    }
-
-    fn on_result(&mut self, is_error: bool) {
-        let echoes = self.child_echoes;
-        let Some(q) = &mut self.query else {
-            return; // a result after the query ended
-        };
-        let outstanding = q.outstanding(echoes);
-        if q.interrupt_deadline.is_some() {
-            if outstanding {
-                // Input queued before the interrupt starts another turn: stop that too.
-                q.reinterrupt = true;
-                q.interrupt_deadline = Some(Instant::now() + self.shared.config.interrupt_grace);
-                return;
-            }
-            return self.end_query(QueryOutcome::Interrupted);
-        }
-        if !outstanding {
-            self.end_query(if is_error {
-                QueryOutcome::Failed
-            } else {
-                QueryOutcome::Completed
-            });
-        }
-    }
-
     /// The CLI asked something this server does not answer (it only asks when started
     /// with flags the server never passes); say so, so it does not wait forever.
     fn refuse_control_request(&mut self, request_id: Value, subtype: &str) {
@@ -604,54 +570,54 @@ impl<'a> Session<'a> {
             subtype.escape_debug().to_string()
         );
         if let Some(c) = &self.child {
-            let _ = c.send_line(&json!({
-                "type": "control_response",
-                "response": {
-                    "subtype": "error",
-                    "request_id": request_id,
-                    "error": format!("claude-ws does not support control request {subtype:?}")
-                }
-            }));
+            let _ = c.child.send_line(&cli::control_error(
+                &request_id,
+                &format!("claude-ws does not support control request {subtype:?}"),
+            ));
         }
-    }
-
-    /// Detach the current child from the session (its events, its slot, its row in
-    /// /sessions), for the caller to stop.
-    fn take_child(&mut self) -> Option<Child> {
-        self.child_events = never();
-        self.child_slot = None;
-        let child = self.child.take();
-        if child.is_some() {
-            self.listing.update(|i| i.child_pid = None);
-        }
-        child
     }
 
     fn on_child_exit(&mut self) {
-        let Some(mut child) = self.take_child() else {
+        let Some(live) = self.child.take() else {
             return;
         };
+        self.listing.update(|i| i.child_pid = None);
+        let LiveChild {
+            mut child, slot, ..
+        } = live;
         let ending = child.stop(self.shared.config.stop_grace, &self.label);
+        drop(slot);
         let tail = child.stderr_tail();
         log::info!("[{}] claude exited: {ending:?}", self.label);
         let Some(q) = &self.query else { return };
-        if q.interrupt_deadline.is_some() {
-            return self.end_query(QueryOutcome::Interrupted);
+        let outcome = q.child_gone();
+        if outcome == QueryOutcome::Error {
+            let status = ending.status();
+            let mut message = format!("claude exited ({status}) before the query finished");
+            if !tail.is_empty() {
+                message.push_str("; its stderr ends with: ");
+                message.push_str(last_chars(&tail, 1000));
+            }
+            self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
         }
-        let status = ending.status();
-        let mut message = format!("claude exited ({status}) before the query finished");
-        if !tail.is_empty() {
-            message.push_str("; its stderr ends with: ");
-            message.push_str(last_chars(&tail, 1000));
-        }
-        self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
-        self.end_query(QueryOutcome::Error);
+        self.end_query(outcome);
     }
 
-    /// Stop the current child gracefully (close stdin, then escalate).
+    /// Stop a child the way that keeps its conversation (close stdin, then escalate),
+    /// and hand back its place among `--max-running`.
+    fn retire_child(&mut self, live: LiveChild) -> ChildSlot {
+        self.listing.update(|i| i.child_pid = None);
+        let LiveChild {
+            mut child, slot, ..
+        } = live;
+        child.stop(self.shared.config.stop_grace, &self.label);
+        slot
+    }
+
+    /// Stop the session's child, if it has one, and give its place back.
     fn stop_child(&mut self) {
-        if let Some(mut child) = self.take_child() {
-            child.stop(self.shared.config.stop_grace, &self.label);
+        if let Some(live) = self.child.take() {
+            drop(self.retire_child(live));
         }
     }
 
@@ -665,7 +631,9 @@ impl<'a> Session<'a> {
         self.send(ServerMessage::QueryEnd { outcome });
         log::info!("[{}] query {} ended: {outcome:?}", self.label, self.queries);
         self.last_activity = Instant::now();
-        self.child_idle_since = self.last_activity;
+        if let Some(c) = &mut self.child {
+            c.idle_since = self.last_activity;
+        }
         self.listing.update(|i| {
             i.state = SessionState::Idle;
             i.last_activity = now_unix();
@@ -680,11 +648,11 @@ impl<'a> Session<'a> {
         if self.query.is_none() {
             next = next.min(self.last_activity + config.session_timeout);
         }
-        if let Some(d) = self.query.as_ref().and_then(|q| q.interrupt_deadline) {
+        if let Some(d) = self.query.as_ref().and_then(Query::deadline) {
             next = next.min(d);
         }
-        if let (Some(idle), Some(_), None) = (config.child_idle, &self.child, &self.query) {
-            next = next.min(self.child_idle_since + idle);
+        if let (Some(idle), Some(c), None) = (config.child_idle, &self.child, &self.query) {
+            next = next.min(c.idle_since + idle);
         }
         if self.link.pending() > 0 {
             // (Room in the socket wakes the session through `inbound`; this is the
@@ -709,28 +677,26 @@ impl<'a> Session<'a> {
         if self.query.is_none() && now >= self.last_activity + config.session_timeout {
             return self.end(End::IdleTimeout);
         }
-        let overdue = self
-            .query
-            .as_ref()
-            .and_then(|q| q.interrupt_deadline)
-            .is_some_and(|d| now >= d);
-        if overdue {
+        if self.query.as_ref().is_some_and(|q| q.overdue(now)) {
             log::warn!(
                 "[{}] interrupt not honoured within {:?}; ending claude's process group",
                 self.label,
                 config.interrupt_grace
             );
-            if let Some(mut child) = self.take_child() {
+            if let Some(live) = self.child.take() {
+                self.listing.update(|i| i.child_pid = None);
+                let LiveChild { mut child, .. } = live;
                 child.kill(&self.label);
             }
             self.end_query(QueryOutcome::Interrupted);
         }
-        if let (Some(idle), true, true) = (
-            config.child_idle,
-            self.child.is_some(),
-            self.query.is_none(),
-        ) {
-            if now >= self.child_idle_since + idle {
+        let idle_for = self
+            .child
+            .as_ref()
+            .filter(|_| self.query.is_none())
+            .map(|c| now.saturating_duration_since(c.idle_since));
+        if let (Some(idle), Some(idle_for)) = (config.child_idle, idle_for) {
+            if idle_for >= idle {
                 log::info!(
                     "[{}] claude idle for {idle:?}; stopping it until the next query",
                     self.label

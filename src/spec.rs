@@ -5,21 +5,9 @@
 use std::path::{Component, Path, PathBuf};
 
 use crate::child::ChildSpec;
+use crate::cli::BASE_ARGS;
 use crate::config::Config;
 use crate::protocol::{ClientError, ErrorCode, QueryOptions};
-
-/// The flags every child gets: print mode, stream-json both ways, and our own user
-/// messages echoed back when the CLI takes them into a turn — the only way to know
-/// when a query is over, since messages queued during a turn are answered together.
-const BASE_ARGS: [&str; 7] = [
-    "-p",
-    "--output-format",
-    "stream-json",
-    "--verbose",
-    "--input-format",
-    "stream-json",
-    "--replay-user-messages",
-];
 
 /// Longest path accepted as `cwd`.
 const MAX_PATH: usize = 1024;

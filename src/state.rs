@@ -1,0 +1,58 @@
+//! What every thread of the server shares: the configuration, the session registry,
+//! the rate limits, and whether the server is shutting down.
+//!
+//! It lives apart from `server.rs` so the pieces that read it (the handshake, the side
+//! port, the sessions) depend on it, not on the accept loop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::config::Config;
+use crate::limits::PeerRates;
+use crate::registry::Registry;
+
+/// State every thread of the server shares.
+pub struct Shared {
+    pub config: Config,
+    /// The allow-listed environment children get, computed once.
+    pub child_env: Vec<(String, String)>,
+    pub registry: Arc<Registry>,
+    pub peer_rates: PeerRates,
+    shutting_down: AtomicBool,
+    /// Connections with a thread of their own (in their handshake or session).
+    pub connections: AtomicUsize,
+    ws_addr: SocketAddr,
+    /// `claude --version`, asked once by the side port (it takes a moment).
+    pub claude_version: OnceLock<Result<String, String>>,
+}
+
+impl Shared {
+    pub fn new(config: Config, child_env: Vec<(String, String)>, ws_addr: SocketAddr) -> Shared {
+        let (n, window) = config.rate_limit;
+        Shared {
+            config,
+            child_env,
+            registry: Arc::new(Registry::default()),
+            peer_rates: PeerRates::new(n, window),
+            shutting_down: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            ws_addr,
+            claude_version: OnceLock::new(),
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Mark the server as shutting down; true for the first caller only.
+    pub fn begin_shutdown(&self) -> bool {
+        !self.shutting_down.swap(true, Ordering::SeqCst)
+    }
+
+    /// The WebSocket listener's address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+}
