@@ -31,7 +31,10 @@ pub fn user_message(text: &str) -> Value {
 
 /// The SDK's first message: the CLI answers control requests after it.
 pub fn initialize() -> Value {
-    control_request("claude_ws_init", json!({"subtype": "initialize", "hooks": null}))
+    control_request(
+        "claude_ws_init",
+        json!({"subtype": "initialize", "hooks": null}),
+    )
 }
 
 /// Stop the running turn. `n` tells one query's requests from another's.

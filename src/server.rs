@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-
 use crate::config::Config;
 use crate::handshake::{self, Admission};
 use crate::link::{self, Duplex, Link};
@@ -75,8 +74,10 @@ impl ServerHandle {
         if self.shared.begin_shutdown() {
             log::info!("shutting down");
             // Wake the accept loop, blocked in accept(2).
-            let _ =
-                TcpStream::connect_timeout(&wake_addr(self.shared.ws_addr()), Duration::from_secs(1));
+            let _ = TcpStream::connect_timeout(
+                &wake_addr(self.shared.ws_addr()),
+                Duration::from_secs(1),
+            );
         }
     }
 }

@@ -30,7 +30,9 @@ use crate::protocol::{
     ErrorCode, QueryOptions, QueryOutcome, ServerMessage,
 };
 use crate::query::{Query, Step};
-use crate::registry::{new_session_id, now_unix, ChildSlot, Control, Listing, SessionInfo, SessionState};
+use crate::registry::{
+    new_session_id, now_unix, ChildSlot, Control, Listing, SessionInfo, SessionState,
+};
 use crate::spec;
 use crate::state::Shared;
 use crate::translate::{self, CliEvent};

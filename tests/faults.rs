@@ -676,3 +676,39 @@ fn children_do_not_outlive_a_killed_server() {
         kids[0]
     );
 }
+
+/// Issue 8, defect 3: a fresh query whose prompt cannot be written (the child's stdin
+/// queue is full) used to get an error and never a `query_end`.
+#[test]
+fn a_query_whose_prompt_cannot_be_written_still_ends() {
+    let s = ServerOptions::fake()
+        .env("FAKE_CLAUDE_NO_REPLAY", "1")
+        .arg("--pass-env=FAKE_CLAUDE_NO_REPLAY")
+        .start();
+    let mut c = s.connect();
+    c.send(json!({"type": "query", "prompt": "deaf-turns 8000"}));
+    c.until("system_message");
+    let text = "i".repeat(20_000);
+    let mut busy = false;
+    for _ in 0..200 {
+        c.send(json!({"type": "input", "text": text}));
+        let m = c.recv();
+        if m["type"] == "error" {
+            assert_eq!(m["data"]["code"], "claude_busy", "{m}");
+            busy = true;
+            break;
+        }
+        assert_eq!(m["type"], "input_acknowledged", "{m}");
+    }
+    assert!(busy, "the server never said the child is not reading");
+    // The child ends that query's turns without reading the input.
+    let msgs = c.until("query_end");
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    // Its stdin is still full: the next prompt cannot be delivered.
+    c.send(json!({"type": "query", "prompt": "after"}));
+    let msgs = c.until("query_end");
+    assert_eq!(only(&msgs, "error")["code"], "claude_busy", "{msgs:?}");
+    assert_eq!(only(&msgs, "query_end")["outcome"], "error", "{msgs:?}");
+    c.send(json!({"type": "ping"}));
+    assert_eq!(c.recv()["type"], "pong");
+}

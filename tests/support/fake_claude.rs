@@ -143,6 +143,10 @@ enum Mode {
     Hang,
     /// `deaf`: like `hang`, and stops reading stdin, so the pipe to it fills up.
     Deaf,
+    /// `deaf-turns MS`: stops reading stdin, waits MS, ends the turn, then runs one more
+    /// (empty) turn, as the CLI does for input queued during a turn: with
+    /// `FAKE_CLAUDE_NO_REPLAY` set (no echoes), the query ends while the pipe is full.
+    DeafTurns(Duration),
     /// `ignore-signals`: ignores SIGINT/SIGTERM/SIGHUP, EOF and interrupts: only SIGKILL ends it.
     IgnoreSignals,
     /// `garbage`: three non-JSON stdout lines, then a normal echo.
@@ -178,6 +182,7 @@ impl Mode {
             ("crash", 0, ..) => Mode::Crash,
             ("hang", 0, ..) => Mode::Hang,
             ("deaf", 0, ..) => Mode::Deaf,
+            ("deaf-turns", 1, Some(ms), _) => Mode::DeafTurns(Duration::from_millis(ms)),
             ("ignore-signals", 0, ..) => Mode::IgnoreSignals,
             ("garbage", 0, ..) => Mode::Garbage,
             ("stderr-flood", 1, Some(bytes), _) => Mode::StderrFlood(bytes as usize),
@@ -342,7 +347,8 @@ impl Fake {
     fn turn(&mut self, prompt: &str) {
         let started = Instant::now();
         self.emit(&self.init_line());
-        if self.args.iter().any(|a| a == "--replay-user-messages") {
+        let replay = std::env::var_os("FAKE_CLAUDE_NO_REPLAY").is_none();
+        if replay && self.args.iter().any(|a| a == "--replay-user-messages") {
             // As the real CLI does with this flag: the turn's (merged) user message,
             // echoed back with isReplay.
             let line = json!({
@@ -361,6 +367,14 @@ impl Fake {
             Mode::Deaf => {
                 DEAF.store(true, std::sync::atomic::Ordering::SeqCst);
                 hang()
+            }
+            Mode::DeafTurns(pause) => {
+                DEAF.store(true, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(pause);
+                let line = self.result_success("deaf", started);
+                self.emit(&line);
+                self.emit(&self.init_line());
+                self.say("queued input not read".into())
             }
             Mode::IgnoreSignals => ignore_signals(),
             Mode::Garbage => {
