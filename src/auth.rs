@@ -3,9 +3,11 @@
 //!
 //! Tokens are compared in constant time and never logged.
 
+use data_encoding::BASE64URL_NOPAD;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 
@@ -88,7 +90,8 @@ pub fn authenticate_http(
 /// JWT's `sub`, if any.
 pub fn check_token(config: &Config, token: &str) -> Result<Option<String>, String> {
     if let Some(expected) = &config.auth_token {
-        if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+        // Time depends only on the lengths, not on where the bytes differ.
+        if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
             return Ok(None);
         }
     }
@@ -138,15 +141,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Equal in time that depends only on the lengths, not on where the bytes differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Verify an HS256 JWT: signature, `alg`, `exp` (required) and `nbf` (if present).
+/// Every part must be canonical unpadded base64url, so a token has one spelling;
+/// `exp` and `nbf` are JSON numbers (NumericDate, RFC 7519 §2: fractions allowed).
 pub fn verify_jwt(secret: &[u8], token: &str, now: u64) -> Result<Option<String>, String> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
@@ -165,19 +162,19 @@ pub fn verify_jwt(secret: &[u8], token: &str, now: u64) -> Result<Option<String>
     mac.update(p.as_bytes());
     mac.verify_slice(&sig).map_err(|_| "bad JWT signature")?;
     let claims: Value = decode_json(p).ok_or("bad JWT payload")?;
+    let now = now as f64;
     let exp = claims
         .get("exp")
-        .and_then(Value::as_u64)
-        .ok_or("JWT has no exp")?;
+        .and_then(Value::as_f64)
+        .ok_or("JWT has no numeric exp")?;
     if now >= exp {
         return Err("JWT expired".into());
     }
-    if claims
-        .get("nbf")
-        .and_then(Value::as_u64)
-        .is_some_and(|nbf| now < nbf)
-    {
-        return Err("JWT not yet valid".into());
+    match claims.get("nbf").map(Value::as_f64) {
+        None => {}
+        Some(None) => return Err("JWT nbf is not a number".into()),
+        Some(Some(nbf)) if now < nbf => return Err("JWT not yet valid".into()),
+        Some(Some(_)) => {}
     }
     Ok(claims
         .get("sub")
@@ -189,28 +186,10 @@ fn decode_json(part: &str) -> Option<Value> {
     serde_json::from_slice(&base64url_decode(part)?).ok()
 }
 
-/// Decode unpadded (or padded) base64url.
+/// Decode canonical unpadded base64url (RFC 7515 §2): no `=`, no other alphabet, and
+/// the unused bits of the last character zero (`AA` is `[0]`; `AB` is refused).
 pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    BASE64URL_NOPAD.decode(s.as_bytes()).ok()
 }
 
 /// Refuse cross-site WebSocket hijacking and DNS rebinding: an `Origin` must be the
@@ -299,6 +278,69 @@ mod tests {
     }
 
     #[test]
+    fn base64url_has_one_spelling() {
+        assert_eq!(base64url_decode("AA"), Some(vec![0]));
+        // The unused low bits of the last character must be zero.
+        for lax in ["AB", "AC", "AD", "AAB", "AAC"] {
+            assert_eq!(base64url_decode(lax), None, "{lax}");
+        }
+        // No padding, no standard alphabet, no stray length.
+        for bad in ["AA==", "AA=", "A", "+/8", "/w", "A A"] {
+            assert_eq!(base64url_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn jwt_signature_must_be_canonical() {
+        let t = make_jwt(b"s3cret", r#"{"sub":"ana","exp":2000}"#);
+        assert!(verify_jwt(b"s3cret", &t, 1000).is_ok());
+        // A 32-byte MAC is 43 characters: the last one has 2 unused bits.
+        const T: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let (rest, last) = t.split_at(t.len() - 1);
+        let v = T.find(last).unwrap();
+        assert_eq!(v & 3, 0);
+        for other in 1..4 {
+            let respelled = format!("{rest}{}", &T[v | other..=v | other]);
+            assert_eq!(
+                verify_jwt(b"s3cret", &respelled, 1000),
+                Err("bad JWT signature encoding".into())
+            );
+        }
+        assert!(verify_jwt(b"s3cret", &format!("{t}="), 1000).is_err());
+        // The header and the payload too (the MAC covers their text, so a respelled
+        // part also fails the MAC; decoding refuses it first).
+        let (h, _) = t.split_once('.').unwrap();
+        let padded_header = t.replacen(h, &format!("{h}="), 1);
+        assert_eq!(
+            verify_jwt(b"s3cret", &padded_header, 1000),
+            Err("bad JWT header".into())
+        );
+    }
+
+    #[test]
+    fn jwt_times_are_json_numbers() {
+        let t = make_jwt(b"k", r#"{"exp":1.8e9}"#);
+        assert_eq!(verify_jwt(b"k", &t, 1_799_999_999), Ok(None));
+        assert_eq!(
+            verify_jwt(b"k", &t, 1_800_000_000),
+            Err("JWT expired".into())
+        );
+        let t = make_jwt(b"k", r#"{"exp":2000.5,"nbf":1000.5}"#);
+        assert_eq!(verify_jwt(b"k", &t, 2000), Ok(None));
+        assert_eq!(verify_jwt(b"k", &t, 1000), Err("JWT not yet valid".into()));
+        for bad in [
+            r#"{"exp":"2000"}"#,
+            r#"{"exp":null}"#,
+            r#"{"exp":2000,"nbf":"1"}"#,
+        ] {
+            assert!(
+                verify_jwt(b"k", &make_jwt(b"k", bad), 1000).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn loopback_hosts() {
         for h in [
             "localhost",
@@ -323,9 +365,14 @@ mod tests {
     }
 
     #[test]
-    fn constant_time_eq_is_eq() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
+    fn static_token_compare() {
+        let config = Config {
+            auth_token: Some("abc".into()),
+            ..Config::default()
+        };
+        assert_eq!(check_token(&config, "abc"), Ok(None));
+        assert!(check_token(&config, "abd").is_err());
+        assert!(check_token(&config, "ab").is_err());
+        assert!(check_token(&config, "abcd").is_err());
     }
 }
