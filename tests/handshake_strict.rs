@@ -211,6 +211,10 @@ fn a_token_in_two_carriers_is_a_bad_request_even_when_equal() {
         ],
     );
     assert_no_session(&s);
+    // The side port: header and query together are refused like a wrong token.
+    let side = format!("/sessions?token={TOKEN}");
+    assert_eq!(s.get_with(&side, &[]).0, 200);
+    assert_eq!(s.get_with(&side, &[("Authorization", &bearer)]).0, 401);
     assert!(!s.logs().contains(TOKEN), "a token reached the log");
 }
 
