@@ -1,11 +1,18 @@
 //! Authentication (static bearer token, HS256 JWT) and the browser checks (Origin,
-//! Host) applied to every upgrade, and to `/sessions` on the side port.
+//! Host) applied to every upgrade; `/sessions` on the side port takes the same tokens.
 //!
-//! Tokens are compared in constant time and never logged.
+//! An upgrade is first read strictly ([`parse_upgrade`], a 400 on failure): one `Host`,
+//! at most one `Origin` and `Authorization`, one token in one carrier. Tokens are
+//! compared in constant time and never logged.
 
+use std::net::IpAddr;
+
+use data_encoding::BASE64URL_NOPAD;
 use hmac::{Hmac, KeyInit, Mac};
+use http::uri::{Authority, Uri};
 use serde_json::Value;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 
@@ -23,18 +30,41 @@ pub struct Auth {
     pub subprotocol: Option<String>,
 }
 
+/// What the checks read from an upgrade request, each found at most once. Building it
+/// is the 400 check: a request that names its `Host`, `Origin` or `Authorization`
+/// twice, or presents a token twice (two carriers, or one carrier twice, even with
+/// equal values), is ambiguous, and the server must not pick one reading of it.
+#[derive(Debug)]
+pub struct Upgrade {
+    host: Host,
+    /// The `Host` field as sent, for log lines.
+    host_text: String,
+    /// The raw `Origin` value, parsed when compared (`null` and others that are not a
+    /// URI are simply not allowed).
+    origin: Option<String>,
+    /// The one token presented, in whichever carrier.
+    token: Option<String>,
+    subprotocol: Option<String>,
+}
+
 /// Whether any authentication is configured.
 pub fn enabled(config: &Config) -> bool {
     config.auth_token.is_some() || config.jwt_secret.is_some()
 }
 
-/// Authenticate an upgrade request. The reason on failure is safe to log (it never
-/// contains the token).
-pub fn authenticate<B>(
-    config: &Config,
-    req: &tungstenite::http::Request<B>,
-) -> Result<Auth, String> {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+/// Read an upgrade request; the error (a 400) says which rule it broke and never
+/// contains a token.
+pub fn parse_upgrade<B>(req: &tungstenite::http::Request<B>) -> Result<Upgrade, String> {
+    // RFC 9112 §3.2: no Host, two Host lines, or an invalid one: 400.
+    let host = single_header(req, "Host")?.ok_or("no Host field")?;
+    let host_text = host.to_string();
+    let host = Host::parse(host).ok_or_else(|| {
+        format!(
+            "Host {:?} is not a host and port",
+            crate::protocol::truncate(&host_text, 100)
+        )
+    })?;
+    let origin = single_header(req, "Origin")?.map(str::to_string);
     let offered: Vec<&str> = req
         .headers()
         .get_all("Sec-WebSocket-Protocol")
@@ -44,31 +74,74 @@ pub fn authenticate<B>(
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .collect();
-    let protocol_token = offered
+    let protocol_tokens: Vec<&str> = offered
         .iter()
-        .find_map(|p| p.strip_prefix(SUBPROTOCOL_TOKEN_PREFIX));
+        .filter_map(|p| p.strip_prefix(SUBPROTOCOL_TOKEN_PREFIX))
+        .collect();
+    let mut tokens: Vec<String> = bearer(single_header(req, "Authorization")?)
+        .into_iter()
+        .chain(query_tokens(req.uri().query()))
+        .chain(protocol_tokens.iter().map(|t| t.to_string()))
+        .collect();
+    if tokens.len() > 1 {
+        return Err(format!(
+            "a token is presented {} times (Authorization, ?token=, bearer. subprotocol: \
+             use one)",
+            tokens.len()
+        ));
+    }
     // Answer with our own name when offered; otherwise the token entry (a browser
     // fails the connection unless one offered protocol is chosen).
     let subprotocol = if offered.contains(&SUBPROTOCOL) {
         Some(SUBPROTOCOL.to_string())
     } else {
-        protocol_token.map(|t| format!("{SUBPROTOCOL_TOKEN_PREFIX}{t}"))
+        protocol_tokens
+            .first()
+            .map(|t| format!("{SUBPROTOCOL_TOKEN_PREFIX}{t}"))
     };
+    Ok(Upgrade {
+        host,
+        host_text,
+        origin,
+        token: tokens.pop(),
+        subprotocol,
+    })
+}
+
+/// The value of a header that may appear at most once.
+fn single_header<'r, B>(
+    req: &'r tungstenite::http::Request<B>,
+    name: &str,
+) -> Result<Option<&'r str>, String> {
+    let mut values = req.headers().get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(format!("more than one {name} field"));
+    }
+    first
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| format!("the {name} field is not visible ASCII"))
+        })
+        .transpose()
+}
+
+/// Authenticate a parsed upgrade. The reason on failure is safe to log (it never
+/// contains the token).
+pub fn authenticate(config: &Config, upgrade: &Upgrade) -> Result<Auth, String> {
+    let subprotocol = upgrade.subprotocol.clone();
     if !enabled(config) {
         return Ok(Auth {
             user: None,
             subprotocol,
         });
     }
-    let token = bearer(header("Authorization"))
-        .or_else(|| query_token(req.uri().query()))
-        .or(protocol_token.map(str::to_string))
-        .ok_or("no credentials presented")?;
-    let user = check_token(config, &token)?;
+    let token = upgrade.token.as_deref().ok_or("no credentials presented")?;
+    let user = check_token(config, token)?;
     Ok(Auth { user, subprotocol })
 }
 
-/// Authenticate a side-port request (header or `?token=`).
+/// Authenticate a side-port request (header or `?token=`, exactly one token).
 pub fn authenticate_http(
     config: &Config,
     authorization: Option<&str>,
@@ -78,17 +151,23 @@ pub fn authenticate_http(
         return Ok(());
     }
     let query = url.split_once('?').map(|(_, q)| q);
-    let token = bearer(authorization)
-        .or_else(|| query_token(query))
-        .ok_or("no credentials presented")?;
-    check_token(config, &token).map(|_| ())
+    let tokens: Vec<String> = bearer(authorization)
+        .into_iter()
+        .chain(query_tokens(query))
+        .collect();
+    match tokens.as_slice() {
+        [] => Err("no credentials presented".into()),
+        [token] => check_token(config, token).map(|_| ()),
+        _ => Err("a token is presented more than once".into()),
+    }
 }
 
 /// Check one presented token against the static token and the JWT secret. Returns the
 /// JWT's `sub`, if any.
 pub fn check_token(config: &Config, token: &str) -> Result<Option<String>, String> {
     if let Some(expected) = &config.auth_token {
-        if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+        // Time depends only on the lengths, not on where the bytes differ.
+        if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
             return Ok(None);
         }
     }
@@ -107,12 +186,15 @@ fn bearer(header: Option<&str>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-fn query_token(query: Option<&str>) -> Option<String> {
-    query?
+/// Every non-empty `token=` parameter of a query.
+fn query_tokens(query: Option<&str>) -> Vec<String> {
+    query
+        .unwrap_or("")
         .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
+        .filter_map(|kv| kv.strip_prefix("token="))
         .map(percent_decode)
         .filter(|t| !t.is_empty())
+        .collect()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -138,15 +220,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Equal in time that depends only on the lengths, not on where the bytes differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Verify an HS256 JWT: signature, `alg`, `exp` (required) and `nbf` (if present).
+/// Every part must be canonical unpadded base64url, so a token has one spelling;
+/// `exp` and `nbf` are JSON numbers (NumericDate, RFC 7519 §2: fractions allowed).
 pub fn verify_jwt(secret: &[u8], token: &str, now: u64) -> Result<Option<String>, String> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
@@ -165,19 +241,19 @@ pub fn verify_jwt(secret: &[u8], token: &str, now: u64) -> Result<Option<String>
     mac.update(p.as_bytes());
     mac.verify_slice(&sig).map_err(|_| "bad JWT signature")?;
     let claims: Value = decode_json(p).ok_or("bad JWT payload")?;
+    let now = now as f64;
     let exp = claims
         .get("exp")
-        .and_then(Value::as_u64)
-        .ok_or("JWT has no exp")?;
+        .and_then(Value::as_f64)
+        .ok_or("JWT has no numeric exp")?;
     if now >= exp {
         return Err("JWT expired".into());
     }
-    if claims
-        .get("nbf")
-        .and_then(Value::as_u64)
-        .is_some_and(|nbf| now < nbf)
-    {
-        return Err("JWT not yet valid".into());
+    match claims.get("nbf").map(Value::as_f64) {
+        None => {}
+        Some(None) => return Err("JWT nbf is not a number".into()),
+        Some(Some(nbf)) if now < nbf => return Err("JWT not yet valid".into()),
+        Some(Some(_)) => {}
     }
     Ok(claims
         .get("sub")
@@ -189,78 +265,137 @@ fn decode_json(part: &str) -> Option<Value> {
     serde_json::from_slice(&base64url_decode(part)?).ok()
 }
 
-/// Decode unpadded (or padded) base64url.
+/// Decode canonical unpadded base64url (RFC 7515 §2): no `=`, no other alphabet, and
+/// the unused bits of the last character zero (`AA` is `[0]`; `AB` is refused).
 pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
+    BASE64URL_NOPAD.decode(s.as_bytes()).ok()
+}
+
+/// The name part of a `Host` or of an origin's authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostName {
+    /// An IPv4 or (bracketed in the text) IPv6 literal, compared as an address.
+    Ip(IpAddr),
+    /// A registered name, lowercased.
+    Name(String),
+}
+
+/// A `Host` field (RFC 9112 §3.2: `uri-host [ ":" port ]`), or an origin's authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Host {
+    name: HostName,
+    port: Option<u16>,
+}
+
+impl Host {
+    fn parse(text: &str) -> Option<Host> {
+        let authority: Authority = text.parse().ok()?;
+        let all = authority.as_str();
+        // No userinfo in a Host; `http` accepts it in an authority.
+        if all.contains('@') {
+            return None;
+        }
+        let host = authority.host();
+        // `http` leaves out a port it cannot read ("x:abc", "x:99999"): read it here.
+        let port = match all.get(host.len()..)? {
+            "" | ":" => None,
+            rest => Some(rest.strip_prefix(':')?.parse::<u16>().ok()?),
         };
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
+        let name = if let Some(v6) = host.strip_prefix('[') {
+            HostName::Ip(v6.strip_suffix(']')?.parse().ok()?)
+        } else if let Ok(ip) = host.parse() {
+            HostName::Ip(ip)
+        } else if host.is_empty() {
+            return None;
+        } else {
+            HostName::Name(host.to_ascii_lowercase())
+        };
+        Some(Host { name, port })
+    }
+
+    fn is_loopback(&self) -> bool {
+        match &self.name {
+            HostName::Ip(ip) => ip.is_loopback(),
+            HostName::Name(n) => n == "localhost" || n.ends_with(".localhost"),
         }
     }
-    Some(out)
+}
+
+/// A serialized origin (RFC 6454): `http` or `https`, a host, a port (the scheme's
+/// default when absent), no userinfo, no path beyond `/`, no query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    https: bool,
+    host: HostName,
+    port: u16,
+}
+
+impl Origin {
+    fn parse(text: &str) -> Option<Origin> {
+        let uri: Uri = text.trim().parse().ok()?;
+        let https = match uri.scheme_str()? {
+            "http" => false,
+            "https" => true,
+            _ => return None,
+        };
+        if uri.path_and_query().map(|p| p.as_str()) != Some("/") {
+            return None;
+        }
+        let host = Host::parse(uri.authority()?.as_str())?;
+        let default = if https { 443 } else { 80 };
+        Some(Origin {
+            https,
+            host: host.name,
+            port: host.port.unwrap_or(default),
+        })
+    }
+
+    /// Whether this origin is the server addressed by `host`. A `Host` without a port
+    /// means the default port of the scheme the client used, which the server (maybe
+    /// behind a TLS proxy) cannot see: take the origin's.
+    fn is_host(&self, host: &Host) -> bool {
+        let default = if self.https { 443 } else { 80 };
+        self.host == host.name && self.port == host.port.unwrap_or(default)
+    }
 }
 
 /// Refuse cross-site WebSocket hijacking and DNS rebinding: an `Origin` must be the
 /// server's own or listed; when listening on loopback, `Host` must name loopback.
-pub fn check_origin<B>(
+pub fn check_origin(
     config: &Config,
     bound: std::net::SocketAddr,
-    req: &tungstenite::http::Request<B>,
+    upgrade: &Upgrade,
 ) -> Result<(), String> {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let host = header("Host").unwrap_or("");
-    if bound.ip().is_loopback() && !is_loopback_host(host) {
+    if bound.ip().is_loopback() && !upgrade.host.is_loopback() {
         return Err(format!(
             "Host {:?} is not this loopback server",
-            crate::protocol::truncate(host, 100)
+            crate::protocol::truncate(&upgrade.host_text, 100)
         ));
     }
-    let Some(origin) = header("Origin") else {
+    let Some(text) = &upgrade.origin else {
         return Ok(()); // not a browser (wscat, scripts)
     };
-    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-    let same = origin.split_once("://").is_some_and(|(scheme, authority)| {
-        matches!(scheme, "http" | "https") && authority == host.to_ascii_lowercase()
+    let origin = Origin::parse(text);
+    let same = origin.as_ref().is_some_and(|o| o.is_host(&upgrade.host));
+    let listed = config.allowed_origins.iter().any(|allowed| {
+        allowed == "*"
+            || match (&origin, Origin::parse(allowed)) {
+                (Some(o), Some(a)) => *o == a,
+                // Neither is a URI (`null`, say): the same text.
+                (None, None) => allowed
+                    .trim_end_matches('/')
+                    .eq_ignore_ascii_case(text.trim().trim_end_matches('/')),
+                _ => false,
+            }
     });
-    let listed = config
-        .allowed_origins
-        .iter()
-        .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(&origin));
     if same || listed {
         Ok(())
     } else {
         Err(format!(
             "Origin {:?} is not allowed",
-            crate::protocol::truncate(&origin, 100)
+            crate::protocol::truncate(text, 100)
         ))
     }
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
-    };
-    let name = name.to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn now_unix() -> u64 {
@@ -299,33 +434,177 @@ mod tests {
     }
 
     #[test]
-    fn loopback_hosts() {
-        for h in [
-            "localhost",
-            "localhost:8000",
-            "127.0.0.1:1",
-            "[::1]:80",
-            "a.localhost",
-        ] {
-            assert!(is_loopback_host(h), "{h}");
+    fn base64url_has_one_spelling() {
+        assert_eq!(base64url_decode("AA"), Some(vec![0]));
+        // The unused low bits of the last character must be zero.
+        for lax in ["AB", "AC", "AD", "AAB", "AAC"] {
+            assert_eq!(base64url_decode(lax), None, "{lax}");
         }
-        for h in ["evil.com", "evil.com:8000", "", "127.0.0.1.evil.com"] {
-            assert!(!is_loopback_host(h), "{h}");
+        // No padding, no standard alphabet, no stray length.
+        for bad in ["AA==", "AA=", "A", "+/8", "/w", "A A"] {
+            assert_eq!(base64url_decode(bad), None, "{bad}");
         }
     }
 
     #[test]
-    fn tokens_from_query_are_decoded() {
-        assert_eq!(query_token(Some("a=1&token=x%2By+z")), Some("x+y z".into()));
-        assert_eq!(query_token(Some("token=")), None);
+    fn jwt_signature_must_be_canonical() {
+        let t = make_jwt(b"s3cret", r#"{"sub":"ana","exp":2000}"#);
+        assert!(verify_jwt(b"s3cret", &t, 1000).is_ok());
+        // A 32-byte MAC is 43 characters: the last one has 2 unused bits.
+        const T: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let (rest, last) = t.split_at(t.len() - 1);
+        let v = T.find(last).unwrap();
+        assert_eq!(v & 3, 0);
+        for other in 1..4 {
+            let respelled = format!("{rest}{}", &T[v | other..=v | other]);
+            assert_eq!(
+                verify_jwt(b"s3cret", &respelled, 1000),
+                Err("bad JWT signature encoding".into())
+            );
+        }
+        assert!(verify_jwt(b"s3cret", &format!("{t}="), 1000).is_err());
+        // The header and the payload too (the MAC covers their text, so a respelled
+        // part also fails the MAC; decoding refuses it first).
+        let (h, _) = t.split_once('.').unwrap();
+        let padded_header = t.replacen(h, &format!("{h}="), 1);
+        assert_eq!(
+            verify_jwt(b"s3cret", &padded_header, 1000),
+            Err("bad JWT header".into())
+        );
+    }
+
+    #[test]
+    fn jwt_times_are_json_numbers() {
+        let t = make_jwt(b"k", r#"{"exp":1.8e9}"#);
+        assert_eq!(verify_jwt(b"k", &t, 1_799_999_999), Ok(None));
+        assert_eq!(
+            verify_jwt(b"k", &t, 1_800_000_000),
+            Err("JWT expired".into())
+        );
+        let t = make_jwt(b"k", r#"{"exp":2000.5,"nbf":1000.5}"#);
+        assert_eq!(verify_jwt(b"k", &t, 2000), Ok(None));
+        assert_eq!(verify_jwt(b"k", &t, 1000), Err("JWT not yet valid".into()));
+        for bad in [
+            r#"{"exp":"2000"}"#,
+            r#"{"exp":null}"#,
+            r#"{"exp":2000,"nbf":"1"}"#,
+        ] {
+            assert!(
+                verify_jwt(b"k", &make_jwt(b"k", bad), 1000).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    fn host(s: &str) -> Host {
+        Host::parse(s).unwrap_or_else(|| panic!("{s} should parse"))
+    }
+
+    #[test]
+    fn hosts_parse_strictly() {
+        for bad in [
+            "", "a b", ":80", "x:abc", "x:99999", "user@x", "[::1", "[zz]:80", "x/y",
+        ] {
+            assert_eq!(Host::parse(bad), None, "{bad}");
+        }
+        assert_eq!(host("LocalHost:80"), host("localhost:80"));
+        assert_eq!(host("[::1]:80"), host("[0:0::1]:80"));
+        assert_eq!(host("x:").port, None);
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "localhost:8000",
+            "LOCALHOST",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "a.localhost",
+        ] {
+            assert!(host(h).is_loopback(), "{h}");
+        }
+        for h in ["evil.com", "evil.com:8000", "127.0.0.1.evil.com", "[::2]"] {
+            assert!(!host(h).is_loopback(), "{h}");
+        }
+    }
+
+    #[test]
+    fn origins_match_hosts_by_scheme_default_port() {
+        let same = |o: &str, h: &str| Origin::parse(o).is_some_and(|o| o.is_host(&host(h)));
+        for (o, h) in [
+            ("http://x", "x:80"),
+            ("http://x", "x"),
+            ("http://x:80", "x"),
+            ("https://x", "x:443"),
+            ("https://x", "x"),
+            ("HTTPS://X:443/", "x"),
+            ("http://x:8080", "x:8080"),
+            ("http://[::1]", "[::1]:80"),
+            ("http://[::1]:9", "[0::1]:9"),
+        ] {
+            assert!(same(o, h), "{o} vs {h}");
+        }
+        for (o, h) in [
+            ("http://x", "x:443"),
+            ("https://x", "x:80"),
+            ("http://x:8080", "x"),
+            ("http://x", "y:80"),
+            ("http://x/app", "x:80"),
+            ("http://x?a", "x:80"),
+            ("http://u@x", "x:80"),
+            ("ws://x", "x:80"),
+            ("null", "x:80"),
+        ] {
+            assert!(!same(o, h), "{o} vs {h}");
+        }
+    }
+
+    fn request(target: &str, headers: &[(&str, &str)]) -> tungstenite::http::Request<()> {
+        let mut b = tungstenite::http::Request::get(target);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn one_token_in_one_carrier() {
+        let h = ("Host", "localhost");
+        let u = parse_upgrade(&request("/ws?a=1&token=x%2By", &[h])).unwrap();
+        assert_eq!(u.token.as_deref(), Some("x+y"));
+        let u = parse_upgrade(&request("/ws?token=", &[h])).unwrap();
+        assert_eq!(u.token, None);
+        let u = parse_upgrade(&request(
+            "/ws",
+            &[h, ("Sec-WebSocket-Protocol", "bearer.t")],
+        ))
+        .unwrap();
+        assert_eq!(u.token.as_deref(), Some("t"));
+        assert_eq!(u.subprotocol.as_deref(), Some("bearer.t"));
+        for (target, extra) in [
+            ("/ws?token=a", ("Authorization", "Bearer a")),
+            ("/ws?token=a&token=a", ("X", "")),
+            ("/ws", ("Sec-WebSocket-Protocol", "bearer.a, bearer.b")),
+            ("/ws?token=a", ("Sec-WebSocket-Protocol", "bearer.a")),
+        ] {
+            let r = parse_upgrade(&request(target, &[h, extra]));
+            let err = r.expect_err(target);
+            assert!(!err.contains("a,") && err.contains("2 times"), "{err}");
+        }
         assert_eq!(percent_decode("%"), "%");
         assert_eq!(percent_decode("%4"), "%4");
     }
 
     #[test]
-    fn constant_time_eq_is_eq() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
+    fn static_token_compare() {
+        let config = Config {
+            auth_token: Some("abc".into()),
+            ..Config::default()
+        };
+        assert_eq!(check_token(&config, "abc"), Ok(None));
+        assert!(check_token(&config, "abd").is_err());
+        assert!(check_token(&config, "ab").is_err());
+        assert!(check_token(&config, "abcd").is_err());
     }
 }

@@ -1,5 +1,7 @@
 //! Who may open a session: the checks run on the WebSocket upgrade request, before any
-//! session or child exists. A refusal is a plain HTTP answer with a JSON body.
+//! session or child exists, in this order: path (404), shutdown (503), a well-formed,
+//! unambiguous request (400), Origin and Host (403), credentials (401), capacity (503,
+//! 429). A refusal is a plain HTTP answer with a JSON body.
 
 use std::net::SocketAddr;
 
@@ -47,11 +49,18 @@ pub fn check(
             "the server is shutting down",
         ));
     }
-    if let Err(why) = auth::check_origin(config, shared.ws_addr(), req) {
+    let upgrade = match auth::parse_upgrade(req) {
+        Ok(u) => u,
+        Err(why) => {
+            log::warn!("refused {peer}: {why}");
+            return Err(refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &why));
+        }
+    };
+    if let Err(why) = auth::check_origin(config, shared.ws_addr(), &upgrade) {
         log::warn!("refused {peer}: {why}");
         return Err(refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &why));
     }
-    let auth = match auth::authenticate(config, req) {
+    let auth = match auth::authenticate(config, &upgrade) {
         Ok(a) => a,
         Err(why) => {
             log::warn!("refused {peer}: {why}");

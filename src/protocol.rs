@@ -55,6 +55,9 @@ pub enum ErrorCode {
     /// The server is shutting down and takes no new queries.
     ShuttingDown,
     // The codes below answer HTTP requests (a refused handshake, the side port).
+    /// The upgrade request is malformed or ambiguous: no valid `Host`, a `Host`,
+    /// `Origin` or `Authorization` field given twice, or a token presented twice.
+    BadRequest,
     /// No such path.
     NotFound,
     /// The method is not supported on this path.
@@ -92,6 +95,7 @@ impl ErrorCode {
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Forbidden => "forbidden",
