@@ -107,7 +107,7 @@ fn each_token_carrier_works() {
     assert_eq!(c2.recv()["type"], "connection_established");
     // Browsers: the token as a subprotocol entry; the server answers with a protocol
     // the client offered (its own name, not the token, when offered).
-    let c3 = s
+    let mut c3 = s
         .try_connect(
             &url,
             &[(
@@ -117,6 +117,8 @@ fn each_token_carrier_works() {
         )
         .unwrap();
     assert_eq!(c3.protocol.as_deref(), Some("claude-ws"));
+    // Listed once its session runs (the handshake's end alone does not say so).
+    assert_eq!(c3.recv()["type"], "connection_established");
     let (status, rows) = s.get_with(
         "/sessions",
         &[("Authorization", &format!("Bearer {TOKEN}"))],
