@@ -78,6 +78,19 @@ pub struct Config {
     /// among `max_running` back; the next query restarts it with `--resume`. `None`
     /// keeps children as long as their session. Defaults to 10 minutes.
     pub child_idle: Option<Duration>,
+    /// Whether queries ask the client before a tool runs (`permission_request`) unless
+    /// their `permission_prompts` option says otherwise. Defaults to false: clients of
+    /// the original protocol do not know the message.
+    pub permission_prompts: bool,
+    /// A permission prompt the client has not answered in this long is denied.
+    /// Defaults to 120 s.
+    pub permission_timeout: Duration,
+    /// A call of a client-defined tool not answered in this long gets an error result.
+    /// Defaults to 120 s.
+    pub tool_timeout: Duration,
+    /// Where client-defined tools are also stored and listed (`POST`/`GET {url}/tools`),
+    /// plain `http://` only. Defaults to none.
+    pub tool_registry_url: Option<String>,
 }
 
 /// Every permission mode the CLI knows.
@@ -117,6 +130,10 @@ impl Default for Config {
             max_sessions_per_peer: 20,
             max_prompt_bytes: 256 * 1024,
             child_idle: Some(Duration::from_secs(600)),
+            permission_prompts: false,
+            permission_timeout: Duration::from_secs(120),
+            tool_timeout: Duration::from_secs(120),
+            tool_registry_url: None,
         }
     }
 }
@@ -299,6 +316,30 @@ const FLAGS: &[Flag] = &[
         "SECS",
         "time allowed for the WebSocket handshake",
     ),
+    flag(
+        "permission-prompts",
+        "PERMISSION_PROMPTS",
+        "BOOL",
+        "ask clients before tools run unless a query's permission_prompts option says no",
+    ),
+    flag(
+        "permission-timeout-secs",
+        "PERMISSION_TIMEOUT_SECS",
+        "SECS",
+        "deny a permission prompt the client has not answered this long",
+    ),
+    flag(
+        "tool-timeout-secs",
+        "TOOL_TIMEOUT_SECS",
+        "SECS",
+        "give a client-defined tool call not answered this long an error result",
+    ),
+    flag(
+        "tool-registry-url",
+        "TOOL_REGISTRY_URL",
+        "URL",
+        "http:// registry where client-defined tools are also stored and listed",
+    ),
 ];
 
 /// What the command line asked for.
@@ -426,6 +467,16 @@ impl Config {
             "max-sessions-per-peer" => self.max_sessions_per_peer = parse(v)?,
             "max-prompt-bytes" => self.max_prompt_bytes = parse(v)?,
             "child-idle-secs" => self.child_idle = Some(duration(v, 1.0)?).filter(|d| !d.is_zero()),
+            "permission-prompts" => self.permission_prompts = boolean(v)?,
+            "permission-timeout-secs" => self.permission_timeout = duration(v, 1.0)?,
+            "tool-timeout-secs" => self.tool_timeout = duration(v, 1.0)?,
+            "tool-registry-url" => {
+                let url = nonempty(v)?;
+                if !url.starts_with("http://") {
+                    return Err("expected an http:// URL, e.g. http://127.0.0.1:9000".into());
+                }
+                self.tool_registry_url = Some(url.trim_end_matches('/').to_string())
+            }
             _ => return Err("no such setting".into()),
         }
         Ok(())
@@ -498,6 +549,13 @@ impl Config {
             "stall-timeout-secs" => secs(self.stall_timeout),
             "handshake-timeout-secs" => secs(self.handshake_timeout),
             "child-idle-secs" => self.child_idle.map(secs).unwrap_or_else(|| "none".into()),
+            "permission-prompts" => self.permission_prompts.to_string(),
+            "permission-timeout-secs" => secs(self.permission_timeout),
+            "tool-timeout-secs" => secs(self.tool_timeout),
+            "tool-registry-url" => self
+                .tool_registry_url
+                .clone()
+                .unwrap_or_else(|| "none".into()),
             _ => String::new(),
         }
     }
@@ -526,6 +584,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.trim() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
 

@@ -36,6 +36,7 @@ mod http;
 mod json;
 mod limits;
 mod link;
+mod pending;
 pub mod protocol;
 mod query;
 mod registry;
@@ -45,6 +46,7 @@ mod spec;
 mod state;
 #[allow(unsafe_code)]
 mod sys;
+mod tools;
 mod translate;
 
 pub use config::{Config, ConfigError, Invocation};

@@ -54,6 +54,13 @@ pub enum ErrorCode {
     Unauthorized,
     /// The server is shutting down and takes no new queries.
     ShuttingDown,
+    /// A `permission_response` or `tool_result` names no request that is waiting
+    /// (unknown, already answered, or timed out).
+    UnknownRequest,
+    /// The tool registry (`--tool-registry-url`) did not answer, or answered an error.
+    ToolRegistryError,
+    /// The CLI refused a live setting (`set_model`, …).
+    SettingFailed,
     // The codes below answer HTTP requests (a refused handshake, the side port).
     /// The upgrade request is malformed or ambiguous: no valid `Host`, a `Host`,
     /// `Origin` or `Authorization` field given twice, or a token presented twice.
@@ -95,6 +102,9 @@ impl ErrorCode {
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::UnknownRequest => "unknown_request",
+            ErrorCode::ToolRegistryError => "tool_registry_error",
+            ErrorCode::SettingFailed => "setting_failed",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -183,6 +193,131 @@ pub struct QueryOptions {
     pub system_prompt: Option<String>,
     pub append_system_prompt: Option<String>,
     pub include_partial_messages: Option<bool>,
+    /// Ask the client before a tool runs (`permission_request`); the server's
+    /// `--permission-prompts` is the default.
+    pub permission_prompts: Option<bool>,
+}
+
+/// A prompt or more input: text, or content blocks as the Messages API takes them
+/// (`text` and base64 `image` blocks), so a browser can send a screenshot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    Blocks(Vec<Value>),
+}
+
+/// Image types the Messages API takes.
+const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+impl Prompt {
+    /// Check a `prompt` or `text` field's value.
+    fn parse(value: Value, field: &str) -> Result<Prompt, ClientError> {
+        let bad =
+            |why: String| ClientError::new(ErrorCode::InvalidField, format!("{field}: {why}"));
+        let blocks = match value {
+            Value::String(s) => return Ok(Prompt::Text(s)),
+            Value::Array(blocks) => blocks,
+            _ => return Err(bad("must be a string or an array of content blocks".into())),
+        };
+        if blocks.is_empty() {
+            return Err(bad("has no content blocks".into()));
+        }
+        for (i, b) in blocks.iter().enumerate() {
+            let kind = b.get("type").and_then(Value::as_str);
+            let ok = match kind {
+                Some("text") => {
+                    b.get("text").is_some_and(Value::is_string)
+                        && b.as_object()
+                            .is_some_and(|m| m.keys().all(|k| k == "type" || k == "text"))
+                }
+                Some("image") => {
+                    let source = b.get("source");
+                    let str_of = |k: &str| source.and_then(|s| s.get(k)).and_then(Value::as_str);
+                    str_of("type") == Some("base64")
+                        && str_of("media_type").is_some_and(|t| IMAGE_TYPES.contains(&t))
+                        && str_of("data").is_some_and(is_base64)
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(bad(format!(
+                    "block {i} is not a text block {{\"type\":\"text\",\"text\":…}} or a base64 image block \
+                     {{\"type\":\"image\",\"source\":{{\"type\":\"base64\",\"media_type\":\"image/png\"|…,\"data\":…}}}}"
+                )));
+            }
+        }
+        Ok(Prompt::Blocks(blocks))
+    }
+
+    /// The text of the prompt: its text blocks joined by newlines, as the CLI echoes it.
+    pub fn text(&self) -> String {
+        match self {
+            Prompt::Text(s) => s.clone(),
+            Prompt::Blocks(blocks) => blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// The Messages API `content`: the string, or the blocks.
+    pub fn content(&self) -> Value {
+        match self {
+            Prompt::Text(s) => Value::String(s.clone()),
+            Prompt::Blocks(b) => Value::Array(b.clone()),
+        }
+    }
+
+    /// Its size as it would be sent, for the prompt size limit.
+    pub fn len(&self) -> usize {
+        match self {
+            Prompt::Text(s) => s.len(),
+            Prompt::Blocks(b) => b.iter().map(|b| b.to_string().len()).sum(),
+        }
+    }
+}
+
+/// Strict standard base64 (with padding), as image `data` must be.
+fn is_base64(s: &str) -> bool {
+    !s.is_empty()
+        && data_encoding::BASE64.decode_len(s.len()).is_ok()
+        && data_encoding::BASE64.decode(s.as_bytes()).is_ok()
+}
+
+/// A client's answer to a `permission_request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Behavior {
+    Allow,
+    Deny,
+}
+
+/// A live setting the client may change during a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    PermissionMode(String),
+    Model(String),
+    MaxThinkingTokens(u32),
+}
+
+impl Setting {
+    /// The setting's name, as `settings_updated` carries it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Setting::PermissionMode(_) => "permission_mode",
+            Setting::Model(_) => "model",
+            Setting::MaxThinkingTokens(_) => "max_thinking_tokens",
+        }
+    }
+
+    /// The value, as `settings_updated` carries it.
+    pub fn value(&self) -> Value {
+        match self {
+            Setting::PermissionMode(s) | Setting::Model(s) => Value::String(s.clone()),
+            Setting::MaxThinkingTokens(n) => Value::from(*n),
+        }
+    }
 }
 
 /// A message from the client.
@@ -192,13 +327,37 @@ pub struct QueryOptions {
 pub enum ClientMessage {
     /// Start a query: `{"type":"query","prompt":"…","options":{…}}`.
     Query {
-        prompt: String,
+        prompt: Prompt,
         options: QueryOptions,
     },
     /// Stop the running query: `{"type":"interrupt"}`.
     Interrupt,
     /// More user text for the running query: `{"type":"input","text":"…"}`.
-    Input { text: String },
+    Input { text: Prompt },
+    /// The answer to a `permission_request`:
+    /// `{"type":"permission_response","request_id":"…","behavior":"allow"|"deny","updated_input":{…}?,"message":"…"?}`.
+    PermissionResponse {
+        request_id: String,
+        behavior: Behavior,
+        updated_input: Option<Map<String, Value>>,
+        message: Option<String>,
+    },
+    /// Define a tool the model may call and this client executes:
+    /// `{"type":"define_tool","tool":{"name","description","parameters"|"input_schema"}}`.
+    /// The definition is checked in `tools.rs`.
+    DefineTool { tool: Value },
+    /// List the tools defined: `{"type":"get_tools"}`.
+    GetTools,
+    /// The answer to a `tool_call`:
+    /// `{"type":"tool_result","call_id":"…","content":"text"|[blocks],"is_error":false}`.
+    ToolResult {
+        call_id: String,
+        content: Value,
+        is_error: bool,
+    },
+    /// Change a setting during the session: `set_permission_mode`, `set_model`,
+    /// `set_max_thinking_tokens`.
+    Set(Setting),
     /// Application-level liveness check: `{"type":"ping"}` → `pong`.
     Ping,
     /// Several messages handled in order: `{"type":"batch","messages":[…]}`.
@@ -215,7 +374,7 @@ pub const MAX_BATCH: usize = 100;
 struct QueryFields {
     #[serde(rename = "type")]
     _type: String,
-    prompt: String,
+    prompt: Value,
     #[serde(default)]
     options: QueryOptionsValue,
 }
@@ -230,7 +389,63 @@ struct QueryOptionsValue(Option<Value>);
 struct InputFields {
     #[serde(rename = "type")]
     _type: String,
-    text: String,
+    text: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PermissionResponseFields {
+    #[serde(rename = "type")]
+    _type: String,
+    request_id: String,
+    behavior: Behavior,
+    #[serde(default)]
+    updated_input: Option<Map<String, Value>>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefineToolFields {
+    #[serde(rename = "type")]
+    _type: String,
+    tool: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolResultFields {
+    #[serde(rename = "type")]
+    _type: String,
+    call_id: String,
+    content: Value,
+    #[serde(default)]
+    is_error: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPermissionModeFields {
+    #[serde(rename = "type")]
+    _type: String,
+    mode: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetModelFields {
+    #[serde(rename = "type")]
+    _type: String,
+    model: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetMaxThinkingTokensFields {
+    #[serde(rename = "type")]
+    _type: String,
+    tokens: u32,
 }
 
 #[derive(Deserialize)]
@@ -285,13 +500,48 @@ pub fn parse_client_value(value: Value) -> Result<ClientMessage, ClientError> {
                 })?,
             };
             Ok(ClientMessage::Query {
-                prompt: q.prompt,
+                prompt: Prompt::parse(q.prompt, "prompt")?,
                 options,
             })
         }
         "input" => {
             let i: InputFields = fields(value, "input")?;
-            Ok(ClientMessage::Input { text: i.text })
+            Ok(ClientMessage::Input {
+                text: Prompt::parse(i.text, "text")?,
+            })
+        }
+        "permission_response" => {
+            let r: PermissionResponseFields = fields(value, "permission_response")?;
+            Ok(ClientMessage::PermissionResponse {
+                request_id: r.request_id,
+                behavior: r.behavior,
+                updated_input: r.updated_input,
+                message: r.message,
+            })
+        }
+        "define_tool" => {
+            let d: DefineToolFields = fields(value, "define_tool")?;
+            Ok(ClientMessage::DefineTool { tool: d.tool })
+        }
+        "tool_result" => {
+            let r: ToolResultFields = fields(value, "tool_result")?;
+            Ok(ClientMessage::ToolResult {
+                call_id: r.call_id,
+                content: r.content,
+                is_error: r.is_error,
+            })
+        }
+        "set_permission_mode" => {
+            let f: SetPermissionModeFields = fields(value, "set_permission_mode")?;
+            Ok(ClientMessage::Set(Setting::PermissionMode(f.mode)))
+        }
+        "set_model" => {
+            let f: SetModelFields = fields(value, "set_model")?;
+            Ok(ClientMessage::Set(Setting::Model(f.model)))
+        }
+        "set_max_thinking_tokens" => {
+            let f: SetMaxThinkingTokensFields = fields(value, "set_max_thinking_tokens")?;
+            Ok(ClientMessage::Set(Setting::MaxThinkingTokens(f.tokens)))
         }
         "batch" => {
             let b: BatchFields = fields(value, "batch")?;
@@ -305,23 +555,25 @@ pub fn parse_client_value(value: Value) -> Result<ClientMessage, ClientError> {
                 messages: b.messages,
             })
         }
-        "interrupt" | "ping" => {
+        "interrupt" | "ping" | "get_tools" => {
             if map.len() > 1 {
                 return Err(ClientError::new(
                     ErrorCode::InvalidField,
                     format!("\"{kind}\" takes no fields besides \"type\""),
                 ));
             }
-            Ok(if kind == "ping" {
-                ClientMessage::Ping
-            } else {
-                ClientMessage::Interrupt
+            Ok(match kind.as_str() {
+                "ping" => ClientMessage::Ping,
+                "get_tools" => ClientMessage::GetTools,
+                _ => ClientMessage::Interrupt,
             })
         }
         other => Err(ClientError::new(
             ErrorCode::UnknownType,
             format!(
-                "unknown message type {:?}; expected query, interrupt, input, ping or batch",
+                "unknown message type {:?}; expected query, interrupt, input, ping, batch, \
+                 permission_response, define_tool, get_tools, tool_result, set_permission_mode, \
+                 set_model or set_max_thinking_tokens",
                 truncate(other, 64)
             ),
         )),
@@ -352,8 +604,14 @@ pub struct Capabilities {
     pub concurrent_input: bool,
     /// `interrupt` stops a running query.
     pub interrupt_query: bool,
-    /// Clients may define their own tools (not supported by this version).
+    /// Clients may define their own tools (`define_tool`, `tool_call`, `tool_result`).
     pub tool_definition: bool,
+    /// Queries may ask the client before a tool runs (`permission_request`).
+    pub permission_prompts: bool,
+    /// `set_permission_mode`, `set_model` and `set_max_thinking_tokens` are taken.
+    pub live_settings: bool,
+    /// `prompt` and `input.text` may be arrays of text and image blocks.
+    pub image_input: bool,
 }
 
 /// How a query ended, carried by `query_end`.
@@ -384,7 +642,7 @@ pub enum ServerMessage<'a> {
         capabilities: Capabilities,
     },
     QueryStart {
-        prompt: String,
+        prompt: Value,
     },
     /// An `assistant` line of the CLI (text, tool_use, thinking blocks), or a `user`
     /// line carrying `tool_result` blocks.
@@ -424,7 +682,39 @@ pub enum ServerMessage<'a> {
     InterruptAcknowledged {},
     QueryInterrupted {},
     InputAcknowledged {
-        text: String,
+        text: Value,
+    },
+    /// The CLI asks whether a tool may run; answered by `permission_response`.
+    PermissionRequest {
+        request_id: String,
+        tool_name: Value,
+        input: Value,
+        tool_use_id: Value,
+        suggestions: Value,
+    },
+    /// A `define_tool` was taken.
+    ToolDefined {
+        tool_name: String,
+        status: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tool_id: Option<String>,
+    },
+    /// The answer to `get_tools`.
+    ToolsList {
+        tools: Vec<Value>,
+        source: &'static str,
+    },
+    /// The model called a tool the client defined; answered by `tool_result`.
+    ToolCall {
+        call_id: String,
+        name: String,
+        input: Value,
+    },
+    /// A live setting took effect (`applied`: `live`, or `next_query` when no child runs).
+    SettingsUpdated {
+        setting: &'static str,
+        value: Value,
+        applied: &'static str,
     },
     Pong {},
     Error {
@@ -447,6 +737,11 @@ impl ServerMessage<'_> {
             ServerMessage::InterruptAcknowledged {} => "interrupt_acknowledged",
             ServerMessage::QueryInterrupted {} => "query_interrupted",
             ServerMessage::InputAcknowledged { .. } => "input_acknowledged",
+            ServerMessage::PermissionRequest { .. } => "permission_request",
+            ServerMessage::ToolDefined { .. } => "tool_defined",
+            ServerMessage::ToolsList { .. } => "tools_list",
+            ServerMessage::ToolCall { .. } => "tool_call",
+            ServerMessage::SettingsUpdated { .. } => "settings_updated",
             ServerMessage::Pong {} => "pong",
             ServerMessage::Error { .. } => "error",
         }
@@ -617,13 +912,13 @@ mod tests {
         let ClientMessage::Query { prompt, options } = m else {
             panic!("not a query")
         };
-        assert_eq!(prompt, "hi");
+        assert_eq!(prompt, Prompt::Text("hi".into()));
         assert_eq!(options.model.as_deref(), Some("m"));
         assert_eq!(options.max_turns, Some(2));
         assert_eq!(
             parse_client_text(r#"{"type":"query","prompt":"x","options":null}"#).unwrap(),
             ClientMessage::Query {
-                prompt: "x".into(),
+                prompt: Prompt::Text("x".into()),
                 options: QueryOptions::default()
             }
         );
@@ -641,7 +936,10 @@ mod tests {
 
     #[test]
     fn frames_have_type_seq_and_data() {
-        let f = ServerMessage::InputAcknowledged { text: "t".into() }.to_frame(7);
+        let f = ServerMessage::InputAcknowledged {
+            text: Value::from("t"),
+        }
+        .to_frame(7);
         assert_eq!(
             f,
             r#"{"type":"input_acknowledged","seq":7,"data":{"text":"t"}}"#

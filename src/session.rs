@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, never, select, Receiver};
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 use tungstenite::Message;
 
 use crate::child::{Child, ChildEvent, ChildSpec, Undelivered};
@@ -25,9 +25,10 @@ use crate::cli;
 use crate::handshake::Admission;
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
+use crate::pending::{Ask, Pending, Unanswered};
 use crate::protocol::{
-    parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, Closing,
-    ErrorCode, QueryOptions, QueryOutcome, ServerMessage,
+    parse_client_text, parse_client_value, Behavior, Capabilities, ClientError, ClientMessage,
+    Closing, ErrorCode, Prompt, QueryOptions, QueryOutcome, ServerMessage, Setting,
 };
 use crate::query::{Query, Step};
 use crate::registry::{
@@ -35,6 +36,7 @@ use crate::registry::{
 };
 use crate::spec;
 use crate::state::Shared;
+use crate::tools::{self, Mcp, Tools};
 use crate::translate::{self, CliEvent};
 
 /// Child stdout chunks (each up to 256 KiB of lines) handled in one go before the loop
@@ -77,6 +79,17 @@ pub struct Session<'a> {
     /// outlives that child: the next query's options are compared with it to decide
     /// whether the conversation goes on.
     last_spec: Option<ChildSpec>,
+    /// The options the last child was built from, with the live settings applied.
+    last_options: QueryOptions,
+    /// Settings changed during the session (`set_model`, …): they apply to every later
+    /// query that does not set them itself.
+    settings: QueryOptions,
+    /// Live settings sent to the child, waiting for its answer: request id → setting.
+    settings_sent: Vec<(String, Setting)>,
+    /// Tools the client defined.
+    tools: Tools,
+    /// Questions of the CLI waiting for the client.
+    pending: Pending,
     claude_session_id: Option<String>,
     query: Option<Query>,
     queries: u64,
@@ -135,6 +148,11 @@ impl<'a> Session<'a> {
             seq: 0,
             child: None,
             last_spec: None,
+            last_options: QueryOptions::default(),
+            settings: QueryOptions::default(),
+            settings_sent: Vec::new(),
+            tools: Tools::default(),
+            pending: Pending::default(),
             claude_session_id: None,
             query: None,
             queries: 0,
@@ -154,7 +172,10 @@ impl<'a> Session<'a> {
             capabilities: Capabilities {
                 concurrent_input: true,
                 interrupt_query: true,
-                tool_definition: false,
+                tool_definition: true,
+                permission_prompts: true,
+                live_settings: true,
+                image_input: true,
             },
         });
         self.flush();
@@ -252,6 +273,20 @@ impl<'a> Session<'a> {
             ClientMessage::Interrupt => self.interrupt(),
             ClientMessage::Input { text } => self.input(text),
             ClientMessage::Ping => self.send(ServerMessage::Pong {}),
+            ClientMessage::PermissionResponse {
+                request_id,
+                behavior,
+                updated_input,
+                message,
+            } => self.permission_response(&request_id, behavior, updated_input, message),
+            ClientMessage::DefineTool { tool } => self.define_tool(tool),
+            ClientMessage::GetTools => self.get_tools(),
+            ClientMessage::ToolResult {
+                call_id,
+                content,
+                is_error,
+            } => self.tool_result(&call_id, content, is_error),
+            ClientMessage::Set(setting) => self.set(setting),
             ClientMessage::Batch { messages } if top_level => {
                 for m in messages {
                     match parse_client_value(m) {
@@ -267,7 +302,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn start_query(&mut self, prompt: String, options: QueryOptions) {
+    fn start_query(&mut self, prompt: Prompt, options: QueryOptions) {
         let config = &self.shared.config;
         if self.query.is_some() {
             return self.send_error(ClientError::new(
@@ -278,7 +313,8 @@ impl<'a> Session<'a> {
         if let Err(e) = self.check_text(&prompt, "prompt") {
             return self.send_error(e);
         }
-        let spec = match spec::build(config, &self.shared.child_env, &options) {
+        let options = with_settings(options, &self.settings);
+        let spec = match spec::build(config, &self.shared.child_env, &options, &self.tools) {
             Ok(s) => s,
             Err(e) => return self.send_error(e),
         };
@@ -315,12 +351,13 @@ impl<'a> Session<'a> {
         };
         self.queries += 1;
         log::info!("[{}] query {} started", self.label, self.queries);
-        log::debug!("[{}] prompt: {}", self.label, prompt.escape_debug());
+        log::debug!("[{}] prompt: {}", self.label, prompt.text().escape_debug());
         self.send(ServerMessage::QueryStart {
-            prompt: prompt.clone(),
+            prompt: prompt.content(),
         });
         self.query = Some(Query::new(config.interrupt_grace));
         let cwd = spec.cwd.as_ref().map(|p| p.display().to_string());
+        self.last_options = options;
         if let Some(slot) = slot {
             if let Err(e) = self.start_child(spec, slot) {
                 self.send_error(e);
@@ -363,7 +400,7 @@ impl<'a> Session<'a> {
             log::warn!("[{}] {e}", self.label);
             ClientError::new(ErrorCode::ClaudeSpawnFailed, e.to_string())
         })?;
-        let _ = child.send_line(&cli::initialize());
+        let _ = child.send_line(&cli::initialize(spec::has_client_tools(&spec)));
         self.listing.update(|i| i.child_pid = Some(child.pid()));
         self.child = Some(LiveChild {
             child,
@@ -376,15 +413,15 @@ impl<'a> Session<'a> {
     }
 
     /// Write a user message to the child for the running query.
-    fn write_user_message(&mut self, text: &str) -> Result<(), ClientError> {
+    fn write_user_message(&mut self, prompt: &Prompt) -> Result<(), ClientError> {
         let sent = match &self.child {
-            Some(c) => c.child.send_line(&cli::user_message(text)),
+            Some(c) => c.child.send_line(&cli::user_message(prompt.content())),
             None => Err(Undelivered::Closed),
         };
         match sent {
             Ok(()) => {
                 if let Some(q) = &mut self.query {
-                    q.wrote(text);
+                    q.wrote(&prompt.text());
                 }
                 Ok(())
             }
@@ -399,7 +436,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn input(&mut self, text: String) {
+    fn input(&mut self, text: Prompt) {
         match &self.query {
             None => {
                 return self.send_error(ClientError::new(
@@ -419,7 +456,9 @@ impl<'a> Session<'a> {
             return self.send_error(e);
         }
         match self.write_user_message(&text) {
-            Ok(()) => self.send(ServerMessage::InputAcknowledged { text }),
+            Ok(()) => self.send(ServerMessage::InputAcknowledged {
+                text: text.content(),
+            }),
             // The child is exiting: its exit ends the query with the reason.
             Err(e) if e.code == ErrorCode::ClaudeExited => {}
             Err(e) => self.send_error(e),
@@ -427,7 +466,7 @@ impl<'a> Session<'a> {
     }
 
     /// A prompt or input within the size limit.
-    fn check_text(&self, text: &str, what: &str) -> Result<(), ClientError> {
+    fn check_text(&self, text: &Prompt, what: &str) -> Result<(), ClientError> {
         let max = self.shared.config.max_prompt_bytes;
         if text.len() > max {
             return Err(ClientError::new(
@@ -449,6 +488,8 @@ impl<'a> Session<'a> {
         self.send(ServerMessage::InterruptAcknowledged {});
         if step == Step::Interrupt {
             log::info!("[{}] interrupt", self.label);
+            // The CLI waits for these before it can stop the turn.
+            self.refuse_pending(None, Unanswered::Interrupted);
         }
         self.apply(step);
     }
@@ -546,8 +587,11 @@ impl<'a> Session<'a> {
             }
             CliEvent::ControlRequest {
                 request_id,
-                subtype,
-            } => self.refuse_control_request(request_id, &subtype),
+                request,
+            } => self.on_control_request(request_id, request),
+            CliEvent::ControlResponse { request_id, error } => {
+                self.on_control_response(&request_id, error)
+            }
             CliEvent::Internal => {}
             CliEvent::Invalid(text) => self.send_error(ClientError::new(
                 ErrorCode::ClaudeOutputInvalid,
@@ -560,6 +604,225 @@ impl<'a> Session<'a> {
         if id.is_some() && id != self.claude_session_id {
             self.claude_session_id = id.clone();
             self.listing.update(|i| i.claude_session_id = id);
+        }
+    }
+
+    /// The CLI asks its driver something and waits for the answer: a permission prompt
+    /// or a call of a client-defined tool goes to the client; anything else is refused.
+    fn on_control_request(&mut self, request_id: Value, request: Map<String, Value>) {
+        let subtype = request.get("subtype").and_then(Value::as_str).unwrap_or("");
+        let config = &self.shared.config;
+        let now = Instant::now();
+        match (subtype, request_id.as_str()) {
+            ("can_use_tool", Some(id)) => {
+                let field = |k: &str| request.get(k).cloned().unwrap_or(Value::Null);
+                let input = field("input");
+                let message = ServerMessage::PermissionRequest {
+                    request_id: id.to_string(),
+                    tool_name: field("tool_name"),
+                    input: input.clone(),
+                    tool_use_id: field("tool_use_id"),
+                    suggestions: request
+                        .get("permission_suggestions")
+                        .cloned()
+                        .unwrap_or_else(|| json!([])),
+                };
+                log::info!("[{}] permission prompt {id}", self.label);
+                let deadline = now + config.permission_timeout;
+                self.pending.add(
+                    id.to_string(),
+                    Ask::Permission { input },
+                    deadline,
+                    message.clone(),
+                );
+                self.send(message);
+            }
+            ("mcp_message", Some(id))
+                if request.get("server_name").and_then(Value::as_str)
+                    == Some(tools::MCP_SERVER) =>
+            {
+                let message = request.get("message").cloned().unwrap_or(Value::Null);
+                match tools::handle_mcp(&self.tools, &message) {
+                    Mcp::Reply(reply) => {
+                        self.answer_cli(&request_id, json!({"mcp_response": reply}));
+                    }
+                    Mcp::Call {
+                        id: rpc,
+                        name,
+                        input,
+                    } => {
+                        log::info!("[{}] tool call {id}: {name}", self.label);
+                        let message = ServerMessage::ToolCall {
+                            call_id: id.to_string(),
+                            name,
+                            input,
+                        };
+                        let deadline = now + config.tool_timeout;
+                        self.pending.add(
+                            id.to_string(),
+                            Ask::ToolCall { id: rpc },
+                            deadline,
+                            message.clone(),
+                        );
+                        self.send(message);
+                    }
+                }
+            }
+            _ => self.refuse_control_request(request_id, subtype),
+        }
+    }
+
+    /// The CLI answered a control request of ours (only live settings wait for one).
+    fn on_control_response(&mut self, request_id: &str, error: Option<String>) {
+        let Some(i) = self
+            .settings_sent
+            .iter()
+            .position(|(id, _)| id == request_id)
+        else {
+            return;
+        };
+        let (_, setting) = self.settings_sent.remove(i);
+        match error {
+            None => {
+                // The live child now runs as a child built with the new setting would:
+                // the next query with the same options keeps it.
+                if self.last_spec.is_some() {
+                    let options = with_settings(self.last_options.clone(), &self.settings);
+                    if let Ok(spec) = spec::build(
+                        &self.shared.config,
+                        &self.shared.child_env,
+                        &options,
+                        &self.tools,
+                    ) {
+                        self.last_spec = Some(spec);
+                        self.last_options = options;
+                    }
+                }
+                self.send(ServerMessage::SettingsUpdated {
+                    setting: setting.name(),
+                    value: setting.value(),
+                    applied: "live",
+                });
+            }
+            Some(e) => self.send_error(ClientError::new(
+                ErrorCode::SettingFailed,
+                format!("claude refused {}: {e}", setting.name()),
+            )),
+        }
+    }
+
+    /// Send the CLI a successful `control_response`.
+    fn answer_cli(&self, request_id: &Value, response: Value) {
+        if let Some(c) = &self.child {
+            let _ = c
+                .child
+                .send_line(&cli::control_success(request_id, response));
+        }
+    }
+
+    /// Answer for the client the questions that are overdue (`now`) or all of them.
+    fn refuse_pending(&mut self, now: Option<Instant>, why: Unanswered) {
+        for (id, response) in self.pending.refuse(now, why) {
+            log::info!("[{}] answered {id} for the client: {why:?}", self.label);
+            self.answer_cli(&Value::String(id), response);
+        }
+    }
+
+    fn permission_response(
+        &mut self,
+        request_id: &str,
+        behavior: Behavior,
+        updated_input: Option<Map<String, Value>>,
+        message: Option<String>,
+    ) {
+        match self
+            .pending
+            .answer_permission(request_id, behavior, updated_input, message)
+        {
+            Some((id, response)) => {
+                log::info!("[{}] permission {id}: {behavior:?}", self.label);
+                self.answer_cli(&Value::String(id), response);
+            }
+            None => self.send_error(ClientError::new(
+                ErrorCode::UnknownRequest,
+                format!(
+                    "no permission request {:?} is waiting (unknown, answered already, or timed out)",
+                    crate::protocol::truncate(request_id, 64)
+                ),
+            )),
+        }
+    }
+
+    fn tool_result(&mut self, call_id: &str, content: Value, is_error: bool) {
+        if let Err(e) = tools::check_content(&content) {
+            return self.send_error(e);
+        }
+        match self.pending.answer_tool_call(call_id, content, is_error) {
+            Some((id, response)) => self.answer_cli(&Value::String(id), response),
+            None => self.send_error(ClientError::new(
+                ErrorCode::UnknownRequest,
+                format!(
+                    "no tool call {:?} is waiting (unknown, answered already, or timed out)",
+                    crate::protocol::truncate(call_id, 64)
+                ),
+            )),
+        }
+    }
+
+    fn define_tool(&mut self, tool: Value) {
+        let tool = match tools::parse_definition(tool).and_then(|t| {
+            self.tools.define(t.clone())?;
+            Ok(t)
+        }) {
+            Ok(t) => t,
+            Err(e) => return self.send_error(e),
+        };
+        log::info!("[{}] tool defined: {}", self.label, tool.name);
+        self.send(ServerMessage::ToolDefined {
+            tool_name: tool.name,
+            status: "success",
+            tool_id: None,
+        });
+    }
+
+    fn get_tools(&mut self) {
+        let tools = self.tools.iter().map(|t| t.listing("session")).collect();
+        self.send(ServerMessage::ToolsList {
+            tools,
+            source: "session",
+        });
+    }
+
+    /// Change a setting: checked as the query option would be, remembered for later
+    /// queries, and switched live when a child runs.
+    fn set(&mut self, setting: Setting) {
+        let checked = match &setting {
+            Setting::PermissionMode(m) => spec::permission_mode(&self.shared.config, m).map(drop),
+            Setting::Model(m) => spec::model_name(m).map(drop),
+            Setting::MaxThinkingTokens(_) => Ok(()),
+        };
+        if let Err(e) = checked {
+            return self.send_error(e);
+        }
+        match &setting {
+            Setting::PermissionMode(m) => self.settings.permission_mode = Some(m.clone()),
+            Setting::Model(m) => self.settings.model = Some(m.clone()),
+            Setting::MaxThinkingTokens(n) => self.settings.max_thinking_tokens = Some(*n),
+        }
+        let Some(c) = &self.child else {
+            return self.send(ServerMessage::SettingsUpdated {
+                setting: setting.name(),
+                value: setting.value(),
+                applied: "next_query",
+            });
+        };
+        let id = format!("claude_ws_set_{}", self.seq);
+        match c.child.send_line(&cli::setting(&id, &setting)) {
+            Ok(()) => self.settings_sent.push((id, setting)),
+            Err(_) => self.send_error(ClientError::new(
+                ErrorCode::ClaudeBusy,
+                "claude is not reading its input; the setting applies from the next query",
+            )),
         }
     }
 
@@ -583,6 +846,7 @@ impl<'a> Session<'a> {
         let Some(live) = self.child.take() else {
             return;
         };
+        self.forget_child_questions();
         self.listing.update(|i| i.child_pid = None);
         let LiveChild {
             mut child, slot, ..
@@ -608,12 +872,19 @@ impl<'a> Session<'a> {
     /// Stop a child the way that keeps its conversation (close stdin, then escalate),
     /// and hand back its place among `--max-running`.
     fn retire_child(&mut self, live: LiveChild) -> ChildSlot {
+        self.forget_child_questions();
         self.listing.update(|i| i.child_pid = None);
         let LiveChild {
             mut child, slot, ..
         } = live;
         child.stop(self.shared.config.stop_grace, &self.label);
         slot
+    }
+
+    /// A child that is gone asks nothing any more.
+    fn forget_child_questions(&mut self) {
+        self.pending.refuse(None, Unanswered::ClientGone);
+        self.settings_sent.clear();
     }
 
     /// Stop the session's child, if it has one, and give its place back.
@@ -653,6 +924,9 @@ impl<'a> Session<'a> {
         if let Some(d) = self.query.as_ref().and_then(Query::deadline) {
             next = next.min(d);
         }
+        if let Some(d) = self.pending.deadline() {
+            next = next.min(d);
+        }
         if let (Some(idle), Some(c), None) = (config.child_idle, &self.child, &self.query) {
             next = next.min(c.idle_since + idle);
         }
@@ -679,6 +953,9 @@ impl<'a> Session<'a> {
         if self.query.is_none() && now >= self.last_activity + config.session_timeout {
             return self.end(End::IdleTimeout);
         }
+        if self.pending.deadline().is_some_and(|d| now >= d) {
+            self.refuse_pending(Some(now), Unanswered::TimedOut);
+        }
         if self.query.as_ref().is_some_and(|q| q.overdue(now)) {
             log::warn!(
                 "[{}] interrupt not honoured within {:?}; ending claude's process group",
@@ -686,6 +963,7 @@ impl<'a> Session<'a> {
                 config.interrupt_grace
             );
             if let Some(live) = self.child.take() {
+                self.forget_child_questions();
                 self.listing.update(|i| i.child_pid = None);
                 let LiveChild { mut child, .. } = live;
                 child.kill(&self.label);
@@ -776,6 +1054,7 @@ impl<'a> Session<'a> {
         // The client learns first: its close completes without waiting for the child's
         // stop ladder (seconds, for the real CLI). A turn still running is interrupted
         // before that, so the child does no more work meanwhile.
+        self.refuse_pending(None, Unanswered::ClientGone);
         if had_query {
             self.send_interrupt();
         }
@@ -785,6 +1064,20 @@ impl<'a> Session<'a> {
         log::info!("[{}] session closed", self.label);
         drop(self.listing);
     }
+}
+
+/// The query's options, with the session's live settings where the query sets none.
+fn with_settings(mut options: QueryOptions, settings: &QueryOptions) -> QueryOptions {
+    if options.permission_mode.is_none() {
+        options.permission_mode = settings.permission_mode.clone();
+    }
+    if options.model.is_none() {
+        options.model = settings.model.clone();
+    }
+    if options.max_thinking_tokens.is_none() {
+        options.max_thinking_tokens = settings.max_thinking_tokens;
+    }
+    options
 }
 
 fn last_chars(s: &str, n: usize) -> &str {

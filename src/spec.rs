@@ -8,6 +8,7 @@ use crate::child::ChildSpec;
 use crate::cli::BASE_ARGS;
 use crate::config::Config;
 use crate::protocol::{ClientError, ErrorCode, QueryOptions};
+use crate::tools::{self, Tools};
 
 /// Longest path accepted as `cwd`.
 const MAX_PATH: usize = 1024;
@@ -56,16 +57,32 @@ pub fn child_env(
 
 /// Build the spec for a query's options. `env` is the allow-listed environment
 /// computed once at start-up.
+/// `tools` are the session's client-defined tools: the child then gets our SDK MCP
+/// server, and the tools are allowed without a prompt.
 pub fn build(
     config: &Config,
     env: &[(String, String)],
     options: &QueryOptions,
+    tools: &Tools,
 ) -> Result<ChildSpec, ClientError> {
     let mut args: Vec<String> = BASE_ARGS.iter().map(|s| s.to_string()).collect();
 
     let mut disallowed = config.disallowed_tools.clone();
-    if let Some(tools) = &options.allowed_tools {
+    let mut allowed = options.allowed_tools.clone();
+    if !tools.is_empty() {
+        args.push(format!("--mcp-config={}", tools::mcp_config()));
+        allowed
+            .get_or_insert_with(Vec::new)
+            .extend(tools.cli_names());
+    }
+    if let Some(tools) = &allowed {
         push_list(&mut args, "--allowedTools", tools, "allowed_tools")?;
+    }
+    if options
+        .permission_prompts
+        .unwrap_or(config.permission_prompts)
+    {
+        args.push("--permission-prompt-tool=stdio".into());
     }
     if let Some(tools) = &options.disallowed_tools {
         disallowed.extend(tools.iter().cloned());
@@ -79,32 +96,16 @@ pub fn build(
         )?;
     }
     if let Some(mode) = &options.permission_mode {
-        if !crate::config::PERMISSION_MODES.contains(&mode.as_str()) {
-            return Err(ClientError::new(
-                ErrorCode::InvalidOption,
-                format!(
-                    "unknown permission_mode {:?}; known: {}",
-                    crate::protocol::truncate(mode, 64),
-                    crate::config::PERMISSION_MODES.join(", ")
-                ),
-            ));
-        }
-        if !config.allowed_permission_modes.iter().any(|m| m == mode) {
-            return Err(ClientError::new(
-                ErrorCode::PermissionModeNotAllowed,
-                format!(
-                    "permission_mode {mode:?} is not allowed here; allowed: {}",
-                    config.allowed_permission_modes.join(", ")
-                ),
-            ));
-        }
-        args.push(format!("--permission-mode={mode}"));
+        args.push(format!(
+            "--permission-mode={}",
+            permission_mode(config, mode)?
+        ));
     }
     if let Some(n) = options.max_thinking_tokens {
         args.push(format!("--max-thinking-tokens={n}"));
     }
     if let Some(model) = &options.model {
-        args.push(format!("--model={}", value(model, "model")?));
+        args.push(format!("--model={}", model_name(model)?));
     }
     if options.continue_conversation == Some(true) {
         args.push("--continue".into());
@@ -147,6 +148,40 @@ pub fn resuming(spec: &ChildSpec, id: &str) -> ChildSpec {
         .retain(|a| a != "--continue" && !a.starts_with("--resume="));
     s.args.push(format!("--resume={id}"));
     s
+}
+
+/// A permission mode the CLI knows and the operator allows.
+pub fn permission_mode<'a>(config: &Config, mode: &'a str) -> Result<&'a str, ClientError> {
+    if !crate::config::PERMISSION_MODES.contains(&mode) {
+        return Err(ClientError::new(
+            ErrorCode::InvalidOption,
+            format!(
+                "unknown permission_mode {:?}; known: {}",
+                crate::protocol::truncate(mode, 64),
+                crate::config::PERMISSION_MODES.join(", ")
+            ),
+        ));
+    }
+    if !config.allowed_permission_modes.iter().any(|m| m == mode) {
+        return Err(ClientError::new(
+            ErrorCode::PermissionModeNotAllowed,
+            format!(
+                "permission_mode {mode:?} is not allowed here; allowed: {}",
+                config.allowed_permission_modes.join(", ")
+            ),
+        ));
+    }
+    Ok(mode)
+}
+
+/// A model name as `--model` takes it.
+pub fn model_name(model: &str) -> Result<&str, ClientError> {
+    value(model, "model")
+}
+
+/// Whether the spec gives the child our SDK MCP server (client-defined tools).
+pub fn has_client_tools(spec: &ChildSpec) -> bool {
+    spec.args.iter().any(|a| a.starts_with("--mcp-config="))
 }
 
 /// Whether the spec names a conversation itself (`--resume` or `--continue`).
@@ -311,7 +346,7 @@ mod tests {
             include_partial_messages: Some(true),
             ..Default::default()
         };
-        let s = build(&c, &[], &o).unwrap();
+        let s = build(&c, &[], &o, &Tools::default()).unwrap();
         assert_eq!(&s.args[..7], BASE_ARGS);
         for want in [
             "--model=m1",
@@ -343,7 +378,7 @@ mod tests {
             },
         ] {
             assert_eq!(
-                build(&c, &[], &bad).unwrap_err().code,
+                build(&c, &[], &bad, &Tools::default()).unwrap_err().code,
                 ErrorCode::InvalidOption
             );
         }
@@ -352,7 +387,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            build(&c, &[], &bypass).unwrap_err().code,
+            build(&c, &[], &bypass, &Tools::default()).unwrap_err().code,
             ErrorCode::PermissionModeNotAllowed
         );
     }
@@ -365,7 +400,7 @@ mod tests {
             resume: Some("old".into()),
             ..Default::default()
         };
-        let s = resuming(&build(&c, &[], &o).unwrap(), "new");
+        let s = resuming(&build(&c, &[], &o, &Tools::default()).unwrap(), "new");
         assert!(!s
             .args
             .iter()

@@ -30,7 +30,15 @@ pub enum CliEvent<'a> {
         message: ServerMessage<'a>,
     },
     /// The CLI asks its driver something (e.g. `can_use_tool`); it waits for an answer.
-    ControlRequest { request_id: Value, subtype: String },
+    ControlRequest {
+        request_id: Value,
+        request: Map<String, Value>,
+    },
+    /// The CLI answered a control request of ours: `error` unless it succeeded.
+    ControlResponse {
+        request_id: String,
+        error: Option<String>,
+    },
     /// Meant for the server only (answers to our control requests, echoes of user text).
     Internal,
     /// A line that is not a JSON object (lossily decoded, at most 200 characters).
@@ -163,6 +171,18 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
                 parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
             })
         }
+        // The CLI reports a live setting change as a replayed local command: not an
+        // echo of a message of ours.
+        "user"
+            if line.get("isReplay").and_then(Value::as_bool) == Some(true)
+                && line
+                    .get("message")
+                    .and_then(|m| m.get("content"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.starts_with("<local-command-stdout>")) =>
+        {
+            CliEvent::Internal
+        }
         "user" if line.get("isReplay").and_then(Value::as_bool) == Some(true) => {
             let content = line
                 .get_mut("message")
@@ -243,19 +263,28 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
             session_id: non_null(line.remove("session_id")),
             parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
         }),
-        "control_request" => {
-            let subtype = line
-                .get("request")
-                .and_then(|r| r.get("subtype"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            CliEvent::ControlRequest {
-                request_id: line.remove("request_id").unwrap_or(Value::Null),
-                subtype,
+        "control_request" => CliEvent::ControlRequest {
+            request_id: line.remove("request_id").unwrap_or(Value::Null),
+            request: take_object(&mut line, "request"),
+        },
+        "control_response" => {
+            let response = take_object(&mut line, "response");
+            match response.get("request_id").and_then(Value::as_str) {
+                Some(id) => CliEvent::ControlResponse {
+                    request_id: id.to_string(),
+                    error: (response.get("subtype").and_then(Value::as_str) != Some("success"))
+                        .then(|| {
+                            response
+                                .get("error")
+                                .and_then(Value::as_str)
+                                .unwrap_or("no reason given")
+                                .to_string()
+                        }),
+                },
+                None => CliEvent::Internal,
             }
         }
-        "control_response" | "keep_alive" => CliEvent::Internal,
+        "keep_alive" => CliEvent::Internal,
         other => {
             let subtype = if other.is_empty() {
                 "cli_untyped".to_string()

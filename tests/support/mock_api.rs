@@ -202,6 +202,9 @@ enum Script {
     Write { path: String, content: String },
     /// `bash <command...>`: a `Bash` tool use.
     Bash(String),
+    /// `tool <name> <json input>`: a use of any tool (e.g. a client-defined
+    /// `mcp__ws__CustomFormatter`), as transcript 09's prompt does.
+    Tool { name: String, input: Value },
     /// `slow <N> [ms]`: N deltas `wordI ` with a pause between them.
     Slow { count: usize, pause: Duration },
     /// `big <BYTES>`: one text reply of exactly that many bytes.
@@ -271,6 +274,16 @@ impl Script {
                 None => echo(),
             },
             "bash" if !rest.is_empty() => Script::Bash(rest.to_string()),
+            "tool" => match rest.split_once(char::is_whitespace) {
+                Some((name, input)) => match serde_json::from_str(input) {
+                    Ok(input) => Script::Tool {
+                        name: name.to_string(),
+                        input,
+                    },
+                    Err(_) => echo(),
+                },
+                None => echo(),
+            },
             "slow" => {
                 let mut args = rest.split_whitespace().map(str::parse::<u64>);
                 match (args.next(), args.next()) {
@@ -323,6 +336,7 @@ impl Script {
             Script::Bash(command) => {
                 tool("Bash", json!({"command": command, "description": "run"}))
             }
+            Script::Tool { name, input } => tool(name, input.clone()),
             Script::Slow { count, pause } => Reply {
                 blocks: vec![ReplyBlock::Text {
                     deltas: (0..*count).map(|i| format!("word{i} ")).collect(),

@@ -215,6 +215,7 @@ impl TestServer {
         let hello = c.recv();
         assert_eq!(hello["type"], "connection_established", "{hello}");
         c.session_id = hello["data"]["session_id"].as_str().unwrap().to_string();
+        c.capabilities = hello["data"]["capabilities"].clone();
         c
     }
 
@@ -235,6 +236,7 @@ impl TestServer {
             Ok((ws, resp)) => Ok(Client {
                 ws,
                 session_id: String::new(),
+                capabilities: Value::Null,
                 protocol: resp
                     .headers()
                     .get("Sec-WebSocket-Protocol")
@@ -360,6 +362,8 @@ fn dechunk(mut body: &str) -> String {
 pub struct Client {
     pub ws: WebSocket<TcpStream>,
     pub session_id: String,
+    /// `connection_established.capabilities` (after `connect`).
+    pub capabilities: Value,
     /// The subprotocol the server chose.
     pub protocol: Option<String>,
 }
