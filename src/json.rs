@@ -647,7 +647,10 @@ pub(crate) mod tests {
             (r#"["\ud83d", "\\ud83d"]"#, json!(["\u{fffd}", "\\ud83d"])),
             ("1e400", json!("1e400")),
             ("[-1E+999, 1e-400, 2]", json!(["-1E+999", 0.0, 2])),
-            (&format!("1{}", "0".repeat(400)), json!(format!("1{}", "0".repeat(400)))),
+            (
+                &format!("1{}", "0".repeat(400)),
+                json!(format!("1{}", "0".repeat(400))),
+            ),
             (
                 r#"{"type":"result","result":"cut \ud83d","total_cost_usd":1e400}"#,
                 json!({"type":"result","result":"cut \u{fffd}","total_cost_usd":"1e400"}),
