@@ -12,9 +12,15 @@
 //!
 //! The scanner may decline a line it is not sure how to read (a key written with an
 //! escape, a member twice, nesting deeper than [`MAX_DEPTH`]): the caller then parses
-//! the line with serde_json, which has the last word. So declining is never wrong, and
-//! accepting is only right for valid JSON: a property test holds it to serde_json's
-//! verdict on many broken and valid lines.
+//! the line whole with [`parse`], which has the last word. So declining is never wrong,
+//! and accepting is only right for what serde_json reads into a `Value`: a property
+//! test holds it to that verdict on many broken and valid lines.
+//!
+//! Two things are JSON to the grammar but not to serde_json's `Value`: a `\u` escape of
+//! half a UTF-16 surrogate pair (JavaScript, which the CLI is written in, writes one
+//! for text cut inside an emoji) and a number beyond the range of `f64`. The scanner
+//! declines both, and [`parse`] mends them, lossily, so that no line is lost for them
+//! and the fast path and the whole parse never relay such a line differently.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -60,6 +66,10 @@ impl fmt::Debug for Raw<'_> {
 pub struct Declined;
 
 type Scan<T> = Result<T, Declined>;
+
+/// Numbers with more digits than this before the point, or more than two in the
+/// exponent, may be beyond `f64`: serde_json judges those (cheaper rules pass the rest).
+const SURE_INT_DIGITS: usize = 200;
 
 /// Containers nested deeper than this are declined (then serde_json, which parses up
 /// to 128 levels into a `Value`, reads the line).
@@ -270,43 +280,65 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    /// A number that serde_json reads into a `Value`: grammatical and within `f64`.
     fn number(&mut self) -> Scan<()> {
+        let start = self.pos;
+        let (int_digits, exp_digits) = self.number_text()?;
+        if int_digits > SURE_INT_DIGITS || exp_digits > 2 {
+            // Maybe beyond f64 (serde_json refuses `1e400`): ask the parser that reads
+            // declined lines, so both agree exactly. Rare: JavaScript, the CLI's
+            // language, writes a three-digit exponent only below 1e-99 or above 1e99.
+            let text = self.bytes.get(start..self.pos).ok_or(Declined)?;
+            if beyond_f64(text) {
+                return Err(Declined);
+            }
+        }
+        Ok(())
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`: how many digits the integer
+    /// part and the exponent have.
+    fn number_text(&mut self) -> Scan<(usize, usize)> {
         if self.peek() == Some(b'-') {
             self.pos += 1;
         }
-        match self.peek() {
-            Some(b'0') => self.pos += 1,
+        let int_digits = match self.peek() {
+            Some(b'0') => {
+                self.pos += 1;
+                1
+            }
             Some(b'1'..=b'9') => self.digits(),
             _ => return Err(Declined),
-        }
+        };
         if self.peek() == Some(b'.') {
             self.pos += 1;
             self.some_digits()?;
         }
+        let mut exp_digits = 0;
         if let Some(b'e' | b'E') = self.peek() {
             self.pos += 1;
             if let Some(b'+' | b'-') = self.peek() {
                 self.pos += 1;
             }
-            self.some_digits()?;
+            exp_digits = self.some_digits()?;
         }
-        Ok(())
+        Ok((int_digits, exp_digits))
     }
 
-    fn digits(&mut self) {
+    /// Pass digits: how many.
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
         while let Some(b'0'..=b'9') = self.peek() {
             self.pos += 1;
         }
+        self.pos - start
     }
 
-    fn some_digits(&mut self) -> Scan<()> {
-        let start = self.pos;
-        self.digits();
-        if self.pos > start {
-            Ok(())
-        } else {
-            Err(Declined)
+    /// Pass at least one digit: how many.
+    fn some_digits(&mut self) -> Scan<usize> {
+        match self.digits() {
+            0 => Err(Declined),
+            n => Ok(n),
         }
     }
 
@@ -344,11 +376,21 @@ impl<'a> Scanner<'a> {
                     match *bytes.get(self.pos).ok_or(Declined)? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 1,
                         b'u' => {
-                            let hex = bytes.get(self.pos + 1..self.pos + 5).ok_or(Declined)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return Err(Declined);
-                            }
+                            let unit = hex_unit(bytes, self.pos + 1).ok_or(Declined)?;
                             self.pos += 5;
+                            match unit {
+                                0xD800..=0xDBFF
+                                    if matches!(
+                                        escaped_unit(bytes, self.pos),
+                                        Some(0xDC00..=0xDFFF)
+                                    ) =>
+                                {
+                                    self.pos += 6; // a whole pair
+                                }
+                                // Half a pair: serde_json reads no `Value` of it.
+                                0xD800..=0xDFFF => return Err(Declined),
+                                _ => {}
+                            }
                         }
                         _ => return Err(Declined),
                     }
@@ -365,6 +407,135 @@ impl<'a> Scanner<'a> {
                 _ => self.pos += 1,
             }
         }
+    }
+}
+
+/// The UTF-16 code unit written as four hex digits at `at`.
+fn hex_unit(bytes: &[u8], at: usize) -> Option<u16> {
+    let hex = bytes.get(at..at + 4)?;
+    hex.iter().try_fold(0u16, |n, &b| {
+        let digit = (b as char).to_digit(16)?;
+        Some(n << 4 | digit as u16)
+    })
+}
+
+/// The code unit of a `\uXXXX` escape at `at`.
+fn escaped_unit(bytes: &[u8], at: usize) -> Option<u16> {
+    match bytes.get(at..at + 2)? {
+        br"\u" => hex_unit(bytes, at + 2),
+        _ => None,
+    }
+}
+
+/// A line (without its newline) parsed whole: the production parser for every line
+/// the fast path does not take.
+///
+/// It reads every line that is JSON to the grammar (RFC 8259) and UTF-8, nested up to
+/// serde_json's 128 levels. Two things serde_json reads into no `Value` are mended
+/// first, lossily: a `\u` escape of half a surrogate pair becomes `\ufffd` (U+FFFD, which
+/// is what JavaScript's own `TextEncoder` makes of it), and a number beyond `f64` becomes a string holding the
+/// number's JSON text (`1e400` → `"1e400"`: nothing invented, nothing lost, and a
+/// client can tell it is no number). Mending is tried only after serde_json refused
+/// the line, so other lines pay nothing for it.
+///
+/// Why not serde_json's `arbitrary_precision`: it would keep every number of every
+/// line as heap text (this parser reads all `result`, `system` and tool-result lines),
+/// and it changes `Value` for the whole process (the client protocol too) for a case
+/// the real CLI cannot produce: its numbers are JavaScript doubles.
+pub fn parse(line: &[u8]) -> serde_json::Result<Value> {
+    serde_json::from_slice(line).or_else(|refused| match mend(line) {
+        Some(mended) => serde_json::from_slice(&mended).map_err(|_| refused),
+        None => Err(refused),
+    })
+}
+
+/// `line` with lone surrogate escapes and numbers beyond `f64` mended (see [`parse`]);
+/// `None` if there was nothing to mend. Every change keeps the line's standing with
+/// the grammar: an escape for an escape, a string value for a number value (but never
+/// in a key's place, where a string would be right and the number was wrong).
+fn mend(line: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(line.len() + 16);
+    let mut changed = false;
+    let mut i = 0;
+    while let Some(&b) = line.get(i) {
+        match b {
+            b'"' => {
+                // A string: up to its closing quote, mending escapes of half a pair.
+                out.push(b'"');
+                i += 1;
+                while let Some(&b) = line.get(i) {
+                    match b {
+                        b'"' => break,
+                        b'\\' => match escaped_unit(line, i) {
+                            Some(0xD800..=0xDBFF)
+                                if matches!(escaped_unit(line, i + 6), Some(0xDC00..=0xDFFF)) =>
+                            {
+                                out.extend_from_slice(&line[i..i + 12]);
+                                i += 12;
+                            }
+                            Some(0xD800..=0xDFFF) => {
+                                out.extend_from_slice(br"\ufffd");
+                                changed = true;
+                                i += 6;
+                            }
+                            // Any other escape: the backslash and the byte it escapes.
+                            _ => {
+                                let end = (i + 2).min(line.len());
+                                out.extend_from_slice(&line[i..end]);
+                                i = end;
+                            }
+                        },
+                        _ => {
+                            out.push(b);
+                            i += 1;
+                        }
+                    }
+                }
+                if i < line.len() {
+                    out.push(b'"');
+                    i += 1;
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let len = line[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .unwrap_or(line.len() - i);
+                let token = &line[i..i + len];
+                i += len;
+                let is_key = || {
+                    line[i..]
+                        .iter()
+                        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                        == Some(&b':')
+                };
+                if beyond_f64(token) && !is_key() {
+                    out.push(b'"');
+                    out.extend_from_slice(token);
+                    out.push(b'"');
+                    changed = true;
+                } else {
+                    out.extend_from_slice(token);
+                }
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+/// `token` is a number to the grammar that serde_json reads into no `Value`.
+fn beyond_f64(token: &[u8]) -> bool {
+    let mut number = Scanner::new(token);
+    match number.number_text() {
+        Ok((int_digits, exp_digits)) if number.pos == token.len() => {
+            (int_digits > SURE_INT_DIGITS || exp_digits > 2)
+                && serde_json::from_slice::<Value>(token).is_err()
+        }
+        _ => false,
     }
 }
 
@@ -410,6 +581,7 @@ fn special_bytes(word: u64) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::json;
 
     /// The scanner's verdict on a whole text.
     fn accepts(text: &[u8]) -> bool {
@@ -417,15 +589,29 @@ pub(crate) mod tests {
         s.value().and_then(|_| s.end_of_line()) == Ok(text.len())
     }
 
-    /// serde_json's verdict on `text` as one line: a newline may only end it.
+    /// `text` as one line: a newline may only end it.
+    fn one_line(text: &[u8]) -> Option<&[u8]> {
+        match text.iter().position(|&b| b == b'\n') {
+            Some(i) if i + 1 < text.len() => None,
+            Some(i) => Some(&text[..i]),
+            None => Some(text),
+        }
+    }
+
+    /// The verdict of serde_json reading `text` as one line into a `Value`, as the
+    /// whole parse does before it mends anything.
     fn serde_accepts(text: &[u8]) -> bool {
-        let line = match text.iter().position(|&b| b == b'\n') {
-            Some(i) if i + 1 < text.len() => return false,
-            Some(i) => &text[..i],
-            None => text,
-        };
-        serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
-            && std::str::from_utf8(line).is_ok()
+        one_line(text).is_some_and(|line| serde_json::from_slice::<Value>(line).is_ok())
+    }
+
+    /// The grammar's verdict (RFC 8259, UTF-8) on `text` as one line: serde_json's
+    /// checks without building anything, which skip neither surrogate pairs nor the
+    /// range of numbers.
+    pub(crate) fn grammar_accepts(text: &[u8]) -> bool {
+        one_line(text).is_some_and(|line| {
+            serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
+                && std::str::from_utf8(line).is_ok()
+        })
     }
 
     #[test]
@@ -438,10 +624,58 @@ pub(crate) mod tests {
             r#""a string of more than eight bytes, with ünïcödé in it""#,
             "0",
             "-12.25E-2",
-            r#""\ud800""#, // a lone surrogate escape: grammatical, as serde_json agrees
+            r#""a pair: \ud83d\ude00, \uDBFF\uDFFF""#,
+            "1.7976931348623157e308",
+            "1e-400", // below f64's least: serde_json reads it as 0
+            "1e99",
+            &format!("1{}", "0".repeat(300)),
         ] {
             assert!(accepts(t.as_bytes()), "{t}");
             assert!(serde_accepts(t.as_bytes()), "{t}");
+        }
+    }
+
+    /// Half a surrogate pair and numbers beyond f64 are JSON to the grammar, but not
+    /// to a `Value`: the scanner declines them, and `parse` mends them.
+    #[test]
+    fn lone_surrogates_and_huge_numbers_are_mended_not_relayed_raw() {
+        let cases = [
+            (r#""\ud83d""#, json!("\u{fffd}")),
+            (r#""\uDC00 low first""#, json!("\u{fffd} low first")),
+            (r#""\ud83d\ud83d\ude00""#, json!("\u{fffd}😀")),
+            (r#""\ud83d\n""#, json!("\u{fffd}\n")),
+            (r#"["\ud83d", "\\ud83d"]"#, json!(["\u{fffd}", "\\ud83d"])),
+            ("1e400", json!("1e400")),
+            ("[-1E+999, 1e-400, 2]", json!(["-1E+999", 0.0, 2])),
+            (
+                &format!("1{}", "0".repeat(400)),
+                json!(format!("1{}", "0".repeat(400))),
+            ),
+            (
+                r#"{"type":"result","result":"cut \ud83d","total_cost_usd":1e400}"#,
+                json!({"type":"result","result":"cut \u{fffd}","total_cost_usd":"1e400"}),
+            ),
+        ];
+        for (text, mended) in cases {
+            assert!(grammar_accepts(text.as_bytes()), "{text}");
+            assert!(!accepts(text.as_bytes()), "{text}");
+            assert!(!serde_accepts(text.as_bytes()), "{text}");
+            assert_eq!(parse(text.as_bytes()).ok(), Some(mended), "{text}");
+        }
+        // Mending makes nothing valid that was not: a number is no key, and a broken
+        // line stays broken.
+        for text in [
+            &br#"{1e400:1}"#[..],
+            br#"{1e400 : 1}"#,
+            br#"["\ud83d""#,
+            br#"["\ud83d" 1e400]"#,
+            br#"[1e400.]"#,
+            br#"[1e400"#,
+            b"\"\\ud83d \xff\"",
+        ] {
+            let shown = String::from_utf8_lossy(text);
+            assert!(!grammar_accepts(text), "{shown}");
+            assert!(parse(text).is_err(), "{shown}");
         }
     }
 
@@ -599,12 +833,22 @@ pub(crate) mod tests {
         };
         const BYTES: &[u8] = b"{}[],:\"\\ \t\n0123456789-+.eEtrufalsn/bu\x01\x1f\x7f\xc3\xa9\xff";
         const SYNTAX: &[u8] = b"{}[],:\"";
+        // Text the grammar allows and serde_json's `Value` does not, or nearly.
+        const ODD: &[&[u8]] = &[
+            br"\ud83d",
+            br"\udc00",
+            br"\ud83d\ude00",
+            b"1e400",
+            b"e999",
+            b"9e-400",
+            b"1e308",
+        ];
         (0..count)
             .map(|round| {
                 let mut t = lines[round % lines.len()].clone();
                 for _ in 0..1 + next(3) {
                     let i = next(t.len() + 1);
-                    match next(5) {
+                    match next(6) {
                         0 if i < t.len() => t[i] = BYTES[next(BYTES.len())],
                         1 if i < t.len() => {
                             t.remove(i);
@@ -618,7 +862,11 @@ pub(crate) mod tests {
                                 t[at[next(at.len())]] = SYNTAX[next(SYNTAX.len())];
                             }
                         }
-                        _ => t.truncate(i),
+                        4 => t.truncate(i),
+                        _ => {
+                            let odd = ODD[next(ODD.len())];
+                            t.splice(i..i, odd.iter().copied());
+                        }
                     }
                 }
                 t
@@ -626,10 +874,12 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// The scanner accepts exactly what serde_json accepts. (It declines more only for
-    /// nesting deeper than these texts have, and in `members`, for escaped keys.)
+    /// The scanner accepts exactly what serde_json reads into a `Value`, which is what
+    /// the whole parse reads without mending. (It declines more only for nesting deeper
+    /// than these texts have, and in `members`, for escaped keys.)
     #[test]
     fn agrees_with_serde_json_on_mutated_lines() {
+        let mut odd = 0;
         for t in mutated_cli_lines(40_000) {
             let mine = accepts(&t);
             let theirs = serde_accepts(&t);
@@ -637,6 +887,23 @@ pub(crate) mod tests {
                 mine,
                 theirs,
                 "scanner {mine}, serde_json {theirs}: {}",
+                String::from_utf8_lossy(&t)
+            );
+            odd += usize::from(!theirs && grammar_accepts(&t));
+        }
+        assert!(odd > 100, "only {odd} lines needed mending");
+    }
+
+    /// The whole parse reads exactly the lines that are JSON to the grammar.
+    #[test]
+    fn parse_reads_exactly_the_grammar_on_mutated_lines() {
+        for t in mutated_cli_lines(40_000) {
+            let read = one_line(&t).is_some_and(|line| parse(line).is_ok());
+            let grammar = grammar_accepts(&t);
+            assert_eq!(
+                read,
+                grammar,
+                "parse {read}, grammar {grammar}: {}",
                 String::from_utf8_lossy(&t)
             );
         }

@@ -4,11 +4,15 @@
 //! `system`, `assistant`, `user` (tool results), `result`, `stream_event`,
 //! `control_request` and `control_response`. A line of any other type is relayed as a
 //! `system_message` whose `subtype` is `cli_<type>`, so nothing the CLI says is lost.
+//!
+//! No line is lost for being odd either: every line that is JSON to the grammar is
+//! read ([`json::parse`] mends, lossily, what serde_json would refuse), and a `result`
+//! line ends the turn whatever it holds, even when it is no JSON at all.
 
 use serde_json::{Map, Value};
 
-use crate::json::{find_newline, Declined, Raw, Scanner};
-use crate::protocol::{truncate, ServerMessage};
+use crate::json::{self, find_newline, Declined, Raw, Scanner};
+use crate::protocol::{truncate, ClientError, ErrorCode, ServerMessage};
 
 /// What one stdout line means to the session.
 #[derive(Debug)]
@@ -23,7 +27,9 @@ pub enum CliEvent<'a> {
     /// A user message of ours echoed back (`--replay-user-messages`): the CLI has taken
     /// it into a turn. Messages queued during a turn come back merged, joined by `\n`.
     Replay { text: String },
-    /// `result`: a turn has ended.
+    /// `result`: a turn has ended. `is_error` is true unless the line says `false`.
+    /// A line that starts as a `result` but is no JSON still ends the turn: its
+    /// `message` is then a `claude_output_invalid` error.
     Result {
         session_id: Option<String>,
         is_error: bool,
@@ -41,7 +47,8 @@ pub enum CliEvent<'a> {
     },
     /// Meant for the server only (answers to our control requests, echoes of user text).
     Internal,
-    /// A line that is not a JSON object (lossily decoded, at most 200 characters).
+    /// A line that is not a JSON object and not recognisably a `result` (lossily
+    /// decoded, at most 200 characters).
     Invalid(String),
 }
 
@@ -87,10 +94,44 @@ fn translate_line(line: &[u8]) -> CliEvent<'_> {
 
 /// A line parsed whole.
 fn whole(line: &[u8]) -> CliEvent<'static> {
-    match serde_json::from_slice::<Value>(line) {
+    match json::parse(line) {
         Ok(Value::Object(map)) => translate(map),
-        _ => CliEvent::Invalid(truncate(&String::from_utf8_lossy(line), 200).to_string()),
+        _ => {
+            let text = truncate(&String::from_utf8_lossy(line), 200).to_string();
+            match leading_type(line) {
+                // The turn's end, unreadable: still its end, or the query would wait
+                // for ever.
+                Some(kind) if kind.get() == br#""result""# => CliEvent::Result {
+                    session_id: None,
+                    is_error: true,
+                    message: ClientError::new(
+                        ErrorCode::ClaudeOutputInvalid,
+                        format!(
+                            "claude printed a result line that cannot be read as JSON: {text:?}"
+                        ),
+                    )
+                    .into(),
+                },
+                _ => CliEvent::Invalid(text),
+            }
+        }
     }
+}
+
+/// The `type` of a line that is no JSON, if it has one before the point where it
+/// breaks (the CLI writes `type` first): the first top-level member so named.
+fn leading_type(line: &[u8]) -> Option<Raw<'_>> {
+    let mut kind = None;
+    // Reads members until the line breaks, or until the type is known.
+    let _ = Scanner::new(line).members(|s, key| {
+        let value = s.value()?;
+        if key == b"type" {
+            kind = Some(value);
+            return Err(Declined);
+        }
+        Ok(())
+    });
+    kind
 }
 
 /// The fast path, reading the line at the start of `text`: its event (`None` for a
@@ -234,10 +275,11 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
         }
         "result" => {
             let session_id = string(&line, "session_id");
+            // Missing or of another type: unknown, so not a success.
             let is_error = line
                 .get("is_error")
                 .and_then(Value::as_bool)
-                .unwrap_or(false);
+                .unwrap_or(true);
             let mut take = |k: &str| line.remove(k).unwrap_or(Value::Null);
             let total_cost_usd = take("total_cost_usd");
             let message = ServerMessage::ResultMessage {
@@ -316,6 +358,7 @@ fn string(line: &Map<String, Value>, key: &str) -> Option<String> {
 mod tests {
     use super::CliEvent::Forward;
     use super::*;
+    use crate::json::tests::grammar_accepts;
     use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {
@@ -417,24 +460,146 @@ mod tests {
     }
 
     /// On many changed CLI lines, whatever the fast path relays is what the whole parse
-    /// relays (and every line the fast path takes is valid JSON to serde_json).
+    /// (the one production uses) relays; no line that is a JSON object to the grammar
+    /// is lost; and every line that starts as a `result` ends the turn.
     #[test]
     fn the_fast_path_says_what_the_whole_parse_says_on_mutated_lines() {
         let mut fast_taken = 0;
         for line in crate::json::tests::mutated_cli_lines(40_000) {
-            let Ok((Some(event), _)) = fast(&line) else {
-                continue;
-            };
-            fast_taken += 1;
             let text = String::from_utf8_lossy(&line);
-            let parsed: Value = serde_json::from_slice(&line)
-                .unwrap_or_else(|e| panic!("fast path took invalid JSON ({e}): {text}"));
-            assert_eq!(frame(event), frame(translate(obj(parsed))), "{text}");
+            if let Ok((Some(event), len)) = fast(&line) {
+                fast_taken += 1;
+                let taken = line[..len].trim_ascii_end();
+                assert_eq!(frame(event), frame(whole(taken)), "{text}");
+                continue;
+            }
+            let body = line.strip_suffix(b"\n").unwrap_or(&line).trim_ascii_end();
+            let one_line = !body.contains(&b'\n');
+            if one_line && body.first() == Some(&b'{') && grammar_accepts(body) {
+                let event = whole(body);
+                assert!(!matches!(event, CliEvent::Invalid(_)), "lost: {text}");
+            }
+            if one_line && body.starts_with(br#"{"type":"result","#) {
+                let event = whole(body);
+                assert!(
+                    matches!(event, CliEvent::Result { .. }),
+                    "{event:?}: {text}"
+                );
+            }
         }
         assert!(
             fast_taken > 1_000,
             "only {fast_taken} lines took the fast path"
         );
+    }
+
+    /// Half a surrogate pair in the model's text (JavaScript writes `\ud83d`): both
+    /// lines relayed with U+FFFD in its place, on either path, and the turn ends.
+    #[test]
+    fn a_lone_surrogate_is_relayed_as_a_replacement_character() {
+        let assistant = br#"{"type":"assistant","message":{"model":"m","content":[{"type":"text","text":"cut \ud83d"}]},"parent_tool_use_id":null}"#;
+        let f = frame(translate_line(assistant));
+        assert_eq!(f["data"]["content"][0]["text"], "cut \u{fffd}");
+        let stream_event =
+            br#"{"type":"stream_event","event":{"delta":{"text":"\udc00"}},"session_id":"s"}"#;
+        let f = frame(translate_line(stream_event));
+        assert_eq!(f["data"]["event"]["delta"]["text"], "\u{fffd}");
+        let result = br#"{"type":"result","subtype":"success","is_error":false,"result":"cut \ud83d","session_id":"s1"}"#;
+        match translate_line(result) {
+            CliEvent::Result {
+                session_id,
+                is_error,
+                message,
+            } => {
+                assert_eq!(session_id.as_deref(), Some("s1"));
+                assert!(!is_error);
+                let f = frame(Forward(message));
+                assert_eq!(f["type"], "result_message");
+                assert_eq!(f["data"]["result"], "cut \u{fffd}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A number beyond f64 (no JavaScript CLI writes one): relayed as its text.
+    #[test]
+    fn a_number_beyond_f64_is_relayed_as_its_text() {
+        let result = br#"{"type":"result","subtype":"success","is_error":false,"total_cost_usd":1e400,"usage":{"input_tokens":-2E+999}}"#;
+        match translate_line(result) {
+            CliEvent::Result {
+                is_error, message, ..
+            } => {
+                assert!(!is_error);
+                let f = frame(Forward(message));
+                assert_eq!(f["data"]["total_cost_usd"], "1e400");
+                assert_eq!(f["data"]["usage"]["input_tokens"], "-2E+999");
+            }
+            other => panic!("{other:?}"),
+        }
+        let assistant = br#"{"type":"assistant","message":{"content":[{"n":1e999}]}}"#;
+        assert_eq!(
+            frame(translate_line(assistant))["data"]["content"][0]["n"],
+            "1e999"
+        );
+    }
+
+    /// A `result` ends the turn whatever it holds: fields of other types are relayed as
+    /// they are (an `is_error` that is no boolean counts as an error), and a line that
+    /// starts as a result but is no JSON ends the turn with `claude_output_invalid`.
+    #[test]
+    fn every_result_line_ends_the_turn() {
+        let odd =
+            br#"{"type":"result","subtype":7,"is_error":"no","session_id":["x"],"usage":"none"}"#;
+        match translate_line(odd) {
+            CliEvent::Result {
+                session_id,
+                is_error,
+                message,
+            } => {
+                assert_eq!(session_id, None);
+                assert!(is_error);
+                let f = frame(Forward(message));
+                assert_eq!(f["data"]["subtype"], 7);
+                assert_eq!(f["data"]["usage"], "none");
+            }
+            other => panic!("{other:?}"),
+        }
+        let without = translate_line(br#"{"type":"result"}"#);
+        assert!(matches!(without, CliEvent::Result { is_error: true, .. }));
+        for broken in [
+            &br#"{"type":"result","subtype":"success","is_error":false,"result":"cut sh"#[..],
+            br#"{"type":"result","subtype":"success","is_error":false,,}"#,
+            br#"{ "type" : "result" , "result":"\ud83d" "#,
+            b"{\"type\":\"result\",\"result\":\"bad utf-8 \xff\"}",
+            br#"{"session_id":"s","type":"result","x":}"#,
+        ] {
+            let shown = String::from_utf8_lossy(broken);
+            match translate_line(broken) {
+                CliEvent::Result {
+                    session_id,
+                    is_error,
+                    message,
+                } => {
+                    assert_eq!(session_id, None, "{shown}");
+                    assert!(is_error, "{shown}");
+                    let f = frame(Forward(message));
+                    assert_eq!(f["type"], "error", "{shown}");
+                    assert_eq!(f["data"]["code"], "claude_output_invalid", "{shown}");
+                }
+                other => panic!("{other:?}: {shown}"),
+            }
+        }
+        // Not a result, or not recognisably one: an error, and the turn goes on.
+        for broken in [
+            &br#"{"type":"assistant","message":{"content":"#[..],
+            br#"{"type":"res"#,
+            br#"{"typ\u0065":"result",}"#,
+            b"result",
+        ] {
+            let shown = String::from_utf8_lossy(broken);
+            let event = translate_line(broken);
+            assert!(matches!(event, CliEvent::Invalid(_)), "{event:?}: {shown}");
+        }
     }
 
     #[test]

@@ -166,6 +166,9 @@ enum Mode {
     /// `replay PATH`: copies a stream-json file to stdout as fast as possible
     /// (skipping blank lines and the `//` comment lines of the transcripts).
     Replay(PathBuf),
+    /// `raw-result TEXT`: an echo, then TEXT as the turn's `result` line, written as it
+    /// is (odd lines: a number beyond f64, a line cut short).
+    RawResult(String),
 }
 
 impl Mode {
@@ -198,6 +201,9 @@ impl Mode {
                 let path = prompt.trim_start()["replay".len()..].trim();
                 Mode::Replay(PathBuf::from(path))
             }
+            ("raw-result", 1.., ..) => {
+                Mode::RawResult(prompt.trim_start()["raw-result".len()..].trim().to_string())
+            }
             _ => Mode::Echo,
         }
     }
@@ -209,6 +215,8 @@ enum Outcome {
     Done(String),
     /// An interrupt arrived mid-turn.
     Interrupted,
+    /// Normal end, with this text for the `result` line.
+    RawResult(String),
 }
 
 /// The fake CLI: session identity, the input channel and the queue of prompts.
@@ -393,12 +401,17 @@ impl Fake {
             Mode::DieAfter(count) => self.die_after(count),
             Mode::Flood { lines, bytes } => self.flood(lines, bytes),
             Mode::Replay(path) => self.replay(&path),
+            Mode::RawResult(line) => {
+                self.say(format!("Echo: {prompt}"));
+                Outcome::RawResult(line)
+            }
         };
         // Prompts that arrived while the turn ran are queued before its result.
         self.drain_inputs();
         let line = match outcome {
             Outcome::Done(text) => self.result_success(&text, started),
             Outcome::Interrupted => self.interrupted(started),
+            Outcome::RawResult(line) => return write_stdout(format!("{line}\n").as_bytes()),
         };
         self.emit(&line);
     }

@@ -213,6 +213,10 @@ enum Script {
     Recall(Vec<String>),
     /// The newest user message carries tool results: `Done: <first result text>`.
     AfterTool(String),
+    /// `lone-surrogate`: text holding half of a UTF-16 surrogate pair, as a model's
+    /// text cut inside an emoji would be. The event carries the escape `\ud83d`; the
+    /// CLI (JavaScript) keeps the lone half in its string and writes it out the same way.
+    LoneSurrogate,
 }
 
 /// The streamed answer: content blocks plus the stop reason.
@@ -232,7 +236,13 @@ enum ReplyBlock {
         name: String,
         input: Value,
     },
+    /// Text given as the inside of a JSON string literal, sent in one delta exactly as
+    /// written: it can hold escapes no Rust string can (a lone surrogate).
+    EscapedText(&'static str),
 }
+
+/// The text of [`Script::LoneSurrogate`], escaped as the SSE event carries it.
+pub const LONE_SURROGATE_TEXT: &str = r"half an emoji: \ud83d, then more";
 
 impl Script {
     /// Picks the script for a `/v1/messages` body.
@@ -303,6 +313,7 @@ impl Script {
                 Err(_) => echo(),
             },
             "recall" => Script::Recall(history()),
+            "lone-surrogate" => Script::LoneSurrogate,
             _ => echo(),
         }
     }
@@ -330,6 +341,10 @@ impl Script {
             Script::Echo(prompt) => text(format!("Echo: {prompt} ")),
             Script::AfterTool(result) => text(format!("Done: {result}")),
             Script::Recall(history) => text(format!("History: {}", history.join(" | "))),
+            Script::LoneSurrogate => Reply {
+                blocks: vec![ReplyBlock::EscapedText(LONE_SURROGATE_TEXT)],
+                stop_reason: "end_turn",
+            },
             Script::Write { path, content } => {
                 tool("Write", json!({"file_path": path, "content": content}))
             }
@@ -374,6 +389,9 @@ impl Reply {
                 ReplyBlock::ToolUse { id, name, input } => {
                     json!({"type": "tool_use", "id": id, "name": name, "input": input})
                 }
+                // A Rust string cannot hold a lone surrogate: U+FFFD in its place.
+                ReplyBlock::EscapedText(escaped) => json!({"type": "text",
+                    "text": escaped.replace(r"\ud83d", "\u{fffd}")}),
             })
             .collect();
         json!({
@@ -428,6 +446,19 @@ fn stream_sse(
                     )?;
                 }
             }
+            ReplyBlock::EscapedText(escaped) => {
+                out.event(
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": index,
+                            "content_block": {"type": "text", "text": ""}}),
+                )?;
+                out.event_text(
+                    "content_block_delta",
+                    &format!(
+                        r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":"{escaped}"}}}}"#
+                    ),
+                )?;
+            }
             ReplyBlock::ToolUse { id, name, input } => {
                 out.event(
                     "content_block_start",
@@ -465,6 +496,11 @@ struct SseWriter {
 
 impl SseWriter {
     fn event(&mut self, name: &str, data: &Value) -> std::io::Result<()> {
+        self.event_text(name, &data.to_string())
+    }
+
+    /// An event whose data is this JSON text.
+    fn event_text(&mut self, name: &str, data: &str) -> std::io::Result<()> {
         let payload = format!("event: {name}\ndata: {data}\n\n");
         write!(self.inner, "{:x}\r\n", payload.len())?;
         self.inner.write_all(payload.as_bytes())?;
