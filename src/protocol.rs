@@ -656,19 +656,9 @@ pub enum ServerMessage<'a> {
     },
     /// A `system` line of the CLI, all its fields (including `subtype`) kept.
     SystemMessage(Map<String, Value>),
-    ResultMessage {
-        subtype: Value,
-        /// The cost of this result; the CLI calls it `total_cost_usd`.
-        cost_usd: Value,
-        duration_ms: Value,
-        duration_api_ms: Value,
-        session_id: Value,
-        total_cost_usd: Value,
-        num_turns: Value,
-        usage: Value,
-        is_error: Value,
-        result: Value,
-    },
+    /// A `result` line of the CLI, all its fields kept (`permission_denials` among
+    /// them), plus `cost_usd`, which repeats `total_cost_usd`.
+    ResultMessage(Map<String, Value>),
     /// A `stream_event` line (with `--include-partial-messages`), its event relayed.
     #[serde(skip)]
     StreamEvent {

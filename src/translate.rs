@@ -14,6 +14,19 @@ use serde_json::{Map, Value};
 use crate::json::{self, find_newline, Declined, Raw, Scanner};
 use crate::protocol::{truncate, ClientError, ErrorCode, ServerMessage};
 
+/// The fields of `result_message` the original protocol promises.
+const RESULT_FIELDS: [&str; 9] = [
+    "subtype",
+    "duration_ms",
+    "duration_api_ms",
+    "session_id",
+    "total_cost_usd",
+    "num_turns",
+    "usage",
+    "is_error",
+    "result",
+];
+
 /// What one stdout line means to the session.
 #[derive(Debug)]
 pub enum CliEvent<'a> {
@@ -280,20 +293,15 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
                 .get("is_error")
                 .and_then(Value::as_bool)
                 .unwrap_or(true);
-            let mut take = |k: &str| line.remove(k).unwrap_or(Value::Null);
-            let total_cost_usd = take("total_cost_usd");
-            let message = ServerMessage::ResultMessage {
-                subtype: take("subtype"),
-                cost_usd: total_cost_usd.clone(),
-                duration_ms: take("duration_ms"),
-                duration_api_ms: take("duration_api_ms"),
-                session_id: take("session_id"),
-                total_cost_usd,
-                num_turns: take("num_turns"),
-                usage: take("usage"),
-                is_error: take("is_error"),
-                result: take("result"),
-            };
+            // Everything the CLI says is relayed (`permission_denials` among it); the
+            // fields the original protocol promises are there even if the CLI left
+            // them out, and `cost_usd` repeats `total_cost_usd`.
+            for key in RESULT_FIELDS {
+                line.entry(key).or_insert(Value::Null);
+            }
+            let cost = line.get("total_cost_usd").cloned().unwrap_or(Value::Null);
+            line.insert("cost_usd".into(), cost);
+            let message = ServerMessage::ResultMessage(line);
             CliEvent::Result {
                 session_id,
                 is_error,
@@ -696,12 +704,43 @@ mod tests {
         match e {
             CliEvent::ControlRequest {
                 request_id,
-                subtype,
+                request,
             } => {
                 assert_eq!(request_id, "r1");
-                assert_eq!(subtype, "can_use_tool");
+                assert_eq!(request["subtype"], "can_use_tool");
             }
             other => panic!("{other:?}"),
         }
+        let e = translate(obj(json!({"type":"control_response",
+            "response":{"subtype":"error","request_id":"claude_ws_set_3","error":"no such model"}})));
+        match e {
+            CliEvent::ControlResponse { request_id, error } => {
+                assert_eq!(request_id, "claude_ws_set_3");
+                assert_eq!(error.as_deref(), Some("no such model"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_result_keeps_every_field_the_cli_wrote() {
+        let f = frame(translate(obj(json!({"type":"result","subtype":"success",
+            "is_error":false,"total_cost_usd":0.5,"permission_denials":[{"tool_name":"Bash"}],
+            "new_field":{"x":1}}))));
+        assert_eq!(f["type"], "result_message");
+        assert_eq!(f["data"]["permission_denials"][0]["tool_name"], "Bash");
+        assert_eq!(f["data"]["new_field"], json!({"x": 1}));
+        assert_eq!(f["data"]["cost_usd"], 0.5);
+        // The original protocol's fields are always there.
+        assert!(f["data"]["num_turns"].is_null());
+        assert!(f["data"].get("usage").is_some());
+        assert!(f["data"].get("type").is_none());
+    }
+
+    #[test]
+    fn a_local_command_echo_is_not_an_echo_of_ours() {
+        let e = translate(obj(json!({"type":"user","isReplay":true,"message":{"role":"user",
+            "content":"<local-command-stdout>Set model to claude-haiku-4-5</local-command-stdout>"}})));
+        assert!(matches!(e, CliEvent::Internal), "{e:?}");
     }
 }
