@@ -56,7 +56,7 @@ pub struct ChildSpec {
 /// Something the child's stdout produced.
 #[derive(Debug)]
 pub enum ChildEvent {
-    /// One or more complete stdout lines, as read (`translate::events` reads them).
+    /// One or more complete stdout lines, as read (`cli::events` reads them).
     Lines(Vec<u8>),
     /// stdout reached end of file (or failed): the child exited or is exiting.
     Closed,

@@ -47,7 +47,6 @@ mod state;
 #[allow(unsafe_code)]
 mod sys;
 mod tools;
-mod translate;
 
 pub use config::{Config, ConfigError, Invocation};
 pub use server::{Error, Server, ServerHandle};

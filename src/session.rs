@@ -22,6 +22,7 @@ use tungstenite::Message;
 
 use crate::child::{Child, ChildEvent, ChildSpec, Undelivered};
 use crate::cli;
+use crate::cli::CliEvent;
 use crate::handshake::Admission;
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
@@ -37,7 +38,6 @@ use crate::registry::{
 use crate::spec;
 use crate::state::Shared;
 use crate::tools::{self, Mcp, Tools};
-use crate::translate::{self, CliEvent};
 
 /// Child stdout chunks (each up to 256 KiB of lines) handled in one go before the loop
 /// looks at the client again.
@@ -533,7 +533,7 @@ impl<'a> Session<'a> {
     fn on_child_event(&mut self, ev: ChildEvent) {
         match ev {
             ChildEvent::Lines(chunk) => {
-                for event in translate::events(&chunk) {
+                for event in cli::events(&chunk) {
                     self.on_child_line(event);
                     if self.child.is_none() || self.ending.is_some() {
                         break; // the child was stopped or the session ends: the rest is moot

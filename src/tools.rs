@@ -85,9 +85,11 @@ pub fn parse_definition(tool: Value) -> Result<Tool, ClientError> {
     let description = match tool.remove("description") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(d)) if d.len() <= MAX_DESCRIPTION => d,
-        Some(_) => return Err(invalid(format!(
+        Some(_) => {
+            return Err(invalid(format!(
             "define_tool: \"tool.description\" must be a string of at most {MAX_DESCRIPTION} bytes"
-        ))),
+        )))
+        }
     };
     let input_schema = match (tool.remove("input_schema"), tool.remove("parameters")) {
         (Some(_), Some(_)) => {
