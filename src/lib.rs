@@ -46,6 +46,7 @@ mod spec;
 mod state;
 #[allow(unsafe_code)]
 mod sys;
+mod tool_registry;
 mod tools;
 
 pub use config::{Config, ConfigError, Invocation};

@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, never, select, Receiver};
+use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 use serde_json::{json, Map, Value};
 use tungstenite::Message;
 
@@ -37,11 +37,15 @@ use crate::registry::{
 };
 use crate::spec;
 use crate::state::Shared;
+use crate::tool_registry;
 use crate::tools::{self, Mcp, Tools};
 
 /// Child stdout chunks (each up to 256 KiB of lines) handled in one go before the loop
 /// looks at the client again.
 const EVENT_BATCH: usize = 4;
+
+/// Tool-registry requests one session may have under way.
+const MAX_REGISTRY_REQUESTS: usize = 4;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -90,6 +94,9 @@ pub struct Session<'a> {
     tools: Tools,
     /// Questions of the CLI waiting for the client.
     pending: Pending,
+    /// Answers of the tool registry, and how many requests to it are under way.
+    registry: (Sender<tool_registry::Reply>, Receiver<tool_registry::Reply>),
+    registry_requests: usize,
     claude_session_id: Option<String>,
     query: Option<Query>,
     queries: u64,
@@ -153,6 +160,8 @@ impl<'a> Session<'a> {
             settings_sent: Vec::new(),
             tools: Tools::default(),
             pending: Pending::default(),
+            registry: bounded(MAX_REGISTRY_REQUESTS),
+            registry_requests: 0,
             claude_session_id: None,
             query: None,
             queries: 0,
@@ -193,6 +202,7 @@ impl<'a> Session<'a> {
             // stopped child's reader from seeing that nobody listens any more.
             let inbound = self.link.inbound().clone();
             let control = self.control.clone();
+            let registry = self.registry.1.clone();
             let events = match &self.child {
                 Some(c) if self.link.pending() <= HIGH_WATER => c.child.events().clone(),
                 // No child, or back-pressure: the client must read first.
@@ -225,6 +235,9 @@ impl<'a> Session<'a> {
                 },
                 recv(control) -> c => if let Ok(Control::Shutdown) = c {
                     self.end(End::Shutdown)
+                },
+                recv(registry) -> r => if let Ok(r) = r {
+                    self.on_registry_reply(r)
                 },
                 default(wait) => {}
             }
@@ -778,19 +791,88 @@ impl<'a> Session<'a> {
             Err(e) => return self.send_error(e),
         };
         log::info!("[{}] tool defined: {}", self.label, tool.name);
-        self.send(ServerMessage::ToolDefined {
-            tool_name: tool.name,
-            status: "success",
-            tool_id: None,
-        });
+        match self.registry_url() {
+            // Answered when the registry has (or has not) stored it too.
+            Some(url) => tool_registry::store(&url, &tool, &self.id, self.registry.0.clone()),
+            None => self.send(ServerMessage::ToolDefined {
+                tool_name: tool.name,
+                status: "success",
+                tool_id: None,
+            }),
+        }
     }
 
     fn get_tools(&mut self) {
-        let tools = self.tools.iter().map(|t| t.listing("session")).collect();
-        self.send(ServerMessage::ToolsList {
-            tools,
-            source: "session",
-        });
+        match self.registry_url() {
+            Some(url) => tool_registry::list(&url, self.registry.0.clone()),
+            None => self.send(ServerMessage::ToolsList {
+                tools: self.tools.listing(),
+                source: "session",
+            }),
+        }
+    }
+
+    /// The registry's URL, counting a request to it; `None` without a registry or
+    /// when too many requests are under way (which says so).
+    fn registry_url(&mut self) -> Option<String> {
+        let url = self.shared.config.tool_registry_url.clone()?;
+        if self.registry_requests >= MAX_REGISTRY_REQUESTS {
+            self.send_error(ClientError::new(
+                ErrorCode::ToolRegistryError,
+                format!(
+                    "{MAX_REGISTRY_REQUESTS} tool-registry requests are under way; \
+                     answered from this session alone"
+                ),
+            ));
+            return None;
+        }
+        self.registry_requests += 1;
+        Some(url)
+    }
+
+    fn on_registry_reply(&mut self, reply: tool_registry::Reply) {
+        self.registry_requests = self.registry_requests.saturating_sub(1);
+        let registry_error = |e: String| {
+            ClientError::new(ErrorCode::ToolRegistryError, format!("tool registry: {e}"))
+        };
+        match reply {
+            tool_registry::Reply::Stored { tool, result } => {
+                let tool_id = match result {
+                    Ok(id) => id,
+                    Err(e) => {
+                        log::warn!("[{}] tool registry: {e}", self.label);
+                        self.send_error(registry_error(format!(
+                            "{tool} is defined for this session but was not stored: {e}"
+                        )));
+                        None
+                    }
+                };
+                self.send(ServerMessage::ToolDefined {
+                    tool_name: tool,
+                    status: "success",
+                    tool_id,
+                });
+            }
+            tool_registry::Reply::Listed { result } => {
+                let source = match result {
+                    Ok(tools) => {
+                        self.tools.set_registry(tools);
+                        "session+registry"
+                    }
+                    Err(e) => {
+                        log::warn!("[{}] tool registry: {e}", self.label);
+                        self.send_error(registry_error(format!(
+                            "cannot list the registry's tools: {e}"
+                        )));
+                        "session"
+                    }
+                };
+                self.send(ServerMessage::ToolsList {
+                    tools: self.tools.listing(),
+                    source,
+                });
+            }
+        }
     }
 
     /// Change a setting: checked as the query option would be, remembered for later

@@ -119,6 +119,16 @@ pub fn parse_definition(tool: Value) -> Result<Tool, ClientError> {
     })
 }
 
+/// A tool as a registry lists it: checked as a definition, its other fields (an id, a
+/// date, …) ignored.
+pub fn parse_registry_tool(tool: Value) -> Result<Tool, ClientError> {
+    let Value::Object(mut m) = tool else {
+        return Err(invalid("a registry tool must be an object"));
+    };
+    m.retain(|k, _| matches!(k.as_str(), "name" | "description" | "input_schema" | "parameters"));
+    parse_definition(Value::Object(m))
+}
+
 /// An `input_schema` must describe an object (MCP tools take named arguments).
 fn check_schema(schema: Value) -> Result<Value, ClientError> {
     let ok = schema.get("type").and_then(Value::as_str) == Some("object")
@@ -181,10 +191,12 @@ fn from_parameters(parameters: Value) -> Result<Value, ClientError> {
     Ok(schema)
 }
 
-/// The tools one session defined, in the order defined (a redefinition replaces).
+/// The tools one session can offer the model: those its client defined, in the order
+/// defined (a redefinition replaces), then those the tool registry listed last.
 #[derive(Debug, Default)]
 pub struct Tools {
     defined: Vec<Tool>,
+    from_registry: Vec<Tool>,
 }
 
 impl Tools {
@@ -203,18 +215,33 @@ impl Tools {
         Ok(())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.defined.is_empty()
+    /// Take the registry's tools (the client runs them too); a tool the session
+    /// defined itself keeps its own definition.
+    pub fn set_registry(&mut self, mut tools: Vec<Tool>) {
+        tools.retain(|t| !self.defined.iter().any(|d| d.name == t.name));
+        tools.truncate(MAX_TOOLS);
+        self.from_registry = tools;
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.defined.is_empty() && self.from_registry.is_empty()
+    }
+
+    /// Every tool, the session's own first.
     pub fn iter(&self) -> impl Iterator<Item = &Tool> {
-        self.defined.iter()
+        self.defined.iter().chain(&self.from_registry)
+    }
+
+    /// Every tool as `tools_list` shows it.
+    pub fn listing(&self) -> Vec<Value> {
+        let own = self.defined.iter().map(|t| t.listing("session"));
+        own.chain(self.from_registry.iter().map(|t| t.listing("registry")))
+            .collect()
     }
 
     /// The names the model and `--allowedTools` know them by.
     pub fn cli_names(&self) -> Vec<String> {
-        self.defined
-            .iter()
+        self.iter()
             .map(|t| format!("mcp__{MCP_SERVER}__{}", t.name))
             .collect()
     }

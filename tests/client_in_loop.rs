@@ -292,3 +292,109 @@ fn an_image_prompt_reaches_the_model() {
         assert_eq!(c.recv()["data"]["code"], "invalid_field", "{bad}");
     }
 }
+
+/// A tool registry on loopback: stores what is POSTed, lists one tool of its own.
+/// `slow`: accept requests and never answer.
+struct Registry {
+    url: String,
+    posted: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    _server: std::sync::Arc<tiny_http::Server>,
+}
+
+fn registry(slow: bool) -> Registry {
+    let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let posted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s, p) = (server.clone(), posted.clone());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut req in s.incoming_requests() {
+            if slow {
+                held.push(req); // never answered
+                continue;
+            }
+            let mut body = String::new();
+            let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
+            let answer = match (req.method(), req.url()) {
+                (tiny_http::Method::Post, "/tools") => {
+                    p.lock().unwrap().push(serde_json::from_str(&body).unwrap());
+                    json!({"id": "reg-1"})
+                }
+                (tiny_http::Method::Get, "/tools") => json!({"tools": [
+                    {"id": 9, "name": "Remote", "description": "from the registry",
+                     "input_schema": {"type": "object", "properties": {}}}
+                ]}),
+                _ => json!({}),
+            };
+            let _ = req.respond(tiny_http::Response::from_string(answer.to_string()));
+        }
+    });
+    Registry {
+        url,
+        posted,
+        _server: server,
+    }
+}
+
+#[test]
+fn tools_are_stored_in_and_listed_from_the_registry() {
+    let reg = registry(false);
+    let s = ServerOptions::fake()
+        .arg(&format!("--tool-registry-url={}", reg.url))
+        .start();
+    let mut c = s.connect();
+    c.send(json!({"type": "define_tool", "tool": {"name": "Local", "description": "d"}}));
+    let m = c.recv();
+    assert_eq!(m["type"], "tool_defined", "{m}");
+    assert_eq!(m["data"]["tool_id"], "reg-1");
+    let posted = reg.posted.lock().unwrap().clone();
+    assert_eq!(posted[0]["tool"]["name"], "Local");
+    assert_eq!(posted[0]["agent_id"], c.session_id.as_str());
+    c.send(json!({"type": "get_tools"}));
+    let m = c.recv();
+    assert_eq!(m["data"]["source"], "session+registry", "{m}");
+    let names: Vec<&str> = m["data"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Local", "Remote"]);
+    assert_eq!(m["data"]["tools"][1]["source"], "registry");
+}
+
+#[test]
+fn a_registry_that_is_down_or_slow_is_an_error_and_the_session_goes_on() {
+    for reg in [None, Some(registry(true))] {
+        let url = match &reg {
+            Some(r) => r.url.clone(),
+            None => {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                format!("http://{}", l.local_addr().unwrap())
+            }
+        };
+        let s = ServerOptions::fake()
+            .arg(&format!("--tool-registry-url={url}"))
+            .start();
+        let mut c = s.connect();
+        let started = std::time::Instant::now();
+        c.send(json!({"type": "define_tool", "tool": {"name": "Local"}}));
+        c.send(json!({"type": "ping"}));
+        // The session answers meanwhile (a refused connection may answer first).
+        let msgs: Vec<Value> = (0..3).map(|_| c.recv()).collect();
+        let kinds = types(&msgs);
+        assert!(kinds.contains(&"pong".to_string()), "{kinds:?}");
+        let kinds: Vec<&String> = kinds.iter().filter(|k| *k != "pong").collect();
+        assert_eq!(kinds, ["error", "tool_defined"], "{msgs:?}");
+        assert_eq!(only(&msgs, "error")["code"], "tool_registry_error");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        c.send(json!({"type": "get_tools"}));
+        assert_eq!(c.recv()["data"]["code"], "tool_registry_error");
+        let m = c.recv();
+        assert_eq!(m["data"]["source"], "session");
+        assert_eq!(m["data"]["tools"][0]["name"], "Local");
+        // Still usable for queries.
+        let msgs = c.query("hello", json!({}));
+        assert!(assistant_text(&msgs).contains("Echo: hello"));
+    }
+}
