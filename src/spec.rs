@@ -407,4 +407,41 @@ mod tests {
             .any(|a| a == "--continue" || a == "--resume=old"));
         assert!(s.args.iter().any(|a| a == "--resume=new"));
     }
+
+    #[test]
+    fn client_tools_and_permission_prompts_become_flags() {
+        let mut c = Config::default();
+        let mut tools = Tools::default();
+        tools
+            .define(crate::tools::parse_definition(serde_json::json!({"name": "Fmt"})).unwrap())
+            .unwrap();
+        let o = QueryOptions {
+            allowed_tools: Some(vec!["Write".into()]),
+            permission_prompts: Some(true),
+            ..Default::default()
+        };
+        let s = build(&c, &[], &o, &tools).unwrap();
+        assert!(has_client_tools(&s));
+        let at = s.args.iter().position(|a| a == "--allowedTools").unwrap();
+        assert_eq!(&s.args[at + 1..at + 3], ["Write", "mcp__ws__Fmt"]);
+        assert!(s
+            .args
+            .contains(&"--permission-prompt-tool=stdio".to_string()));
+        // The server's default applies when the query does not say.
+        c.permission_prompts = true;
+        let s = build(&c, &[], &QueryOptions::default(), &Tools::default()).unwrap();
+        assert!(s
+            .args
+            .contains(&"--permission-prompt-tool=stdio".to_string()));
+        assert!(!has_client_tools(&s));
+        let no = QueryOptions {
+            permission_prompts: Some(false),
+            ..Default::default()
+        };
+        let s = build(&c, &[], &no, &Tools::default()).unwrap();
+        assert!(!s
+            .args
+            .iter()
+            .any(|a| a.starts_with("--permission-prompt-tool")));
+    }
 }

@@ -111,7 +111,11 @@ fn request(url: &str, method: &str, body: Option<&str>) -> Result<Value, String>
         .ok_or_else(|| fail("cannot resolve", &"no address"))?;
     let mut tcp =
         TcpStream::connect_timeout(&sock, TIMEOUT).map_err(|e| fail("cannot connect to", &e))?;
-    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
     tcp.set_write_timeout(Some(left()))
         .and_then(|()| tcp.set_read_timeout(Some(left())))
         .map_err(|e| fail("cannot talk to", &e))?;
@@ -142,9 +146,13 @@ fn request(url: &str, method: &str, body: Option<&str>) -> Result<Value, String>
             return Err(fail("an answer too large from", &"over 1 MiB"));
         }
     }
-    let (status, body) = parse_response(&raw).ok_or_else(|| fail("no HTTP answer from", &"malformed"))?;
+    let (status, body) =
+        parse_response(&raw).ok_or_else(|| fail("no HTTP answer from", &"malformed"))?;
     if !(200..300).contains(&status) {
-        return Err(fail(&format!("HTTP {status} from"), &String::from_utf8_lossy(&body[..body.len().min(200)])));
+        return Err(fail(
+            &format!("HTTP {status} from"),
+            &String::from_utf8_lossy(&body[..body.len().min(200)]),
+        ));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
@@ -185,7 +193,8 @@ mod tests {
 
     #[test]
     fn responses_plain_and_chunked() {
-        let (s, b) = parse_response(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        let (s, b) =
+            parse_response(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}").unwrap();
         assert_eq!((s, b.as_slice()), (201, &b"{}"[..]));
         let (s, b) = parse_response(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n",

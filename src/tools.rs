@@ -125,7 +125,12 @@ pub fn parse_registry_tool(tool: Value) -> Result<Tool, ClientError> {
     let Value::Object(mut m) = tool else {
         return Err(invalid("a registry tool must be an object"));
     };
-    m.retain(|k, _| matches!(k.as_str(), "name" | "description" | "input_schema" | "parameters"));
+    m.retain(|k, _| {
+        matches!(
+            k.as_str(),
+            "name" | "description" | "input_schema" | "parameters"
+        )
+    });
     parse_definition(Value::Object(m))
 }
 

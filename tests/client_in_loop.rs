@@ -398,3 +398,30 @@ fn a_registry_that_is_down_or_slow_is_an_error_and_the_session_goes_on() {
         assert!(assistant_text(&msgs).contains("Echo: hello"));
     }
 }
+
+/// Stand-in CLI: a child that asks and then dies leaves no question waiting.
+#[test]
+fn a_question_of_a_child_that_died_cannot_be_answered() {
+    let s = ServerOptions::fake().start();
+    let mut c = s.connect();
+    c.send(json!({"type": "query", "prompt": "ask-then-exit", "options": {"permission_prompts": true}}));
+    let (_, request) = until(&mut c, "permission_request");
+    assert_eq!(request["data"]["request_id"], "perm-1");
+    let msgs = c.until("query_end");
+    assert_eq!(only(&msgs, "error")["code"], "claude_exited", "{msgs:?}");
+    assert_eq!(only(&msgs, "query_end")["outcome"], "error");
+    c.send(json!({"type": "permission_response", "request_id": "perm-1", "behavior": "allow"}));
+    assert_eq!(c.recv()["data"]["code"], "unknown_request");
+}
+
+/// Stand-in CLI: an MCP call for a tool nobody defined gets an error result at once.
+#[test]
+fn an_mcp_call_for_an_unknown_tool_gets_an_error_result() {
+    let s = ServerOptions::fake().start();
+    let mut c = s.connect();
+    let msgs = c.query("mcp-unknown", json!({}));
+    assert!(!types(&msgs).contains(&"tool_call".to_string()), "{msgs:?}");
+    let text = assistant_text(&msgs);
+    assert!(text.contains("no tool named"), "{text}");
+    assert!(text.contains(r#""isError":true"#), "{text}");
+}

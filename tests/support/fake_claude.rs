@@ -58,6 +58,8 @@ enum Input {
     Interrupt(String),
     /// Any other `control_request` (e.g. `initialize`) with its request id.
     Control(String),
+    /// A `control_response` (to one of our own control requests): its `response`.
+    Response(Value),
     /// Stdin reached EOF (or failed).
     Eof,
 }
@@ -94,6 +96,7 @@ fn read_stdin(tx: &Sender<Input>) {
                 Some(text) => Input::User(text),
                 None => continue,
             },
+            Some("control_response") => Input::Response(msg["response"].clone()),
             Some("control_request") => {
                 let id = msg
                     .get("request_id")
@@ -147,6 +150,12 @@ enum Mode {
     /// (empty) turn, as the CLI does for input queued during a turn: with
     /// `FAKE_CLAUDE_NO_REPLAY` set (no echoes), the query ends while the pipe is full.
     DeafTurns(Duration),
+    /// `ask-then-exit`: asks `can_use_tool` (as with `--permission-prompt-tool stdio`),
+    /// then exits 4 without waiting for the answer.
+    AskThenExit,
+    /// `mcp-unknown`: calls an MCP tool `Nope` of the `ws` server, waits for the
+    /// answer and says it.
+    McpUnknown,
     /// `ignore-signals`: ignores SIGINT/SIGTERM/SIGHUP, EOF and interrupts: only SIGKILL ends it.
     IgnoreSignals,
     /// `garbage`: three non-JSON stdout lines, then a normal echo.
@@ -186,6 +195,8 @@ impl Mode {
             ("hang", 0, ..) => Mode::Hang,
             ("deaf", 0, ..) => Mode::Deaf,
             ("deaf-turns", 1, Some(ms), _) => Mode::DeafTurns(Duration::from_millis(ms)),
+            ("ask-then-exit", 0, ..) => Mode::AskThenExit,
+            ("mcp-unknown", 0, ..) => Mode::McpUnknown,
             ("ignore-signals", 0, ..) => Mode::IgnoreSignals,
             ("garbage", 0, ..) => Mode::Garbage,
             ("stderr-flood", 1, Some(bytes), _) => Mode::StderrFlood(bytes as usize),
@@ -229,6 +240,8 @@ struct Fake {
     inputs: Receiver<Input>,
     /// Prompts that arrived during the current turn.
     queued: Vec<String>,
+    /// Answers to our own control requests.
+    responses: Vec<Value>,
     stdin_closed: bool,
     /// Counter behind message ids and uuids.
     serial: u64,
@@ -259,6 +272,7 @@ impl Fake {
                 .unwrap_or_default(),
             inputs,
             queued: Vec::new(),
+            responses: Vec::new(),
             stdin_closed: false,
             serial: 0,
         }
@@ -301,6 +315,7 @@ impl Fake {
         match input {
             Input::User(prompt) => self.queued.push(prompt),
             Input::Control(id) => self.control_success(&id),
+            Input::Response(r) => self.responses.push(r),
             Input::Interrupt(id) => {
                 self.control_success(&id);
                 return true;
@@ -383,6 +398,25 @@ impl Fake {
                 self.emit(&line);
                 self.emit(&self.init_line());
                 self.say("queued input not read".into())
+            }
+            Mode::AskThenExit => {
+                self.emit(&json!({"type": "control_request", "request_id": "perm-1",
+                    "request": {"subtype": "can_use_tool", "tool_name": "Bash",
+                        "input": {"command": "ls"}, "tool_use_id": "toolu_fake",
+                        "permission_suggestions": []}}));
+                std::process::exit(4)
+            }
+            Mode::McpUnknown => {
+                self.emit(&json!({"type": "control_request", "request_id": "mcp-1",
+                    "request": {"subtype": "mcp_message", "server_name": "ws",
+                        "message": {"method": "tools/call", "params": {"name": "Nope",
+                            "arguments": {}}, "jsonrpc": "2.0", "id": 5}}}));
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while self.responses.is_empty() && Instant::now() < deadline {
+                    self.wait(Duration::from_millis(50));
+                }
+                let answer = self.responses.pop().unwrap_or(Value::Null);
+                self.say(format!("MCP answer: {answer}"))
             }
             Mode::IgnoreSignals => ignore_signals(),
             Mode::Garbage => {
