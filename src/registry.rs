@@ -47,6 +47,10 @@ pub struct SessionInfo {
 pub enum Control {
     /// The server is shutting down: close with 1001 and stop the child.
     Shutdown,
+    /// A queued query needs a place: stop the idle child (see `places.rs`).
+    Evict,
+    /// The queue for places moved: the session's position may have changed.
+    QueueMoved,
 }
 
 struct Entry {
