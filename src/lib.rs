@@ -45,7 +45,9 @@ mod sys;
 mod translate;
 
 pub use config::{Config, ConfigError, Invocation};
-pub use server::{Error, Server, ServerHandle};
+#[doc(hidden)]
+pub use link::serve_echo;
+pub use server::{Error, Server, ServerHandle}; // for examples/autobahn-echo.rs only
 
 /// Compile-time checks: the embed API can cross threads.
 const _: () = {
