@@ -7,7 +7,7 @@ mod support;
 use std::io::Write;
 
 use serde_json::json;
-use support::frames::{frame, frame_with, TEXT};
+use support::frames::{frame, frame_with, CLOSE, TEXT};
 use support::*;
 
 fn ping_then(bad: &[u8]) -> Vec<u8> {
@@ -67,4 +67,16 @@ fn a_too_large_frame_after_a_valid_message_in_one_read_still_gets_the_reply_firs
     assert_eq!(c.next_event().map(|m| m["type"].clone()), Ok(json!("pong")));
     let end = c.closed();
     assert!(end.starts_with("close 1009"), "{end}");
+}
+
+#[test]
+fn a_close_after_a_valid_message_in_one_read_still_gets_the_reply_first() {
+    let s = ServerOptions::fake().start();
+    let mut c = s.connect();
+    c.ws.get_mut()
+        .write_all(&ping_then(&frame(CLOSE, &1000u16.to_be_bytes())))
+        .unwrap();
+    assert_eq!(c.next_event().map(|m| m["type"].clone()), Ok(json!("pong")));
+    let end = c.closed();
+    assert!(end.starts_with("close 1000"), "{end}");
 }

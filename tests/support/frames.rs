@@ -8,6 +8,8 @@ use std::os::fd::AsRawFd;
 pub const TEXT: u8 = 0x1;
 /// A binary frame (opcode 0x2).
 pub const BINARY: u8 = 0x2;
+/// A close (opcode 0x8).
+pub const CLOSE: u8 = 0x8;
 /// A ping (opcode 0x9).
 pub const PING: u8 = 0x9;
 
