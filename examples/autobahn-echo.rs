@@ -4,7 +4,8 @@
 //!
 //! Usage: `autobahn-echo 127.0.0.1:PORT` — serves `ws://127.0.0.1:PORT/ws`, echoing
 //! text as text and binary as binary, each connection on its own thread (as the
-//! server does), with the server's default message size limit.
+//! server does), with the server's default message size limit. Port 0 picks a free
+//! one; the first line printed says which (`autobahn-echo listening on ws://…/ws`).
 
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -23,7 +24,13 @@ fn main() -> ExitCode {
         }
     };
     let max_message_bytes = claude_ws::Config::default().max_message_bytes;
-    println!("autobahn-echo listening on ws://{addr}/ws");
+    match listener.local_addr() {
+        Ok(bound) => println!("autobahn-echo listening on ws://{bound}/ws"),
+        Err(e) => {
+            eprintln!("autobahn-echo: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     for tcp in listener.incoming() {
         match tcp {
             Ok(tcp) => {

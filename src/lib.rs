@@ -45,9 +45,10 @@ mod sys;
 mod translate;
 
 pub use config::{Config, ConfigError, Invocation};
-#[doc(hidden)]
+pub use server::{Error, Server, ServerHandle};
+
+#[doc(hidden)] // for examples/autobahn-echo.rs only: not part of the embed API
 pub use link::serve_echo;
-pub use server::{Error, Server, ServerHandle}; // for examples/autobahn-echo.rs only
 
 /// Compile-time checks: the embed API can cross threads.
 const _: () = {
