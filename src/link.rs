@@ -353,8 +353,8 @@ pub struct Link {
     /// The peer has sent end of file.
     eof: bool,
     /// The peer sent a close frame, whose reply tungstenite holds until the next flush:
-    /// replies to the messages before it are queued first.
-    peer_closed: bool,
+    /// replies to the messages before it may still be queued (not after the flush).
+    close_reply_held: bool,
     /// The peer broke the protocol: the close to send once the replies to its messages
     /// before the bad frame are queued (at the next flush).
     failed: Option<Closing>,
@@ -396,7 +396,7 @@ impl Link {
             watching: Watch::Input,
             more_input: false,
             eof: false,
-            peer_closed: false,
+            close_reply_held: false,
             failed: None,
         };
         watcher.epoll.watch(&*tcp, token)?;
@@ -428,7 +428,7 @@ impl Link {
     /// the close frame waits for the next [`flush`](Self::flush): queue their replies
     /// first. Likewise when the peer closes.
     pub fn receive(&mut self, on_message: impl FnMut(&mut Self, Message)) -> Result<(), LinkError> {
-        if self.failed.is_some() || self.peer_closed {
+        if self.failed.is_some() || self.close_reply_held {
             return Err(LinkError::Gone("the connection is closing".into()));
         }
         // The report may have been room for output: send what waits first, so a
@@ -517,7 +517,7 @@ impl Link {
                 }
                 Ok(Message::Close(_)) => {
                     // tungstenite holds the close reply until the next flush.
-                    self.peer_closed = true;
+                    self.close_reply_held = true;
                     return Err(LinkError::Gone("client closed the connection".into()));
                 }
                 Ok(_) => {} // ping (answered), pong, raw frame
@@ -542,7 +542,7 @@ impl Link {
 
     /// Whether frames may still be queued: not once a close frame is on its way.
     fn can_queue(&self) -> Result<(), LinkError> {
-        if self.ws.can_write() || self.peer_closed {
+        if self.ws.can_write() || self.close_reply_held {
             Ok(())
         } else {
             Err(LinkError::Gone("the connection is closing".into()))
@@ -587,11 +587,12 @@ impl Link {
         if let Some(why) = self.failed.take() {
             self.close(why);
         }
+        let answering_close = std::mem::take(&mut self.close_reply_held);
         match self.ws.flush() {
             Ok(()) => {}
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
             // The peer's close, answered: nothing more is sent.
-            Err(tungstenite::Error::ConnectionClosed) if self.peer_closed => {
+            Err(tungstenite::Error::ConnectionClosed) if answering_close => {
                 return Err(LinkError::Gone("client closed the connection".into()))
             }
             Err(e) => return Err(LinkError::Gone(e.to_string())),

@@ -84,10 +84,6 @@ fn a_client_that_sends_but_never_reads_keeps_memory_bounded() {
     }
     let sent = writer.join().unwrap();
     peak = peak.max(rss_kib(s.pid()));
-    eprintln!(
-        "sent {sent} bytes; RSS grew {} KiB; slowest ping {slowest:?}",
-        peak - before
-    );
     assert!(sent > 0);
     assert!(
         peak - before < 64 * 1024,
@@ -137,7 +133,6 @@ fn a_client_that_reads_a_trickle_of_a_full_backlog_is_dropped() {
         }
         thread::sleep(Duration::from_millis(20));
     };
-    eprintln!("read {read} bytes in {:?}", t0.elapsed());
     assert!(
         dropped,
         "a client reading a trickle ({read} bytes in {:?}) was not dropped",
