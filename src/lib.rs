@@ -54,6 +54,9 @@ mod tools;
 pub use config::{Config, ConfigError, Invocation};
 pub use server::{Error, Server, ServerHandle};
 
+#[doc(hidden)] // for examples/autobahn-echo.rs only: not part of the embed API
+pub use link::serve_echo;
+
 /// Compile-time checks: the embed API can cross threads.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}

@@ -14,10 +14,18 @@
 //! timeout and wakes every idle session periodically.
 //!
 //! Writes go out with non-blocking `send`; what the socket does not take waits in
-//! [`Duplex`]'s own queue, whose size is the back-pressure signal the session uses to
-//! stop taking child output (see `session.rs`), and the watcher then also reports when
-//! the socket has room again. A stalled client therefore never blocks the session
-//! thread, and a slow one is fed as fast as it reads.
+//! [`Duplex`]'s own queue, and the watcher then also reports when the socket has room
+//! again. A stalled client therefore never blocks the session thread, and a slow one is
+//! fed as fast as it reads.
+//!
+//! Back-pressure, both ways: while more than [`HIGH_WATER`] bytes wait for the client,
+//! the session takes no child output (see `session.rs`) and the link takes no client
+//! input — not from the socket, and not the messages already buffered — and watches
+//! the socket only for room. Whatever fills the queue (child output, or replies the
+//! client's own pings, batches and bad frames earn), TCP then pushes back on the
+//! client, and what one wake-up may add is bounded ([`MESSAGES_PER_WAKE`],
+//! [`READ_LIMIT`]). A client that keeps its backlog above the mark is "stalled"
+//! ([`Link::stalled_for`]) even if it reads a trickle.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -32,22 +40,30 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use crate::handshake::WS_PATH;
 use crate::protocol::Closing;
 use crate::registry::lock;
-use crate::sys;
+use crate::sys::{self, Watch};
 
 /// tungstenite's read buffer, which every session holds (it grows for a larger frame,
 /// read from memory this much at a time).
 const READ_CHUNK: usize = 1024;
 /// Most bytes asked of the socket in one `recv`.
 const RECV_CHUNK: usize = 16 * 1024;
-/// Most bytes taken from the socket per wake-up: the bound on a flooding client. More
-/// waiting input wakes the session again at once, after it has looked at the rest.
+/// Most bytes taken from the socket per wake-up, and most message bytes handed to the
+/// session per wake-up: the bound on a flooding client. More waiting input wakes the
+/// session again at once, after it has looked at the rest.
 const READ_LIMIT: usize = 64 * 1024;
-/// Above this much unsent output the session stops taking child events.
+/// Most messages handed to the session per wake-up: each may earn up to a batch's worth
+/// of replies, and all of them are queued before the session looks at the backlog.
+const MESSAGES_PER_WAKE: usize = 16;
+/// Above this much unsent output the session stops taking child events and the link
+/// stops taking client input.
 pub const HIGH_WATER: usize = 256 * 1024;
 /// The opcode of a text frame (RFC 6455 5.2).
 const OPCODE_TEXT: u8 = 0x1;
+/// The opcode of a binary frame.
+const OPCODE_BINARY: u8 = 0x2;
 
 /// The one thread that waits for input on every session's socket.
 struct Watcher {
@@ -113,8 +129,13 @@ pub struct Duplex {
     output: Vec<u8>,
     /// While set, reads block on the socket until this instant (the handshake).
     handshake_deadline: Option<Instant>,
-    /// When the socket last took bytes while output was waiting.
-    last_progress: Instant,
+    /// The stall clock (see [`stalled_for`](Self::stalled_for)) as it read at the
+    /// output's last crossing of [`HIGH_WATER`]...
+    stall_clock: Duration,
+    /// ...which was then.
+    crossed_at: Instant,
+    /// Whether the output is above the mark (it runs the clock forward, else back).
+    above_mark: bool,
 }
 
 impl Duplex {
@@ -127,7 +148,9 @@ impl Duplex {
             read_pos: 0,
             output: Vec::new(),
             handshake_deadline: Some(Instant::now() + timeout),
-            last_progress: Instant::now(),
+            stall_clock: Duration::ZERO,
+            crossed_at: Instant::now(),
+            above_mark: false,
         }
     }
 
@@ -136,22 +159,45 @@ impl Duplex {
         self.output.len()
     }
 
-    /// How long output has been waiting without the socket taking any.
+    /// How long the output has been held above [`HIGH_WATER`], net of the time it has
+    /// spent below: a clock that runs forward while the backlog is above the mark and
+    /// back (down to zero) while it is not. A client that reads nothing runs it at full
+    /// speed; so does one that reads a trickle, because each time the socket takes a
+    /// little, the backlog refills at once and the session waits above the mark
+    /// again. A client that keeps up keeps it near zero.
+    ///
+    /// (The time since the backlog was last empty would not do: the socket's own
+    /// buffer, megabytes, can take the whole backlog at every report of room.)
     pub fn stalled_for(&self) -> Duration {
-        if self.output.is_empty() {
-            Duration::ZERO
+        let since = self.crossed_at.elapsed();
+        if self.above_mark {
+            self.stall_clock + since
         } else {
-            self.last_progress.elapsed()
+            self.stall_clock.saturating_sub(since)
         }
     }
 
-    /// Move what the socket has, up to [`READ_LIMIT`], into the input buffer without
-    /// blocking. `Ok(true)` at end of file.
-    fn fill_input(&mut self) -> io::Result<bool> {
-        if self.read_pos == self.input.len() {
-            self.input.clear();
-            self.read_pos = 0;
+    /// Keep [`stalled_for`](Self::stalled_for)'s clock: call after the output grew or
+    /// shrank (it reads the time only when the output crosses the mark).
+    fn note_backlog(&mut self) {
+        let above = self.output.len() > HIGH_WATER;
+        if above != self.above_mark {
+            self.stall_clock = self.stalled_for();
+            self.crossed_at = Instant::now();
+            self.above_mark = above;
         }
+    }
+
+    /// Whether tungstenite has taken all input read so far.
+    fn input_taken(&self) -> bool {
+        self.read_pos == self.input.len()
+    }
+
+    /// Move what the socket has, up to [`READ_LIMIT`], into the input buffer without
+    /// blocking (call only once the input so far is taken). `Ok(true)` at end of file.
+    fn fill_input(&mut self) -> io::Result<bool> {
+        self.input.clear();
+        self.read_pos = 0;
         let mut taken = 0;
         while taken < READ_LIMIT {
             let ask = RECV_CHUNK.min(READ_LIMIT - taken);
@@ -189,9 +235,6 @@ impl Duplex {
     /// The payload is written in place, after room for the header most events need (a
     /// 16-bit length); a frame that needs another header is moved by the difference.
     fn queue_frame_with(&mut self, opcode: u8, write: impl FnOnce(&mut Vec<u8>)) {
-        if self.output.is_empty() {
-            self.last_progress = Instant::now();
-        }
         let start = self.output.len();
         // RFC 6455 5.2: a 7-bit length, or 126 and 16 bits, or 127 and 64 bits (network
         // order).
@@ -213,6 +256,7 @@ impl Duplex {
                 self.output.splice(start + 1..start + 4, long);
             }
         }
+        self.note_backlog();
     }
 
     /// Send what the socket takes now; keep the rest.
@@ -229,7 +273,7 @@ impl Duplex {
         }
         if sent > 0 {
             self.output.drain(..sent);
-            self.last_progress = Instant::now();
+            self.note_backlog();
             if self.output.is_empty() && self.output.capacity() > 1 << 20 {
                 self.output = Vec::new(); // give back the memory of a huge message
             }
@@ -267,10 +311,8 @@ impl Write for Duplex {
         if self.handshake_deadline.is_some() {
             return (&*self.tcp).write(buf);
         }
-        if self.output.is_empty() {
-            self.last_progress = Instant::now();
-        }
         self.output.extend_from_slice(buf);
+        self.note_backlog();
         Ok(buf.len())
     }
 
@@ -296,14 +338,26 @@ pub struct Link {
     ws: WebSocket<Duplex>,
     /// A word from the watcher: the socket has input (or the peer hung up).
     inbound: Receiver<()>,
+    /// The same channel's sender: the link's own word that input it already holds waits.
+    wake: Sender<()>,
     watcher: &'static Watcher,
     token: u64,
     peer: std::net::SocketAddr,
     peer_ip: String,
     /// When the peer last sent anything (for the heartbeat).
     pub last_heard: Instant,
-    /// The watch includes room for output: a report comes when the socket drains.
-    awaiting_room: bool,
+    /// What the watcher reports next.
+    watching: Watch,
+    /// The last wake-up stopped at its bound: more messages may be buffered.
+    more_input: bool,
+    /// The peer has sent end of file.
+    eof: bool,
+    /// The peer sent a close frame, whose reply tungstenite holds until the next flush:
+    /// replies to the messages before it may still be queued (not after the flush).
+    close_reply_held: bool,
+    /// The peer broke the protocol: the close to send once the replies to its messages
+    /// before the bad frame are queued (at the next flush).
+    failed: Option<Closing>,
 }
 
 /// The socket settings every session uses: small buffers (many idle sessions must be
@@ -327,18 +381,23 @@ impl Link {
         ws.get_mut().handshake_deadline = None;
         let watcher = watcher()?;
         let token = watcher.next_token.fetch_add(1, Ordering::Relaxed);
-        let (tx, inbound) = bounded(1);
-        lock(&watcher.sessions).insert(token, tx);
+        let (wake, inbound) = bounded(1);
+        lock(&watcher.sessions).insert(token, wake.clone());
         // From here on the link's drop undoes the registration.
         let link = Link {
             ws,
             inbound,
+            wake,
             watcher,
             token,
             peer_ip: peer.ip().to_string(),
             peer,
             last_heard: Instant::now(),
-            awaiting_room: false,
+            watching: Watch::Input,
+            more_input: false,
+            eof: false,
+            close_reply_held: false,
+            failed: None,
         };
         watcher.epoll.watch(&*tcp, token)?;
         Ok(link)
@@ -359,75 +418,134 @@ impl Link {
         &self.inbound
     }
 
-    /// Read what the socket has without blocking and hand every complete message to
-    /// `on_message`; send what output the socket takes; then ask the watcher to report
-    /// the next input (or room). Pings are answered by tungstenite; pongs only refresh
-    /// the heartbeat.
+    /// Send what output the socket takes; then, unless more than [`HIGH_WATER`] bytes
+    /// still wait, read what the socket has without blocking and hand each complete
+    /// message (text or binary) to `on_message`, up to [`MESSAGES_PER_WAKE`] of them;
+    /// then ask the watcher for the next report. Pings are answered by tungstenite;
+    /// pongs only refresh the heartbeat.
+    ///
+    /// On a protocol error the messages before the bad frame have been handed over and
+    /// the close frame waits for the next [`flush`](Self::flush): queue their replies
+    /// first. Likewise when the peer closes.
     pub fn receive(&mut self, on_message: impl FnMut(&mut Self, Message)) -> Result<(), LinkError> {
-        let eof = match self.ws.get_mut().fill_input() {
-            Ok(eof) => eof,
-            Err(e) => return Err(LinkError::Gone(e.to_string())),
-        };
-        if self.ws.get_ref().input.len() > self.ws.get_ref().read_pos {
-            self.last_heard = Instant::now();
+        if self.failed.is_some() || self.close_reply_held {
+            return Err(LinkError::Gone("the connection is closing".into()));
         }
-        let read = self.read_messages(on_message);
-        self.ws.get_mut().release_input();
-        read?;
-        if eof {
-            return Err(LinkError::Gone("connection closed".into()));
+        // The report may have been room for output: send what waits first, so a
+        // drained backlog lets input in and the watch asks for room only if needed.
+        self.drain()?;
+        if self.pending() <= HIGH_WATER {
+            self.take_input(on_message)?;
+            self.drain()?;
         }
-        // The report may have been room for output: send what waits before re-arming,
-        // so the watch asks for room only if it is still needed.
-        if let Err(e) = self.ws.get_mut().drain_output() {
-            return Err(LinkError::Gone(e.to_string()));
+        if self.more_input && self.pending() <= HIGH_WATER {
+            // Full: a report is on its way anyway.
+            let _ = self.wake.try_send(());
         }
         self.rearm()
     }
 
-    /// Have the watcher report the socket's next input, and room for output if some
-    /// is waiting (the watch is one-shot: each report needs this).
-    fn rearm(&mut self) -> Result<(), LinkError> {
-        let writable_too = self.pending() > 0;
-        let tcp = &self.ws.get_ref().tcp;
-        self.watcher
-            .epoll
-            .rearm(&**tcp, self.token, writable_too)
-            .map_err(|e| LinkError::Gone(e.to_string()))?;
-        self.awaiting_room = writable_too;
+    /// Read the socket (once tungstenite has taken what was read before) and hand the
+    /// messages on.
+    fn take_input(&mut self, on_message: impl FnMut(&mut Self, Message)) -> Result<(), LinkError> {
+        let duplex = self.ws.get_mut();
+        if !self.eof && duplex.input_taken() {
+            self.eof = duplex
+                .fill_input()
+                .map_err(|e| LinkError::Gone(e.to_string()))?;
+            if !self.ws.get_ref().input_taken() {
+                self.last_heard = Instant::now();
+            }
+        }
+        let read = self.read_messages(on_message);
+        self.ws.get_mut().release_input();
+        read?;
+        if self.eof && !self.more_input {
+            return Err(LinkError::Gone("connection closed".into()));
+        }
         Ok(())
     }
 
-    /// Hand every complete message tungstenite has to `on_message`.
+    fn drain(&mut self) -> Result<(), LinkError> {
+        self.ws
+            .get_mut()
+            .drain_output()
+            .map_err(|e| LinkError::Gone(e.to_string()))
+    }
+
+    /// What the watcher should report next: input, and room while output waits; only
+    /// room while the backlog is above the mark (no input is taken then).
+    fn watch_needed(&self) -> Watch {
+        match self.pending() {
+            0 => Watch::Input,
+            n if n <= HIGH_WATER => Watch::InputAndRoom,
+            _ => Watch::Room,
+        }
+    }
+
+    /// Have the watcher report what [`watch_needed`](Self::watch_needed) says (the
+    /// watch is one-shot: each report needs this).
+    fn rearm(&mut self) -> Result<(), LinkError> {
+        let watch = self.watch_needed();
+        let tcp = &self.ws.get_ref().tcp;
+        self.watcher
+            .epoll
+            .rearm(&**tcp, self.token, watch)
+            .map_err(|e| LinkError::Gone(e.to_string()))?;
+        self.watching = watch;
+        Ok(())
+    }
+
+    /// Hand complete messages tungstenite has to `on_message`, up to the per-wake-up
+    /// bounds (then `more_input` is set).
     fn read_messages(
         &mut self,
         mut on_message: impl FnMut(&mut Self, Message),
     ) -> Result<(), LinkError> {
+        self.more_input = false;
+        let (mut messages, mut bytes) = (0, 0);
         loop {
+            if messages >= MESSAGES_PER_WAKE || bytes >= READ_LIMIT {
+                self.more_input = true;
+                return Ok(());
+            }
             match self.ws.read() {
-                Ok(m @ (Message::Text(_) | Message::Binary(_))) => on_message(self, m),
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                    messages += 1;
+                    bytes += m.len();
+                    on_message(self, m);
+                }
                 Ok(Message::Close(_)) => {
-                    // tungstenite queued the close reply; send it.
-                    let _ = self.ws.flush();
+                    // tungstenite holds the close reply until the next flush.
+                    self.close_reply_held = true;
                     return Err(LinkError::Gone("client closed the connection".into()));
                 }
                 Ok(_) => {} // ping (answered), pong, raw frame
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(())
                 }
-                Err(tungstenite::Error::Capacity(e)) => {
-                    self.close(Closing::TooLarge);
-                    return Err(LinkError::Protocol(e.to_string()));
-                }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return Err(LinkError::Gone("connection closed".into()))
                 }
                 Err(tungstenite::Error::Io(e)) => return Err(LinkError::Gone(e.to_string())),
                 Err(e) => {
-                    self.close(Closing::ProtocolError);
+                    self.failed = Some(match e {
+                        tungstenite::Error::Capacity(_) => Closing::TooLarge,
+                        tungstenite::Error::Utf8(_) => Closing::InvalidPayload,
+                        _ => Closing::ProtocolError,
+                    });
                     return Err(LinkError::Protocol(e.to_string()));
                 }
             }
+        }
+    }
+
+    /// Whether frames may still be queued: not once a close frame is on its way.
+    fn can_queue(&self) -> Result<(), LinkError> {
+        if self.ws.can_write() || self.close_reply_held {
+            Ok(())
+        } else {
+            Err(LinkError::Gone("the connection is closing".into()))
         }
     }
 
@@ -440,10 +558,17 @@ impl Link {
     /// Everything tungstenite writes itself (pongs, pings, close) lands in the same
     /// queue whole and in order, because it is configured to write through ([`ws_config`]).
     pub fn queue_text_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), LinkError> {
-        if !self.ws.can_write() {
-            return Err(LinkError::Gone("the connection is closing".into()));
-        }
+        self.can_queue()?;
         self.ws.get_mut().queue_frame_with(OPCODE_TEXT, write);
+        Ok(())
+    }
+
+    /// Queue one binary message (sessions send none; the Autobahn echo does).
+    pub fn queue_binary(&mut self, data: &[u8]) -> Result<(), LinkError> {
+        self.can_queue()?;
+        self.ws
+            .get_mut()
+            .queue_frame_with(OPCODE_BINARY, |out| out.extend_from_slice(data));
         Ok(())
     }
 
@@ -454,16 +579,32 @@ impl Link {
             .map_err(|e| LinkError::Gone(e.to_string()))
     }
 
-    /// Push queued output to the socket, as far as it takes it without blocking. If
-    /// some is left, the watcher reports when the socket has room again (as input, on
+    /// Push queued output to the socket, as far as it takes it without blocking, after
+    /// queueing the close a protocol error or the peer's close calls for. If some is
+    /// left, the watcher reports when the socket has room again (as input, on
     /// [`inbound`](Self::inbound)).
     pub fn flush(&mut self) -> Result<(), LinkError> {
+        if let Some(why) = self.failed.take() {
+            self.close(why);
+        }
+        let answering_close = std::mem::take(&mut self.close_reply_held);
         match self.ws.flush() {
             Ok(()) => {}
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The peer's close, answered: nothing more is sent.
+            Err(tungstenite::Error::ConnectionClosed) if answering_close => {
+                return Err(LinkError::Gone("client closed the connection".into()))
+            }
             Err(e) => return Err(LinkError::Gone(e.to_string())),
         }
-        if self.pending() > 0 && !self.awaiting_room {
+        // A backlog needs word of room; above the mark, input waits (an input report
+        // meanwhile would only be set aside by `receive`).
+        let rearm = match self.watch_needed() {
+            Watch::Input => false,
+            Watch::InputAndRoom => self.watching == Watch::Input,
+            Watch::Room => self.watching != Watch::Room,
+        };
+        if rearm {
             self.rearm()?;
         }
         Ok(())
@@ -479,13 +620,15 @@ impl Link {
         self.ws.get_ref().pending()
     }
 
-    /// How long queued output has waited without progress.
+    /// How long the backlog has been above [`HIGH_WATER`] since it was last empty: the
+    /// client reads (if at all) slower than its output grows.
     pub fn stalled_for(&self) -> Duration {
         self.ws.get_ref().stalled_for()
     }
 
     /// Send a close frame saying why (best effort).
     pub fn close(&mut self, why: Closing) {
+        self.failed = None;
         let (code, reason) = why.frame();
         let _ = self.ws.close(Some(CloseFrame {
             code: CloseCode::from(code),
@@ -500,6 +643,8 @@ impl Link {
     /// reset, which can destroy the close frame before the peer reads it (a client
     /// still sending a too-large message would never learn why it was cut off).
     pub fn finish(&mut self, limit: Duration) {
+        // A close still owed (a protocol error, the peer's close) goes out first.
+        let _ = self.flush();
         let deadline = Instant::now() + limit;
         while self.pending() > 0 && Instant::now() < deadline {
             if self.ws.get_mut().drain_output().is_err() {
@@ -537,6 +682,59 @@ impl Drop for Link {
         lock(&self.watcher.sessions).remove(&self.token);
         let _ = tcp.shutdown(Shutdown::Both);
     }
+}
+
+/// An echo server on the sessions' own link code — the same handshake, reads,
+/// back-pressure, frame writing and close paths — sending each text or binary message
+/// back as it came: what the Autobahn|Testsuite drives (`examples/autobahn-echo.rs`,
+/// `scripts/autobahn.sh`). Serves one connection on `/ws` until it ends. Not part of
+/// the embed API.
+#[doc(hidden)]
+pub fn serve_echo(tcp: TcpStream, max_message_bytes: usize) {
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    let Ok(peer) = tcp.peer_addr() else { return };
+    let _ = tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+    let duplex = Duplex::for_handshake(Arc::new(tcp), HANDSHAKE_TIMEOUT);
+    // The closure's error type is fixed by tungstenite's handshake `Callback`.
+    #[allow(clippy::result_large_err)]
+    let ws = tungstenite::accept_hdr_with_config(
+        duplex,
+        |req: &tungstenite::handshake::server::Request, resp| {
+            if req.uri().path() == WS_PATH {
+                return Ok(resp);
+            }
+            let mut refusal = tungstenite::handshake::server::ErrorResponse::new(None);
+            *refusal.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
+            Err(refusal)
+        },
+        Some(ws_config(max_message_bytes)),
+    );
+    let Ok(ws) = ws else { return };
+    let Ok(mut link) = Link::start(ws, peer) else {
+        return;
+    };
+    // A session's loop without the child and the timers: on word from the watcher,
+    // take the messages, queue their replies, flush.
+    while link.inbound().recv().is_ok() {
+        let mut messages = Vec::new();
+        let read = link.receive(|_, m| messages.push(m));
+        for m in messages {
+            let queued = match m {
+                Message::Text(text) => {
+                    link.queue_text_with(|out| out.extend_from_slice(text.as_bytes()))
+                }
+                Message::Binary(data) => link.queue_binary(&data),
+                _ => Ok(()),
+            };
+            if queued.is_err() {
+                break;
+            }
+        }
+        if link.flush().is_err() || read.is_err() {
+            break;
+        }
+    }
+    link.finish(Duration::from_secs(1));
 }
 
 #[cfg(test)]

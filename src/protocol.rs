@@ -156,6 +156,8 @@ pub enum Closing {
     TooLarge,
     /// A frame that breaks the WebSocket protocol (1002).
     ProtocolError,
+    /// A text message (or close reason) that is not valid UTF-8 (1007).
+    InvalidPayload,
     /// The server is shutting down (1001).
     ShuttingDown,
     /// No query and no client message for the session timeout (4000).
@@ -170,6 +172,7 @@ impl Closing {
         match self {
             Closing::TooLarge => (1009, "message too large"),
             Closing::ProtocolError => (1002, "protocol error"),
+            Closing::InvalidPayload => (1007, "invalid UTF-8"),
             Closing::ShuttingDown => (1001, "server shutting down"),
             Closing::IdleTimeout => (4000, "session idle timeout"),
             Closing::NotReading => (4001, "client is not reading"),

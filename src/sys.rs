@@ -133,6 +133,17 @@ fn append_with(
 /// watcher never spins on input its owner has not read yet.
 pub struct Epoll(OwnedFd);
 
+/// What a watched socket is reported for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Input (or the peer hanging up).
+    Input,
+    /// Input, or room for output that waits.
+    InputAndRoom,
+    /// Only room for output: its owner takes no input until its backlog drains.
+    Room,
+}
+
 impl Epoll {
     pub fn new() -> io::Result<Epoll> {
         // SAFETY: epoll_create1 takes no pointers.
@@ -149,11 +160,15 @@ impl Epoll {
         op: libc::c_int,
         sock: &impl AsRawFd,
         token: u64,
-        writable_too: bool,
+        watch: Watch,
     ) -> io::Result<()> {
-        let out = if writable_too { libc::EPOLLOUT } else { 0 };
+        let events = match watch {
+            Watch::Input => libc::EPOLLIN,
+            Watch::InputAndRoom => libc::EPOLLIN | libc::EPOLLOUT,
+            Watch::Room => libc::EPOLLOUT,
+        };
         let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLONESHOT | out) as u32,
+            events: (events | libc::EPOLLONESHOT) as u32,
             u64: token,
         };
         // SAFETY: the kernel reads the event we own for the duration of the call.
@@ -167,18 +182,18 @@ impl Epoll {
 
     /// Report `token` once when `sock` has input (or the peer hung up).
     pub fn watch(&self, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, sock, token, false)
+        self.ctl(libc::EPOLL_CTL_ADD, sock, token, Watch::Input)
     }
 
-    /// Report `token` once more when `sock` has input (at once if it has some now) or,
-    /// with `writable_too`, room for output.
-    pub fn rearm(&self, sock: &impl AsRawFd, token: u64, writable_too: bool) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, sock, token, writable_too)
+    /// Report `token` once more for what `watch` names (at once if it holds now). A
+    /// hang-up or error is reported whatever is watched.
+    pub fn rearm(&self, sock: &impl AsRawFd, token: u64, watch: Watch) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, sock, token, watch)
     }
 
     /// Stop watching `sock`.
     pub fn forget(&self, sock: &impl AsRawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, sock, 0, false)
+        self.ctl(libc::EPOLL_CTL_DEL, sock, 0, Watch::Input)
     }
 
     /// Block until watched sockets have input; their tokens replace `tokens`' contents.
