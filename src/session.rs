@@ -8,7 +8,8 @@
 //! on either: child stdin writes go through a queue, socket reads and writes never
 //! block (see `link.rs`), and while the client has more than [`HIGH_WATER`] bytes unread
 //! the loop stops taking child events, which back-pressures the child through its
-//! stdout pipe.
+//! stdout pipe, and the link stops reading the client, which back-pressures the client
+//! through TCP: what either side makes the server queue stays bounded.
 //!
 //! A query: `query` → `query_start` → the child's events translated → `query_end`.
 //! Exactly one `query_end` follows every `query_start`, whatever happens.
@@ -1068,7 +1069,7 @@ impl<'a> Session<'a> {
         }
         if self.link.stalled_for() >= config.stall_timeout {
             log::warn!(
-                "[{}] client read nothing for {:?} with {} bytes waiting; disconnecting",
+                "[{}] client kept its backlog above the high-water mark for {:?} ({} bytes waiting); disconnecting",
                 self.label,
                 config.stall_timeout,
                 self.link.pending()
