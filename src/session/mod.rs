@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, never, select, Receiver, Sender};
-use serde_json::{json, Map, Value};
 use tungstenite::Message;
 
 use crate::child::{Child, ChildEvent, ChildSpec, Undelivered};
@@ -27,11 +26,15 @@ use crate::cli::CliEvent;
 use crate::handshake::Admission;
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
-use crate::pending::{Ask, Pending, Unanswered};
+use crate::pending::{Pending, Unanswered};
 use crate::protocol::{
-    parse_client_text, parse_client_value, Behavior, Capabilities, ClientError, ClientMessage,
-    Closing, ErrorCode, Prompt, QueryOptions, QueryOutcome, ServerMessage, Setting,
+    parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, Closing,
+    ErrorCode, Prompt, QueryOptions, QueryOutcome, ServerMessage, Setting,
 };
+mod asks;
+
+use asks::{with_settings, MAX_REGISTRY_REQUESTS};
+
 use crate::query::{Query, Step};
 use crate::registry::{
     new_session_id, now_unix, ChildSlot, Control, Listing, SessionInfo, SessionState,
@@ -39,14 +42,11 @@ use crate::registry::{
 use crate::spec;
 use crate::state::Shared;
 use crate::tool_registry;
-use crate::tools::{self, Mcp, Tools};
+use crate::tools::Tools;
 
 /// Child stdout chunks (each up to 256 KiB of lines) handled in one go before the loop
 /// looks at the client again.
 const EVENT_BATCH: usize = 4;
-
-/// Tool-registry requests one session may have under way.
-const MAX_REGISTRY_REQUESTS: usize = 4;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -621,310 +621,6 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The CLI asks its driver something and waits for the answer: a permission prompt
-    /// or a call of a client-defined tool goes to the client; anything else is refused.
-    fn on_control_request(&mut self, request_id: Value, request: Map<String, Value>) {
-        let subtype = request.get("subtype").and_then(Value::as_str).unwrap_or("");
-        let config = &self.shared.config;
-        let now = Instant::now();
-        match (subtype, request_id.as_str()) {
-            ("can_use_tool", Some(id)) => {
-                let field = |k: &str| request.get(k).cloned().unwrap_or(Value::Null);
-                let input = field("input");
-                let message = ServerMessage::PermissionRequest {
-                    request_id: id.to_string(),
-                    tool_name: field("tool_name"),
-                    input: input.clone(),
-                    tool_use_id: field("tool_use_id"),
-                    suggestions: request
-                        .get("permission_suggestions")
-                        .cloned()
-                        .unwrap_or_else(|| json!([])),
-                };
-                log::info!("[{}] permission prompt {id}", self.label);
-                let deadline = now + config.permission_timeout;
-                self.pending.add(
-                    id.to_string(),
-                    Ask::Permission { input },
-                    deadline,
-                    message.clone(),
-                );
-                self.send(message);
-            }
-            ("mcp_message", Some(id))
-                if request.get("server_name").and_then(Value::as_str)
-                    == Some(tools::MCP_SERVER) =>
-            {
-                let message = request.get("message").cloned().unwrap_or(Value::Null);
-                match tools::handle_mcp(&self.tools, &message) {
-                    Mcp::Reply(reply) => {
-                        self.answer_cli(&request_id, json!({"mcp_response": reply}));
-                    }
-                    Mcp::Call {
-                        id: rpc,
-                        name,
-                        input,
-                    } => {
-                        log::info!("[{}] tool call {id}: {name}", self.label);
-                        let message = ServerMessage::ToolCall {
-                            call_id: id.to_string(),
-                            name,
-                            input,
-                        };
-                        let deadline = now + config.tool_timeout;
-                        self.pending.add(
-                            id.to_string(),
-                            Ask::ToolCall { id: rpc },
-                            deadline,
-                            message.clone(),
-                        );
-                        self.send(message);
-                    }
-                }
-            }
-            _ => self.refuse_control_request(request_id, subtype),
-        }
-    }
-
-    /// The CLI answered a control request of ours (only live settings wait for one).
-    fn on_control_response(&mut self, request_id: &str, error: Option<String>) {
-        let Some(i) = self
-            .settings_sent
-            .iter()
-            .position(|(id, _)| id == request_id)
-        else {
-            return;
-        };
-        let (_, setting) = self.settings_sent.remove(i);
-        match error {
-            None => {
-                // The live child now runs as a child built with the new setting would:
-                // the next query with the same options keeps it.
-                if self.last_spec.is_some() {
-                    let options = with_settings(self.last_options.clone(), &self.settings);
-                    if let Ok(spec) = spec::build(
-                        &self.shared.config,
-                        &self.shared.child_env,
-                        &options,
-                        &self.tools,
-                    ) {
-                        self.last_spec = Some(spec);
-                        self.last_options = options;
-                    }
-                }
-                self.send(ServerMessage::SettingsUpdated {
-                    setting: setting.name(),
-                    value: setting.value(),
-                    applied: "live",
-                });
-            }
-            Some(e) => self.send_error(ClientError::new(
-                ErrorCode::SettingFailed,
-                format!("claude refused {}: {e}", setting.name()),
-            )),
-        }
-    }
-
-    /// Send the CLI a successful `control_response`.
-    fn answer_cli(&self, request_id: &Value, response: Value) {
-        if let Some(c) = &self.child {
-            let _ = c
-                .child
-                .send_line(&cli::control_success(request_id, response));
-        }
-    }
-
-    /// Answer for the client the questions that are overdue (`now`) or all of them.
-    fn refuse_pending(&mut self, now: Option<Instant>, why: Unanswered) {
-        for (id, response) in self.pending.refuse(now, why) {
-            log::info!("[{}] answered {id} for the client: {why:?}", self.label);
-            self.answer_cli(&Value::String(id), response);
-        }
-    }
-
-    fn permission_response(
-        &mut self,
-        request_id: &str,
-        behavior: Behavior,
-        updated_input: Option<Map<String, Value>>,
-        message: Option<String>,
-    ) {
-        match self
-            .pending
-            .answer_permission(request_id, behavior, updated_input, message)
-        {
-            Some((id, response)) => {
-                log::info!("[{}] permission {id}: {behavior:?}", self.label);
-                self.answer_cli(&Value::String(id), response);
-            }
-            None => self.send_error(ClientError::new(
-                ErrorCode::UnknownRequest,
-                format!(
-                    "no permission request {:?} is waiting (unknown, answered already, or timed out)",
-                    crate::protocol::truncate(request_id, 64)
-                ),
-            )),
-        }
-    }
-
-    fn tool_result(&mut self, call_id: &str, content: Value, is_error: bool) {
-        if let Err(e) = tools::check_content(&content) {
-            return self.send_error(e);
-        }
-        match self.pending.answer_tool_call(call_id, content, is_error) {
-            Some((id, response)) => self.answer_cli(&Value::String(id), response),
-            None => self.send_error(ClientError::new(
-                ErrorCode::UnknownRequest,
-                format!(
-                    "no tool call {:?} is waiting (unknown, answered already, or timed out)",
-                    crate::protocol::truncate(call_id, 64)
-                ),
-            )),
-        }
-    }
-
-    fn define_tool(&mut self, tool: Value) {
-        let tool = match tools::parse_definition(tool).and_then(|t| {
-            self.tools.define(t.clone())?;
-            Ok(t)
-        }) {
-            Ok(t) => t,
-            Err(e) => return self.send_error(e),
-        };
-        log::info!("[{}] tool defined: {}", self.label, tool.name);
-        match self.registry_url() {
-            // Answered when the registry has (or has not) stored it too.
-            Some(url) => tool_registry::store(&url, &tool, &self.id, self.registry.0.clone()),
-            None => self.send(ServerMessage::ToolDefined {
-                tool_name: tool.name,
-                status: "success",
-                tool_id: None,
-            }),
-        }
-    }
-
-    fn get_tools(&mut self) {
-        match self.registry_url() {
-            Some(url) => tool_registry::list(&url, self.registry.0.clone()),
-            None => self.send(ServerMessage::ToolsList {
-                tools: self.tools.listing(),
-                source: "session",
-            }),
-        }
-    }
-
-    /// The registry's URL, counting a request to it; `None` without a registry or
-    /// when too many requests are under way (which says so).
-    fn registry_url(&mut self) -> Option<String> {
-        let url = self.shared.config.tool_registry_url.clone()?;
-        if self.registry_requests >= MAX_REGISTRY_REQUESTS {
-            self.send_error(ClientError::new(
-                ErrorCode::ToolRegistryError,
-                format!(
-                    "{MAX_REGISTRY_REQUESTS} tool-registry requests are under way; \
-                     answered from this session alone"
-                ),
-            ));
-            return None;
-        }
-        self.registry_requests += 1;
-        Some(url)
-    }
-
-    fn on_registry_reply(&mut self, reply: tool_registry::Reply) {
-        self.registry_requests = self.registry_requests.saturating_sub(1);
-        let registry_error = |e: String| {
-            ClientError::new(ErrorCode::ToolRegistryError, format!("tool registry: {e}"))
-        };
-        match reply {
-            tool_registry::Reply::Stored { tool, result } => {
-                let tool_id = match result {
-                    Ok(id) => id,
-                    Err(e) => {
-                        log::warn!("[{}] tool registry: {e}", self.label);
-                        self.send_error(registry_error(format!(
-                            "{tool} is defined for this session but was not stored: {e}"
-                        )));
-                        None
-                    }
-                };
-                self.send(ServerMessage::ToolDefined {
-                    tool_name: tool,
-                    status: "success",
-                    tool_id,
-                });
-            }
-            tool_registry::Reply::Listed { result } => {
-                let source = match result {
-                    Ok(tools) => {
-                        self.tools.set_registry(tools);
-                        "session+registry"
-                    }
-                    Err(e) => {
-                        log::warn!("[{}] tool registry: {e}", self.label);
-                        self.send_error(registry_error(format!(
-                            "cannot list the registry's tools: {e}"
-                        )));
-                        "session"
-                    }
-                };
-                self.send(ServerMessage::ToolsList {
-                    tools: self.tools.listing(),
-                    source,
-                });
-            }
-        }
-    }
-
-    /// Change a setting: checked as the query option would be, remembered for later
-    /// queries, and switched live when a child runs.
-    fn set(&mut self, setting: Setting) {
-        let checked = match &setting {
-            Setting::PermissionMode(m) => spec::permission_mode(&self.shared.config, m).map(drop),
-            Setting::Model(m) => spec::model_name(m).map(drop),
-            Setting::MaxThinkingTokens(_) => Ok(()),
-        };
-        if let Err(e) = checked {
-            return self.send_error(e);
-        }
-        match &setting {
-            Setting::PermissionMode(m) => self.settings.permission_mode = Some(m.clone()),
-            Setting::Model(m) => self.settings.model = Some(m.clone()),
-            Setting::MaxThinkingTokens(n) => self.settings.max_thinking_tokens = Some(*n),
-        }
-        let Some(c) = &self.child else {
-            return self.send(ServerMessage::SettingsUpdated {
-                setting: setting.name(),
-                value: setting.value(),
-                applied: "next_query",
-            });
-        };
-        let id = format!("claude_ws_set_{}", self.seq);
-        match c.child.send_line(&cli::setting(&id, &setting)) {
-            Ok(()) => self.settings_sent.push((id, setting)),
-            Err(_) => self.send_error(ClientError::new(
-                ErrorCode::ClaudeBusy,
-                "claude is not reading its input; the setting applies from the next query",
-            )),
-        }
-    }
-
-    /// The CLI asked something this server does not answer (it only asks when started
-    /// with flags the server never passes); say so, so it does not wait forever.
-    fn refuse_control_request(&mut self, request_id: Value, subtype: &str) {
-        log::warn!(
-            "[{}] claude sent an unsupported control request {:?}",
-            self.label,
-            subtype.escape_debug().to_string()
-        );
-        if let Some(c) = &self.child {
-            let _ = c.child.send_line(&cli::control_error(
-                &request_id,
-                &format!("claude-ws does not support control request {subtype:?}"),
-            ));
-        }
-    }
-
     fn on_child_exit(&mut self) {
         let Some(live) = self.child.take() else {
             return;
@@ -1147,20 +843,6 @@ impl<'a> Session<'a> {
         log::info!("[{}] session closed", self.label);
         drop(self.listing);
     }
-}
-
-/// The query's options, with the session's live settings where the query sets none.
-fn with_settings(mut options: QueryOptions, settings: &QueryOptions) -> QueryOptions {
-    if options.permission_mode.is_none() {
-        options.permission_mode = settings.permission_mode.clone();
-    }
-    if options.model.is_none() {
-        options.model = settings.model.clone();
-    }
-    if options.max_thinking_tokens.is_none() {
-        options.max_thinking_tokens = settings.max_thinking_tokens;
-    }
-    options
 }
 
 fn last_chars(s: &str, n: usize) -> &str {
