@@ -141,24 +141,52 @@ pub fn authenticate(config: &Config, upgrade: &Upgrade) -> Result<Auth, String> 
     Ok(Auth { user, subprotocol })
 }
 
+/// Whom a side-port request speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// The operator (`--admin-token`): sees every principal's sessions.
+    Admin,
+    /// A principal: sees its own sessions.
+    Principal(String),
+}
+
 /// Authenticate a side-port request (header or `?token=`, exactly one token).
 pub fn authenticate_http(
     config: &Config,
     authorization: Option<&str>,
     url: &str,
-) -> Result<(), String> {
-    if !enabled(config) {
-        return Ok(());
-    }
+) -> Result<Viewer, String> {
     let query = url.split_once('?').map(|(_, q)| q);
     let tokens: Vec<String> = bearer(authorization)
         .into_iter()
         .chain(query_tokens(query))
         .collect();
-    match tokens.as_slice() {
-        [] => Err("no credentials presented".into()),
-        [token] => check_token(config, token).map(|_| ()),
-        _ => Err("a token is presented more than once".into()),
+    let token = match tokens.as_slice() {
+        [] => None,
+        [token] => Some(token),
+        _ => return Err("a token is presented more than once".into()),
+    };
+    if let (Some(admin), Some(token)) = (&config.admin_token, token) {
+        if bool::from(token.as_bytes().ct_eq(admin.as_bytes())) {
+            return Ok(Viewer::Admin);
+        }
+    }
+    if !enabled(config) {
+        return Ok(Viewer::Principal(principal(config, None)));
+    }
+    let token = token.ok_or("no credentials presented")?;
+    let user = check_token(config, token)?;
+    Ok(Viewer::Principal(principal(config, user.as_deref())))
+}
+
+/// Whom a session belongs to — its conversations, its reattach, its `/sessions` rows:
+/// `user:<sub>` for a JWT with a subject, `token` for the static token (and a JWT
+/// without one), `local` when authentication is off (every client is one principal).
+pub fn principal(config: &Config, user: Option<&str>) -> String {
+    match (enabled(config), user) {
+        (false, _) => "local".into(),
+        (true, Some(sub)) => format!("user:{sub}"),
+        (true, None) => "token".into(),
     }
 }
 

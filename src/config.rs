@@ -63,14 +63,15 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// Origins allowed besides the server's own (`scheme://host[:port]`). Defaults to none.
     pub allowed_origins: Vec<String>,
-    /// Queries allowed per session (and per peer address) in a window: (count, window).
-    /// Defaults to 10 per 60 s.
+    /// Queries allowed per session, and per principal (the authenticated user, else the
+    /// client address), in a window: (count, window). Defaults to 60 per 60 s.
     pub rate_limit: (u32, Duration),
     /// Most `claude` children alive at once across the server (each ~300 MB). A query
-    /// that needs a new child beyond this is refused with `server_busy`; an idle child
-    /// keeps its place until `child_idle` ends it. Defaults to 16.
+    /// that needs a child beyond this waits (`query_queued`) while the least recently
+    /// used idle child is stopped, or until a place frees. Defaults to 16.
     pub max_running: usize,
-    /// Most sessions one peer address may hold. Defaults to 20.
+    /// Most sessions one principal (the authenticated user, else the client address)
+    /// may hold. Defaults to 64.
     pub max_sessions_per_peer: usize,
     /// Longest prompt or input text accepted, in bytes. Defaults to 256 KiB.
     pub max_prompt_bytes: usize,
@@ -91,6 +92,26 @@ pub struct Config {
     /// Where client-defined tools are also stored and listed (`POST`/`GET {url}/tools`),
     /// plain `http://` only. Defaults to none.
     pub tool_registry_url: Option<String>,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` headers name the client's
+    /// address (for limits without authentication). Defaults to none: the headers are
+    /// ignored.
+    pub trusted_proxies: Vec<crate::proxy::Cidr>,
+    /// A query waiting this long for a `claude` place gets `server_busy`. Defaults to
+    /// 120 s.
+    pub queue_timeout: Duration,
+    /// A session whose client went away without ending it waits this long for the
+    /// client to reattach (0: it ends at once). Defaults to 60 s.
+    pub reconnect_grace: Duration,
+    /// Most bytes of recent messages a session keeps to send again to a client that
+    /// reattaches. Defaults to 1 MiB.
+    pub replay_buffer_bytes: usize,
+    /// Where each principal's CLI state (conversations) lives, one directory each
+    /// (`CLAUDE_CONFIG_DIR`). Defaults to none: the CLI's own location, shared by all
+    /// (with authentication on, `$HOME/.local/state/claude-ws` is used instead).
+    pub state_dir: Option<PathBuf>,
+    /// An operator token: `/sessions` with it lists every principal's sessions.
+    /// Defaults to none.
+    pub admin_token: Option<String>,
 }
 
 /// Every permission mode the CLI knows.
@@ -125,15 +146,21 @@ impl Default for Config {
             auth_token: None,
             jwt_secret: None,
             allowed_origins: Vec::new(),
-            rate_limit: (10, Duration::from_secs(60)),
+            rate_limit: (60, Duration::from_secs(60)),
             max_running: 16,
-            max_sessions_per_peer: 20,
+            max_sessions_per_peer: 64,
             max_prompt_bytes: 256 * 1024,
             child_idle: Some(Duration::from_secs(600)),
             permission_prompts: false,
             permission_timeout: Duration::from_secs(120),
             tool_timeout: Duration::from_secs(120),
             tool_registry_url: None,
+            trusted_proxies: Vec::new(),
+            queue_timeout: Duration::from_secs(120),
+            reconnect_grace: Duration::from_secs(60),
+            replay_buffer_bytes: 1 << 20,
+            state_dir: None,
+            admin_token: None,
         }
     }
 }
@@ -334,6 +361,42 @@ const FLAGS: &[Flag] = &[
         "SECS",
         "give a client-defined tool call not answered this long an error result",
     ),
+    list(
+        "trusted-proxies",
+        "TRUSTED_PROXIES",
+        "CIDR",
+        "proxies whose Forwarded / X-Forwarded-For name the client (repeatable)",
+    ),
+    flag(
+        "queue-timeout-secs",
+        "QUEUE_TIMEOUT_SECS",
+        "SECS",
+        "a query waiting this long for a claude place gets server_busy",
+    ),
+    flag(
+        "reconnect-grace-secs",
+        "RECONNECT_GRACE_SECS",
+        "SECS",
+        "keep a dropped client's session this long for it to reattach (0 = end at once)",
+    ),
+    flag(
+        "replay-buffer-bytes",
+        "REPLAY_BUFFER_BYTES",
+        "BYTES",
+        "recent messages a session keeps for a client that reattaches",
+    ),
+    flag(
+        "state-dir",
+        "STATE_DIR",
+        "DIR",
+        "one CLI state directory per principal under DIR (conversations kept apart)",
+    ),
+    flag(
+        "admin-token",
+        "CLAUDE_WS_ADMIN_TOKEN",
+        "TOKEN",
+        "operator token: /sessions with it lists every principal's sessions",
+    ),
     flag(
         "tool-registry-url",
         "TOOL_REGISTRY_URL",
@@ -470,6 +533,11 @@ impl Config {
             "permission-prompts" => self.permission_prompts = boolean(v)?,
             "permission-timeout-secs" => self.permission_timeout = duration(v, 1.0)?,
             "tool-timeout-secs" => self.tool_timeout = duration(v, 1.0)?,
+            "queue-timeout-secs" => self.queue_timeout = duration(v, 1.0)?,
+            "reconnect-grace-secs" => self.reconnect_grace = duration(v, 1.0)?,
+            "replay-buffer-bytes" => self.replay_buffer_bytes = parse(v)?,
+            "state-dir" => self.state_dir = Some(PathBuf::from(nonempty(v)?)),
+            "admin-token" => self.admin_token = Some(nonempty(v)?),
             "tool-registry-url" => {
                 let url = nonempty(v)?;
                 if !url.starts_with("http://") {
@@ -509,6 +577,12 @@ impl Config {
                 self.allowed_permission_modes = items
             }
             "disallowed-tools" => self.disallowed_tools = items,
+            "trusted-proxies" => {
+                self.trusted_proxies = items
+                    .iter()
+                    .map(|c| crate::proxy::Cidr::parse(c))
+                    .collect::<Result<_, _>>()?
+            }
             "pass-env" => self.pass_env = items,
             _ => return Err("no such setting".into()),
         }

@@ -3,25 +3,45 @@
 //! unambiguous request (400), Origin and Host (403), credentials (401), capacity (503,
 //! 429). A refusal is a plain HTTP answer with a JSON body.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use crossbeam_channel::Sender;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::auth;
 use crate::protocol::{http_error_body, ErrorCode};
-use crate::registry::{Slot, SlotRefusal};
+use crate::registry::{AttachRefusal, Control, Slot, SlotRefusal};
 use crate::state::Shared;
 
 /// The only path that upgrades.
 pub const WS_PATH: &str = "/ws";
 
-/// What a successful handshake hands to the session.
-pub struct Admission {
+/// What a successful handshake hands on.
+pub enum Admission {
+    /// A new session.
+    New(Newcomer),
+    /// A client reattaching to its session (`?session_id=S&last_seq=N`).
+    Reattach {
+        session_id: String,
+        control: Sender<Control>,
+        last_seq: u64,
+    },
+}
+
+/// Who opens a new session.
+pub struct Newcomer {
     /// Held for its `Drop`, which gives the session slot back.
     _slot: Slot,
     /// The authenticated user (a JWT's `sub`), if any.
     pub user: Option<String>,
+    /// Whom the session belongs to (see `auth::principal`).
+    pub principal: String,
+    /// The client's address (behind a trusted proxy, the one it forwarded).
+    pub client_ip: IpAddr,
+    /// What rate and session limits count against: the principal when authentication
+    /// is on, else the client's address.
+    pub limit_key: String,
 }
 
 /// Check an upgrade request. On success `admitted` holds the session's slot.
@@ -76,8 +96,59 @@ pub fn check(
             resp.headers_mut().insert("Sec-WebSocket-Protocol", v);
         }
     }
+    let principal = auth::principal(config, auth.user.as_deref());
+    let reattach = match reattach_params(req.uri().query()) {
+        Ok(r) => r,
+        Err(why) => {
+            log::warn!("refused {peer}: {why}");
+            return Err(refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &why));
+        }
+    };
+    if let Some((session_id, last_seq)) = reattach {
+        return match shared.registry.attach(&session_id, &principal) {
+            Ok(control) => {
+                *admitted = Some(Admission::Reattach {
+                    session_id,
+                    control,
+                    last_seq,
+                });
+                Ok(resp)
+            }
+            Err(AttachRefusal::Unknown) => Err(refuse(
+                StatusCode::NOT_FOUND,
+                ErrorCode::UnknownSession,
+                "no such session here: it ended, its reconnect grace passed, or it lives on another instance",
+            )),
+            Err(AttachRefusal::NotYours) => {
+                log::warn!("refused {peer}: reattach to another principal's session");
+                Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    "that session belongs to someone else",
+                ))
+            }
+        };
+    }
+    let headers = |name: &str| -> Vec<&str> {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    };
+    let client_ip = crate::proxy::client_ip(
+        peer.ip(),
+        &config.trusted_proxies,
+        &headers("Forwarded"),
+        &headers("X-Forwarded-For"),
+    );
+    let limit_key = if auth::enabled(config) {
+        principal.clone()
+    } else {
+        client_ip.to_string()
+    };
     let slot = match shared.registry.reserve(
-        &peer.ip().to_string(),
+        &limit_key,
         config.max_sessions,
         config.max_sessions_per_peer,
     ) {
@@ -88,28 +159,69 @@ pub fn check(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::ServerFull,
                 &format!(
-                    "the server holds its maximum of {} sessions",
+                    "the server holds its maximum of {} sessions (--max-sessions)",
                     config.max_sessions
                 ),
             ));
         }
         Err(SlotRefusal::PeerFull) => {
-            log::warn!("refused {peer}: too many sessions from this address");
+            log::warn!("refused {peer}: {limit_key} holds its maximum of sessions");
+            let who = if auth::enabled(config) {
+                "this user"
+            } else {
+                "this address"
+            };
             return Err(refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::PeerFull,
                 &format!(
-                    "this address holds its maximum of {} sessions",
+                    "{who} holds its maximum of {} sessions (--max-sessions-per-peer)",
                     config.max_sessions_per_peer
                 ),
             ));
         }
     };
-    *admitted = Some(Admission {
+    *admitted = Some(Admission::New(Newcomer {
         _slot: slot,
         user: auth.user,
-    });
+        principal,
+        client_ip,
+        limit_key,
+    }));
     Ok(resp)
+}
+
+/// `session_id` and `last_seq` of a reattach (`/ws?session_id=S&last_seq=N`), each at
+/// most once; `last_seq` defaults to 0 (send again everything still held).
+fn reattach_params(query: Option<&str>) -> Result<Option<(String, u64)>, String> {
+    let (mut id, mut seq) = (None, None);
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match k {
+            "session_id" => &mut id,
+            "last_seq" => &mut seq,
+            _ => continue,
+        };
+        if slot.replace(v).is_some() {
+            return Err(format!("{k} is given more than once"));
+        }
+    }
+    let Some(id) = id else {
+        return match seq {
+            Some(_) => Err("last_seq needs a session_id".into()),
+            None => Ok(None),
+        };
+    };
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err("session_id must be the session_id of connection_established".into());
+    }
+    let seq = match seq {
+        None => 0,
+        Some(s) => s
+            .parse()
+            .map_err(|_| "last_seq must be a whole number (the last seq received)".to_string())?,
+    };
+    Ok(Some((id.to_string(), seq)))
 }
 
 fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> ErrorResponse {

@@ -45,11 +45,17 @@ fn route(req: &Request, shared: &Shared) -> (u16, String) {
                 .find(|h| h.field.equiv("Authorization"))
                 .map(|h| h.value.as_str());
             match crate::auth::authenticate_http(&shared.config, authorization, req.url()) {
-                Ok(()) => (
-                    200,
-                    serde_json::to_string(&shared.registry.snapshot())
-                        .unwrap_or_else(|_| "[]".into()),
-                ),
+                Ok(viewer) => {
+                    let principal = match &viewer {
+                        crate::auth::Viewer::Admin => None,
+                        crate::auth::Viewer::Principal(p) => Some(p.as_str()),
+                    };
+                    (
+                        200,
+                        serde_json::to_string(&shared.registry.snapshot(principal))
+                            .unwrap_or_else(|_| "[]".into()),
+                    )
+                }
                 Err(why) => {
                     log::warn!("refused /sessions from {:?}: {why}", req.remote_addr());
                     (
@@ -75,7 +81,9 @@ fn health(shared: &Shared) -> serde_json::Value {
         "uptime_s": r.uptime_s(),
         "sessions": r.session_count(),
         "active_queries": r.running_count(),
-        "children": r.child_count(),
+        "children": shared.places.used(),
+        "queued_queries": shared.places.queued(),
+        "detached_sessions": r.detached_count(),
         "claude": claude_version(shared),
     })
 }

@@ -39,6 +39,7 @@ mod link;
 mod pending;
 mod places;
 pub mod protocol;
+mod proxy;
 mod query;
 mod registry;
 mod replay;

@@ -327,7 +327,9 @@ impl Write for Duplex {
 /// Why a link ended.
 #[derive(Debug)]
 pub enum LinkError {
-    /// The peer closed, reset or vanished.
+    /// The peer sent a close frame, with this code if it gave one.
+    Closed(Option<u16>),
+    /// The peer reset or vanished.
     Gone(String),
     /// The peer broke the protocol (the close code sent tells which way).
     Protocol(String),
@@ -343,7 +345,6 @@ pub struct Link {
     watcher: &'static Watcher,
     token: u64,
     peer: std::net::SocketAddr,
-    peer_ip: String,
     /// When the peer last sent anything (for the heartbeat).
     pub last_heard: Instant,
     /// What the watcher reports next.
@@ -390,7 +391,6 @@ impl Link {
             wake,
             watcher,
             token,
-            peer_ip: peer.ip().to_string(),
             peer,
             last_heard: Instant::now(),
             watching: Watch::Input,
@@ -405,11 +405,6 @@ impl Link {
 
     pub fn peer(&self) -> std::net::SocketAddr {
         self.peer
-    }
-
-    /// The peer's IP address, the key of per-peer limits.
-    pub fn peer_ip(&self) -> &str {
-        &self.peer_ip
     }
 
     /// Word that the socket has input (or room for output that is waiting), for the
@@ -515,10 +510,10 @@ impl Link {
                     bytes += m.len();
                     on_message(self, m);
                 }
-                Ok(Message::Close(_)) => {
+                Ok(Message::Close(frame)) => {
                     // tungstenite holds the close reply until the next flush.
                     self.close_reply_held = true;
-                    return Err(LinkError::Gone("client closed the connection".into()));
+                    return Err(LinkError::Closed(frame.map(|f| u16::from(f.code))));
                 }
                 Ok(_) => {} // ping (answered), pong, raw frame
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -30,8 +30,10 @@ struct Waiting {
     id: String,
     ask: Ask,
     deadline: Instant,
-    /// What the client was sent, to send again to a client that reattaches.
+    /// What the client was sent, and its `seq`, to send again to a client that
+    /// reattaches.
     message: ServerMessage<'static>,
+    seq: u64,
 }
 
 /// The questions waiting, oldest first.
@@ -59,23 +61,26 @@ impl Unanswered {
 }
 
 impl Pending {
-    /// Remember a question sent to the client as `message`.
+    /// Remember a question sent to the client as `message`, numbered `seq`.
     pub fn add(
         &mut self,
         id: String,
         ask: Ask,
         deadline: Instant,
         message: ServerMessage<'static>,
+        seq: u64,
     ) {
         self.waiting.push(Waiting {
             id,
             ask,
             deadline,
             message,
+            seq,
         });
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
 
@@ -84,9 +89,13 @@ impl Pending {
         self.waiting.iter().map(|w| w.deadline).min()
     }
 
-    /// The messages of the questions still waiting, to send again.
-    pub fn messages(&self) -> impl Iterator<Item = &ServerMessage<'static>> {
-        self.waiting.iter().map(|w| &w.message)
+    /// The questions still waiting that the client was sent as `seq` `last_seq` or
+    /// before, to send again to a client that reattaches (later ones are replayed).
+    pub fn messages_up_to(&self, last_seq: u64) -> impl Iterator<Item = &ServerMessage<'static>> {
+        self.waiting
+            .iter()
+            .filter(move |w| w.seq <= last_seq)
+            .map(|w| &w.message)
     }
 
     /// Take the question `id` if it is a permission prompt: the CLI's response to the
@@ -170,7 +179,7 @@ mod tests {
     use std::time::Duration;
 
     fn ask(p: &mut Pending, id: &str, ask: Ask, deadline: Instant) {
-        p.add(id.into(), ask, deadline, ServerMessage::Pong {});
+        p.add(id.into(), ask, deadline, ServerMessage::Pong {}, 1);
     }
 
     #[test]

@@ -24,10 +24,22 @@ use crate::registry::{lock, Control};
 /// dropped.
 pub struct ChildSlot {
     places: Arc<Places>,
+    /// Its child was asked to make room for a queued query.
+    evicted: bool,
+}
+
+impl ChildSlot {
+    /// Its child is being stopped to make room (see [`Places::acquire`]).
+    pub fn mark_evicted(&mut self) {
+        self.evicted = true;
+    }
 }
 
 impl Drop for ChildSlot {
     fn drop(&mut self) {
+        if self.evicted {
+            self.places.evicted();
+        }
         self.places.release();
     }
 }
@@ -96,6 +108,7 @@ impl Places {
             inner.used += 1;
             return Acquired::Now(ChildSlot {
                 places: self.clone(),
+                evicted: false,
             });
         }
         inner.queue.push_back(Waiter {
@@ -157,7 +170,7 @@ impl Places {
         }
     }
 
-    /// An evicted child is gone (its slot follows when it is reaped).
+    /// An eviction is over: the child is gone, or was busy again and stays.
     pub fn evicted(&self) {
         let mut inner = lock(&self.inner);
         inner.evicting = inner.evicting.saturating_sub(1);
@@ -173,37 +186,29 @@ impl Places {
         lock(&self.inner).queue.len()
     }
 
-    /// A place came free: hand it to the first waiter still there, else give it back.
+    /// A place came free: hand it to the first waiter, else give it back.
     fn release(self: &Arc<Self>) {
-        loop {
-            let waiter = {
-                let mut inner = lock(&self.inner);
-                match inner.queue.pop_front() {
-                    Some(w) => {
-                        Self::tell_positions(&inner);
-                        w
-                    }
-                    None => {
-                        inner.used -= 1;
-                        return;
-                    }
+        let waiter = {
+            let mut inner = lock(&self.inner);
+            match inner.queue.pop_front() {
+                Some(w) => {
+                    Self::tell_positions(&inner);
+                    w
                 }
-            };
-            // The place passes on without ever being free. Built outside the lock: a
-            // grant that cannot be delivered is dropped, which comes back here.
-            let slot = ChildSlot {
-                places: self.clone(),
-            };
-            match waiter.grant.try_send(slot) {
-                Ok(()) => return,
-                Err(e) => {
-                    // The session is gone: dropping the grant frees the place again,
-                    // which offers it to the next waiter.
-                    drop(e.into_inner());
+                None => {
+                    inner.used -= 1;
                     return;
                 }
             }
-        }
+        };
+        // The place passes on without ever being free. Built outside the lock: a grant
+        // that cannot be delivered (the session is gone) is dropped, which frees the
+        // place again and offers it to the next waiter.
+        let slot = ChildSlot {
+            places: self.clone(),
+            evicted: false,
+        };
+        let _ = waiter.grant.try_send(slot);
     }
 
     /// Tell every waiter its position may have changed.

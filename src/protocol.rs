@@ -73,6 +73,10 @@ pub enum ErrorCode {
     Forbidden,
     /// The server holds its maximum number of sessions.
     ServerFull,
+    /// A reattach names a session this server does not hold.
+    UnknownSession,
+    /// A reattaching client asked for messages the session no longer holds.
+    ReplayGap,
     /// This peer address holds its maximum number of sessions.
     PeerFull,
     /// A bug: the handler failed.
@@ -110,6 +114,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ServerFull => "server_full",
+            ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::ReplayGap => "replay_gap",
             ErrorCode::PeerFull => "peer_full",
             ErrorCode::InternalError => "internal_error",
         }
@@ -152,6 +158,8 @@ impl std::fmt::Display for ClientError {
 /// Why the server closes a connection: the close code and reason it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closing {
+    /// The session ended as the client asked (`end_session`) (1000).
+    Normal,
     /// A message over the size limit (1009).
     TooLarge,
     /// A frame that breaks the WebSocket protocol (1002).
@@ -164,18 +172,25 @@ pub enum Closing {
     IdleTimeout,
     /// The client read none of its pending output for the stall timeout (4001).
     NotReading,
+    /// Another connection of the same client took the session over (4002).
+    Replaced,
+    /// A reattach came too late: the session ended meanwhile (4003).
+    SessionGone,
 }
 
 impl Closing {
     /// The close code and reason sent.
     pub fn frame(self) -> (u16, &'static str) {
         match self {
+            Closing::Normal => (1000, "session ended"),
             Closing::TooLarge => (1009, "message too large"),
             Closing::ProtocolError => (1002, "protocol error"),
             Closing::InvalidPayload => (1007, "invalid UTF-8"),
             Closing::ShuttingDown => (1001, "server shutting down"),
             Closing::IdleTimeout => (4000, "session idle timeout"),
             Closing::NotReading => (4001, "client is not reading"),
+            Closing::Replaced => (4002, "session taken over by a new connection"),
+            Closing::SessionGone => (4003, "the session has ended"),
         }
     }
 }
@@ -273,7 +288,7 @@ impl Prompt {
     }
 
     /// Its size as it would be sent, for the prompt size limit.
-    pub fn len(&self) -> usize {
+    pub fn size(&self) -> usize {
         match self {
             Prompt::Text(s) => s.len(),
             Prompt::Blocks(b) => b.iter().map(|b| b.to_string().len()).sum(),
@@ -361,6 +376,10 @@ pub enum ClientMessage {
     /// Change a setting during the session: `set_permission_mode`, `set_model`,
     /// `set_max_thinking_tokens`.
     Set(Setting),
+    /// End the session now, child and all: `{"type":"end_session"}` (a close with code
+    /// 1000 does the same; any other way a connection ends leaves the session waiting
+    /// for its client to reattach).
+    EndSession,
     /// Application-level liveness check: `{"type":"ping"}` → `pong`.
     Ping,
     /// Several messages handled in order: `{"type":"batch","messages":[…]}`.
@@ -558,7 +577,7 @@ pub fn parse_client_value(value: Value) -> Result<ClientMessage, ClientError> {
                 messages: b.messages,
             })
         }
-        "interrupt" | "ping" | "get_tools" => {
+        "interrupt" | "ping" | "get_tools" | "end_session" => {
             if map.len() > 1 {
                 return Err(ClientError::new(
                     ErrorCode::InvalidField,
@@ -568,6 +587,7 @@ pub fn parse_client_value(value: Value) -> Result<ClientMessage, ClientError> {
             Ok(match kind.as_str() {
                 "ping" => ClientMessage::Ping,
                 "get_tools" => ClientMessage::GetTools,
+                "end_session" => ClientMessage::EndSession,
                 _ => ClientMessage::Interrupt,
             })
         }
@@ -576,7 +596,7 @@ pub fn parse_client_value(value: Value) -> Result<ClientMessage, ClientError> {
             format!(
                 "unknown message type {:?}; expected query, interrupt, input, ping, batch, \
                  permission_response, define_tool, get_tools, tool_result, set_permission_mode, \
-                 set_model or set_max_thinking_tokens",
+                 set_model, set_max_thinking_tokens or end_session",
                 truncate(other, 64)
             ),
         )),
@@ -615,6 +635,8 @@ pub struct Capabilities {
     pub live_settings: bool,
     /// `prompt` and `input.text` may be arrays of text and image blocks.
     pub image_input: bool,
+    /// A dropped client may reattach (`/ws?session_id=…&last_seq=…`).
+    pub reattach: bool,
 }
 
 /// How a query ended, carried by `query_end`.
@@ -643,6 +665,9 @@ pub enum ServerMessage<'a> {
     ConnectionEstablished {
         session_id: String,
         capabilities: Capabilities,
+        /// On a reattach: `true` (the same session, messages after `last_seq` follow).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resumed: Option<Value>,
     },
     QueryStart {
         prompt: Value,
@@ -668,6 +693,11 @@ pub enum ServerMessage<'a> {
         event: Raw<'a>,
         session_id: Option<Raw<'a>>,
         parent_tool_use_id: Option<Raw<'a>>,
+    },
+    /// Every `--max-running` place is busy: the query waits at `position` (1 = next);
+    /// sent again when the position changes.
+    QueryQueued {
+        position: usize,
     },
     QueryEnd {
         outcome: QueryOutcome,
@@ -726,6 +756,7 @@ impl ServerMessage<'_> {
             ServerMessage::SystemMessage(_) => "system_message",
             ServerMessage::ResultMessage { .. } => "result_message",
             ServerMessage::StreamEvent { .. } => "stream_event",
+            ServerMessage::QueryQueued { .. } => "query_queued",
             ServerMessage::QueryEnd { .. } => "query_end",
             ServerMessage::InterruptAcknowledged {} => "interrupt_acknowledged",
             ServerMessage::QueryInterrupted {} => "query_interrupted",

@@ -39,11 +39,15 @@ impl Cidr {
         let ip = canonical(ip);
         match (canonical(self.addr), ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -171,6 +175,9 @@ mod tests {
             ip("2001:db8::1")
         );
         // Nothing forwarded: the proxy itself.
-        assert_eq!(client_ip(ip("127.0.0.1"), &trusted, &[], &[]), ip("127.0.0.1"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &trusted, &[], &[]),
+            ip("127.0.0.1")
+        );
     }
 }

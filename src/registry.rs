@@ -13,6 +13,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
+use crate::link::Link;
+
 /// What a session is doing, as `/sessions` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,6 +23,11 @@ pub enum SessionState {
     Idle,
     /// A query is running.
     Running,
+    /// A query waits for a `--max-running` place.
+    Queued,
+    /// Its client went away without ending it: it waits `--reconnect-grace-secs` for
+    /// the client to reattach, its query (if any) still running.
+    Detached,
     /// The session is ending (its child is being stopped).
     Closing,
 }
@@ -40,10 +47,12 @@ pub struct SessionInfo {
     pub user: Option<String>,
     /// The pid of the session's live `claude` child, if it has one.
     pub child_pid: Option<u32>,
+    /// Whom the session belongs to (see `auth::Principal`); not shown.
+    #[serde(skip)]
+    pub principal: String,
 }
 
 /// A message the server sends a session from outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     /// The server is shutting down: close with 1001 and stop the child.
     Shutdown,
@@ -51,6 +60,35 @@ pub enum Control {
     Evict,
     /// The queue for places moved: the session's position may have changed.
     QueueMoved,
+    /// Its client reconnected (`/ws?session_id=…&last_seq=N`): carry on over this link,
+    /// sending again what came after `last_seq`.
+    Attach(Box<Link>, u64),
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Control::Shutdown => f.write_str("Shutdown"),
+            Control::Evict => f.write_str("Evict"),
+            Control::QueueMoved => f.write_str("QueueMoved"),
+            Control::Attach(_, seq) => write!(f, "Attach(after {seq})"),
+        }
+    }
+}
+
+impl PartialEq for Control {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// Why a session cannot be reattached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachRefusal {
+    /// No such session (it ended, or never was).
+    Unknown,
+    /// It belongs to another principal.
+    NotYours,
 }
 
 struct Entry {
@@ -63,7 +101,6 @@ pub struct Registry {
     sessions: Mutex<HashMap<String, Entry>>,
     per_peer: Mutex<HashMap<String, usize>>,
     reserved: AtomicUsize,
-    children: AtomicUsize,
     started: Instant,
 }
 
@@ -73,7 +110,6 @@ impl Default for Registry {
             sessions: Mutex::new(HashMap::new()),
             per_peer: Mutex::new(HashMap::new()),
             reserved: AtomicUsize::new(0),
-            children: AtomicUsize::new(0),
             started: Instant::now(),
         }
     }
@@ -105,17 +141,6 @@ pub enum SlotRefusal {
     PeerFull,
 }
 
-/// Held by a session while its `claude` child lives; gives the slot back when dropped.
-pub struct ChildSlot {
-    registry: Arc<Registry>,
-}
-
-impl Drop for ChildSlot {
-    fn drop(&mut self) {
-        self.registry.children.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// Keeps a session listed; removes it when dropped.
 pub struct Listing {
     registry: Arc<Registry>,
@@ -138,8 +163,8 @@ impl Drop for Listing {
 }
 
 impl Registry {
-    /// Reserve a session slot for a connection from `peer_ip`, unless the server or
-    /// that peer is at its limit.
+    /// Reserve a session slot for a connection of `peer_ip` (the principal's key for
+    /// limits: see `auth::Principal`), unless the server or that key is at its limit.
     pub fn reserve(
         self: &Arc<Self>,
         peer_ip: &str,
@@ -167,18 +192,6 @@ impl Registry {
         })
     }
 
-    /// Take a slot for a `claude` child unless `max` are taken.
-    pub fn reserve_child(self: &Arc<Self>, max: usize) -> Option<ChildSlot> {
-        self.children
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ChildSlot {
-                registry: self.clone(),
-            })
-    }
-
     /// List a session; it stays listed while the returned guard lives.
     pub fn list(self: &Arc<Self>, info: SessionInfo, control: Sender<Control>) -> Listing {
         let id = info.session_id.clone();
@@ -189,10 +202,11 @@ impl Registry {
         }
     }
 
-    /// Every session's row, oldest first.
-    pub fn snapshot(&self) -> Vec<SessionInfo> {
+    /// The rows of `principal`'s sessions (every session's for `None`), oldest first.
+    pub fn snapshot(&self, principal: Option<&str>) -> Vec<SessionInfo> {
         let mut v: Vec<SessionInfo> = lock(&self.sessions)
             .values()
+            .filter(|e| principal.is_none_or(|p| e.info.principal == p))
             .map(|e| e.info.clone())
             .collect();
         v.sort_by(|a, b| (a.created_at, &a.session_id).cmp(&(b.created_at, &b.session_id)));
@@ -212,19 +226,40 @@ impl Registry {
             .count()
     }
 
-    /// Live `claude` children (slots held).
-    pub fn child_count(&self) -> usize {
-        self.children.load(Ordering::SeqCst)
+    /// Sessions waiting for their client to reattach.
+    pub fn detached_count(&self) -> usize {
+        lock(&self.sessions)
+            .values()
+            .filter(|e| e.info.state == SessionState::Detached)
+            .count()
+    }
+
+    /// The control channel of session `id`, for a client of `principal` reattaching.
+    pub fn attach(&self, id: &str, principal: &str) -> Result<Sender<Control>, AttachRefusal> {
+        let sessions = lock(&self.sessions);
+        let e = sessions.get(id).ok_or(AttachRefusal::Unknown)?;
+        if e.info.principal != principal {
+            return Err(AttachRefusal::NotYours);
+        }
+        Ok(e.control.clone())
+    }
+
+    /// The CLI conversation of session `id`, if it belongs to `principal` (so a client
+    /// may `resume` by the server's session id).
+    pub fn conversation_of(&self, id: &str, principal: &str) -> Option<String> {
+        let sessions = lock(&self.sessions);
+        let e = sessions.get(id).filter(|e| e.info.principal == principal)?;
+        e.info.claude_session_id.clone()
     }
 
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
 
-    /// Tell every session something (shutdown).
-    pub fn broadcast(&self, c: Control) {
+    /// Tell every session the server is shutting down.
+    pub fn broadcast_shutdown(&self) {
         for e in lock(&self.sessions).values() {
-            let _ = e.control.try_send(c);
+            let _ = e.control.try_send(Control::Shutdown);
         }
     }
 }
@@ -293,11 +328,6 @@ mod tests {
         assert!(r.reserve("1.1.1.1", 2, 1).is_ok());
         drop(b);
         assert_eq!(r.reserved.load(Ordering::SeqCst), 0);
-        let child = r.reserve_child(1).unwrap();
-        assert!(r.reserve_child(1).is_none());
-        assert_eq!(r.child_count(), 1);
-        drop(child);
-        assert!(r.reserve_child(1).is_some());
     }
 
     #[test]

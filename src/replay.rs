@@ -81,7 +81,8 @@ impl Replay {
     }
 
     /// Bytes held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.bytes.len()
     }
 }

@@ -209,12 +209,12 @@ impl Server {
             }
         }
         drop(self.listener);
-        self.shared.registry.broadcast(Control::Shutdown);
+        self.shared.registry.broadcast_shutdown();
         let config = &self.shared.config;
         let deadline = Instant::now() + config.stop_grace * 2 + Duration::from_secs(3);
         while self.shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             // Sessions listed after the broadcast see the flag themselves.
-            self.shared.registry.broadcast(Control::Shutdown);
+            self.shared.registry.broadcast_shutdown();
             thread::sleep(Duration::from_millis(20));
         }
         let left = self.shared.connections.load(Ordering::SeqCst);
@@ -295,5 +295,26 @@ fn serve_connection(shared: &Shared, tcp: TcpStream) {
             return;
         }
     };
-    session::serve(shared, link, peer, admission);
+    match admission {
+        Admission::New(newcomer) => session::serve(shared, link, peer, newcomer),
+        Admission::Reattach {
+            session_id,
+            control,
+            last_seq,
+        } => {
+            // The session's own thread carries on over this link; this one is done.
+            let label: String = session_id.chars().take(8).collect();
+            log::info!("[{label}] client reattaching from {peer} after seq {last_seq}");
+            if let Err(e) = control.send_timeout(
+                Control::Attach(Box::new(link), last_seq),
+                Duration::from_secs(5),
+            ) {
+                log::warn!("[{label}] the session ended before the client reattached");
+                if let Control::Attach(mut link, _) = e.into_inner() {
+                    link.close(crate::protocol::Closing::SessionGone);
+                    link.finish(Duration::from_secs(1));
+                }
+            }
+        }
+    }
 }

@@ -184,6 +184,57 @@ pub fn has_client_tools(spec: &ChildSpec) -> bool {
     spec.args.iter().any(|a| a.starts_with("--mcp-config="))
 }
 
+/// The CLI state directory of `principal` under `state_dir`: named by a hash, so no
+/// principal's name can reach outside it or collide with another's.
+pub fn principal_dir(state_dir: &Path, principal: &str) -> PathBuf {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(principal.as_bytes());
+    let name: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+    state_dir.join(name)
+}
+
+/// Where the conversation of a server session id is recorded, under a principal's
+/// directory.
+fn conversation_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
+    let safe = !session_id.is_empty()
+        && session_id.len() <= 64
+        && session_id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-');
+    safe.then(|| dir.join("claude-ws-sessions").join(session_id))
+}
+
+/// Remember that server session `session_id` holds CLI conversation `conversation`.
+pub fn record_conversation(
+    dir: &Path,
+    session_id: &str,
+    conversation: &str,
+) -> std::io::Result<()> {
+    let file = conversation_file(dir, session_id)
+        .ok_or_else(|| std::io::Error::other("not a session id"))?;
+    if let Some(parent) = file.parent() {
+        create_private_dir(parent)?;
+    }
+    std::fs::write(file, conversation)
+}
+
+/// The CLI conversation recorded for server session `session_id`, if any.
+pub fn recorded_conversation(dir: &Path, session_id: &str) -> Option<String> {
+    let text = std::fs::read_to_string(conversation_file(dir, session_id)?).ok()?;
+    let id = text.trim();
+    (!id.is_empty() && id.len() <= 256 && !id.starts_with('-') && !id.contains(char::is_whitespace))
+        .then(|| id.to_string())
+}
+
+/// Create `dir` (and its parents) readable by this user only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Whether the spec names a conversation itself (`--resume` or `--continue`).
 pub fn picks_conversation(spec: &ChildSpec) -> bool {
     spec.args

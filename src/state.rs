@@ -5,11 +5,13 @@
 //! port, the sessions) depend on it, not on the accept loop.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::config::Config;
 use crate::limits::PeerRates;
+use crate::places::Places;
 use crate::registry::Registry;
 
 /// State every thread of the server shares.
@@ -18,7 +20,12 @@ pub struct Shared {
     /// The allow-listed environment children get, computed once.
     pub child_env: Vec<(String, String)>,
     pub registry: Arc<Registry>,
+    /// The `--max-running` places for children, and the queue for them.
+    pub places: Arc<Places>,
+    /// Query rates per principal (the limit key of `handshake::Newcomer`).
     pub peer_rates: PeerRates,
+    /// Where each principal's CLI state lives (`None`: the CLI's own location).
+    pub state_dir: Option<PathBuf>,
     shutting_down: AtomicBool,
     /// Connections with a thread of their own (in their handshake or session).
     pub connections: AtomicUsize,
@@ -30,11 +37,21 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, child_env: Vec<(String, String)>, ws_addr: SocketAddr) -> Shared {
         let (n, window) = config.rate_limit;
+        let state_dir = config.state_dir.clone().or_else(|| {
+            // With authentication there are several principals: keep them apart even
+            // when no directory was named.
+            let home = child_env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| v);
+            crate::auth::enabled(&config)
+                .then(|| home.map(|h| PathBuf::from(h).join(".local/state/claude-ws")))
+                .flatten()
+        });
         Shared {
-            config,
+            places: Places::new(config.max_running),
             child_env,
             registry: Arc::new(Registry::default()),
             peer_rates: PeerRates::new(n, window),
+            state_dir,
+            config,
             shutting_down: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             ws_addr,

@@ -31,6 +31,7 @@ fn a_program_can_embed_run_and_stop_the_server() {
     let mut c = Client {
         ws,
         session_id: String::new(),
+        capabilities: serde_json::Value::Null,
         protocol: None,
     };
     assert_eq!(c.recv()["type"], "connection_established");

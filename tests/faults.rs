@@ -323,6 +323,7 @@ fn input_during_a_query_gets_its_own_result_and_one_query_end() {
 fn stubborn_child(grace: &str) -> (TestServer, Client, u32) {
     let s = ServerOptions::fake()
         .arg(&format!("--stop-grace-secs={grace}"))
+        .arg(NO_REATTACH)
         .start();
     let mut c = s.connect();
     c.send(json!({"type": "query", "prompt": "ignore-signals"}));
@@ -346,7 +347,7 @@ fn disconnect_with_a_child_ignoring_signals_escalates_to_sigkill() {
 fn a_client_close_does_not_wait_for_the_child_to_stop() {
     let (_server, mut c, pid) = stubborn_child("2"); // a ladder of 4 s or more
     let started = Instant::now();
-    c.ws.close(None).expect("close");
+    c.ws.close(Some(NORMAL_CLOSE)).expect("close");
     c.ws.get_mut()
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -364,7 +365,10 @@ fn a_client_close_does_not_wait_for_the_child_to_stop() {
 
 #[test]
 fn disconnect_kills_bash_style_grandchildren() {
-    let s = ServerOptions::fake().arg("--stop-grace-secs=0.3").start();
+    let s = ServerOptions::fake()
+        .arg("--stop-grace-secs=0.3")
+        .arg(NO_REATTACH)
+        .start();
     let mut c = s.connect();
     c.send(json!({"type": "query", "prompt": "grandchild"}));
     let msgs = c.until("assistant_message");
@@ -393,7 +397,7 @@ fn graceful_disconnect_closes_stdin_first() {
     let mut c = s2.connect();
     c.query("hi", json!({}));
     let pid = s2.sessions()[0]["child_pid"].as_u64().unwrap() as u32;
-    c.ws.close(None).unwrap();
+    c.ws.close(Some(NORMAL_CLOSE)).unwrap();
     let _ = c.closed();
     assert!(eventually(WAIT, || !pid_alive(pid)));
     assert!(
@@ -407,6 +411,7 @@ fn graceful_disconnect_closes_stdin_first() {
 fn oversized_frame_closes_with_1009() {
     let s = ServerOptions::fake()
         .arg("--max-message-bytes=65536")
+        .arg(NO_REATTACH)
         .start();
     let mut c = s.connect();
     let big = "x".repeat(70_000);
@@ -418,7 +423,10 @@ fn oversized_frame_closes_with_1009() {
 
 #[test]
 fn wrong_path_is_404_and_over_capacity_is_503() {
-    let s = ServerOptions::fake().arg("--max-sessions=1").start();
+    let s = ServerOptions::fake()
+        .arg("--max-sessions=1")
+        .arg(NO_REATTACH)
+        .start();
     let url = s.ws_url.replace("/ws", "/other");
     let e = s.try_connect(&url, &[]).err().unwrap();
     assert!(e.starts_with("HTTP 404"), "{e}");
@@ -446,6 +454,7 @@ fn idle_session_is_closed_with_a_code_and_reason() {
 fn silent_peer_is_dropped_by_the_heartbeat() {
     let s = ServerOptions::fake()
         .arg("--ping-interval-secs=0.3")
+        .arg(NO_REATTACH)
         .start();
     let c = s.connect();
     assert_eq!(s.sessions().len(), 1);
@@ -483,7 +492,10 @@ fn sigterm_closes_clients_with_1001_stops_children_and_exits_0() {
 
 #[test]
 fn a_client_that_stops_reading_is_disconnected_and_others_are_unaffected() {
-    let s = ServerOptions::fake().arg("--stall-timeout-secs=1").start();
+    let s = ServerOptions::fake()
+        .arg("--stall-timeout-secs=1")
+        .arg(NO_REATTACH)
+        .start();
     let mut slow = s.connect();
     // 2,000 lines of 64 KiB: far more than socket buffers and the high-water mark.
     slow.send(json!({"type": "query", "prompt": "flood 2000 65536"}));
@@ -626,6 +638,7 @@ fn a_child_flooding_a_gone_client_still_stops_gracefully() {
     let s = ServerOptions::fake()
         .env("FAKE_CLAUDE_EXIT_MARKER", marker.to_str().unwrap())
         .arg("--pass-env=FAKE_CLAUDE_EXIT_MARKER")
+        .arg(NO_REATTACH)
         .start();
     let mut c = s.connect();
     // 200,000 lines of 300 bytes: the client reads none of it, so pipes fill up.
@@ -686,12 +699,15 @@ fn children_do_not_outlive_a_killed_server() {
 /// queue is full) used to get an error and never a `query_end`.
 #[test]
 fn a_query_whose_prompt_cannot_be_written_still_ends() {
+    let dir = TempDir::new("release");
+    let release = dir.path().join("release");
     let s = ServerOptions::fake()
         .env("FAKE_CLAUDE_NO_REPLAY", "1")
-        .arg("--pass-env=FAKE_CLAUDE_NO_REPLAY")
+        .env("FAKE_CLAUDE_RELEASE", release.to_str().unwrap())
+        .arg("--pass-env=FAKE_CLAUDE_NO_REPLAY,FAKE_CLAUDE_RELEASE")
         .start();
     let mut c = s.connect();
-    c.send(json!({"type": "query", "prompt": "deaf-turns 8000"}));
+    c.send(json!({"type": "query", "prompt": "deaf-turns"}));
     c.until("system_message");
     let text = "i".repeat(20_000);
     let mut busy = false;
@@ -707,6 +723,7 @@ fn a_query_whose_prompt_cannot_be_written_still_ends() {
     }
     assert!(busy, "the server never said the child is not reading");
     // The child ends that query's turns without reading the input.
+    std::fs::write(&release, "go").unwrap();
     let msgs = c.until("query_end");
     assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
     // Its stdin is still full: the next prompt cannot be delivered.

@@ -21,6 +21,7 @@ const SECRET: &str = "jwt-signing-secret";
 fn authed(api: &MockApi) -> TestServer {
     ServerOptions::real(api)
         .arg(&format!("--auth-token={TOKEN}"))
+        .arg(NO_REATTACH)
         .env("CLAUDE_WS_JWT_SECRET", SECRET)
         .start()
 }
@@ -85,7 +86,7 @@ fn assert_no_session(s: &TestServer) {
 #[test]
 fn two_host_fields_are_a_bad_request() {
     let api = MockApi::start();
-    let s = ServerOptions::real(&api).start();
+    let s = ServerOptions::real(&api).arg(NO_REATTACH).start();
     let host = s.ws_authority();
     // The same request with one Host is accepted, so the refusal is about the repeat.
     assert_eq!(raw_upgrade(&s, "/ws", &[("Host", &host)]).0, 101);
@@ -102,7 +103,7 @@ fn two_host_fields_are_a_bad_request() {
 #[test]
 fn two_origin_fields_are_a_bad_request() {
     let api = MockApi::start();
-    let s = ServerOptions::real(&api).start();
+    let s = ServerOptions::real(&api).arg(NO_REATTACH).start();
     let host = s.ws_authority();
     let own = format!("http://{host}");
     assert_eq!(
@@ -221,7 +222,7 @@ fn a_token_in_two_carriers_is_a_bad_request_even_when_equal() {
 #[test]
 fn origin_matches_host_with_default_ports() {
     let api = MockApi::start();
-    let s = ServerOptions::real(&api).start();
+    let s = ServerOptions::real(&api).arg(NO_REATTACH).start();
     // The server listens on loopback, so Host must name loopback; the port in Host is
     // what the browser addressed (a proxy in front may listen on 80 or 443).
     for (host, origin) in [

@@ -147,7 +147,7 @@ fn input_during_a_query_reaches_the_model() {
 #[test]
 fn resume_after_reconnect_keeps_the_conversation() {
     let api = MockApi::start();
-    let s = real(&api);
+    let s = ServerOptions::real(&api).arg(NO_REATTACH).start();
     let mut first = s.connect();
     let msgs = first.query("remember bravo", json!({}));
     let claude_id = result_session_id(&msgs);

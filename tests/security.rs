@@ -314,6 +314,8 @@ fn child_environment_is_the_allow_list_and_operator_tools_are_always_disallowed(
             "ANTHROPIC_API_KEY",
             "ANTHROPIC_BASE_URL",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+            // Authentication is on: the principal's own state directory.
+            "CLAUDE_CONFIG_DIR",
             "DISABLE_AUTOUPDATER",
             "DISABLE_TELEMETRY",
             "EXTRA_VAR",
@@ -415,28 +417,70 @@ fn rate_limit_trips_and_recovers() {
     assert_eq!(only(&msgs, "query_end")["outcome"], "completed");
 }
 
+/// Issue 10: with every place taken, a query waits its turn instead of failing, and
+/// an idle child gives its place up to it.
 #[test]
-fn max_running_caps_live_children_then_recovers() {
-    let s = ServerOptions::fake()
-        .args(&["--max-running=1", "--child-idle-secs=0.5"])
-        .start();
+fn a_query_waits_for_a_place_and_an_idle_child_makes_room() {
+    let s = ServerOptions::fake().args(&["--max-running=1"]).start();
     let mut a = s.connect();
     let mut b = s.connect();
     a.send(json!({"type": "query", "prompt": "slow 20 50"}));
     a.until("query_start");
     b.send(json!({"type": "query", "prompt": "hi"}));
-    let e = b.recv();
-    assert_eq!(e["data"]["code"], "server_busy", "{e}");
+    assert_eq!(b.recv()["type"], "query_start");
+    let q = b.recv();
+    assert_eq!(q["type"], "query_queued", "{q}");
+    assert_eq!(q["data"]["position"], 1);
     assert_eq!(children_of(s.pid()).len(), 1, "b spawned a child");
+    assert_eq!(s.get("/health").1["queued_queries"], 1);
+    // a's query ends; its child, idle now, is stopped to make room for b's.
     a.until("query_end");
-    // a's child, idle now, still holds the one place until --child-idle-secs ends it;
-    // a's next query reuses its own child.
+    let msgs = b.until("query_end");
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    assert!(assistant_text(&msgs).contains("Echo: hi"));
+    assert!(
+        s.logs().contains("a queued query needs its place"),
+        "{}",
+        s.logs()
+    );
+    assert!(children_of(s.pid()).len() <= 1);
+    // a's conversation resumes in a new child when it asks again (b's goes idle).
     let msgs = a.query("again", json!({}));
     assert_eq!(only(&msgs, "query_end")["outcome"], "completed");
-    assert!(eventually(WAIT, || s.get("/health").1["children"] == 0));
-    let msgs = b.query("hi", json!({}));
-    assert_eq!(only(&msgs, "query_end")["outcome"], "completed");
-    assert_eq!(children_of(s.pid()).len(), 1);
+}
+
+#[test]
+fn a_queued_query_can_be_interrupted_or_time_out() {
+    let s = ServerOptions::fake()
+        .args(&["--max-running=1", "--queue-timeout-secs=1"])
+        .start();
+    let mut a = s.connect();
+    let mut b = s.connect();
+    a.send(json!({"type": "query", "prompt": "slow 200 50"}));
+    a.until("query_start");
+    b.send(json!({"type": "query", "prompt": "hi"}));
+    b.until("query_queued");
+    b.send(json!({"type": "interrupt"}));
+    let msgs = b.until("query_end");
+    assert_eq!(
+        only(&msgs, "query_end")["outcome"],
+        "interrupted",
+        "{msgs:?}"
+    );
+    assert_eq!(s.get("/health").1["queued_queries"], 0);
+    // Waiting past --queue-timeout-secs: server_busy naming the flags, then the end.
+    b.send(json!({"type": "query", "prompt": "hi"}));
+    b.until("query_queued");
+    let msgs = b.until("query_end");
+    let e = only(&msgs, "error");
+    assert_eq!(e["code"], "server_busy", "{msgs:?}");
+    assert!(
+        e["error"].as_str().unwrap().contains("--max-running"),
+        "{e}"
+    );
+    assert_eq!(only(&msgs, "query_end")["outcome"], "error");
+    a.send(json!({"type": "interrupt"}));
+    a.until("query_end");
 }
 
 #[test]

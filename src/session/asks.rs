@@ -44,6 +44,7 @@ impl Session<'_> {
                     Ask::Permission { input },
                     deadline,
                     message.clone(),
+                    self.seq + 1,
                 );
                 self.send(message);
             }
@@ -73,6 +74,7 @@ impl Session<'_> {
                             Ask::ToolCall { id: rpc },
                             deadline,
                             message.clone(),
+                            self.seq + 1,
                         );
                         self.send(message);
                     }

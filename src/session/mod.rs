@@ -13,8 +13,14 @@
 //!
 //! A query: `query` → `query_start` → the child's events translated → `query_end`.
 //! Exactly one `query_end` follows every `query_start`, whatever happens.
+//!
+//! A session outlives its connection: when the client goes away without ending it (a
+//! close other than 1000, or `end_session`), it is detached for
+//! `--reconnect-grace-secs`, its query still running and its messages kept
+//! (`replay.rs`), until the client reattaches (`attach.rs`) or the grace passes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, never, select, Receiver, Sender};
@@ -23,22 +29,23 @@ use tungstenite::Message;
 use crate::child::{Child, ChildEvent, ChildSpec, Undelivered};
 use crate::cli;
 use crate::cli::CliEvent;
-use crate::handshake::Admission;
+use crate::handshake::Newcomer;
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
 use crate::pending::{Pending, Unanswered};
 use crate::protocol::{
-    parse_client_text, parse_client_value, Capabilities, ClientError, ClientMessage, Closing,
-    ErrorCode, Prompt, QueryOptions, QueryOutcome, ServerMessage, Setting,
+    parse_client_text, parse_client_value, ClientError, ClientMessage, Closing, ErrorCode, Prompt,
+    QueryOptions, QueryOutcome, ServerMessage, Setting,
 };
 mod asks;
+mod attach;
 
 use asks::{with_settings, MAX_REGISTRY_REQUESTS};
 
+use crate::places::{Acquired, ChildSlot};
 use crate::query::{Query, Step};
-use crate::registry::{
-    new_session_id, now_unix, ChildSlot, Control, Listing, SessionInfo, SessionState,
-};
+use crate::registry::{new_session_id, now_unix, Control, Listing, SessionInfo, SessionState};
+use crate::replay::Replay;
 use crate::spec;
 use crate::state::Shared;
 use crate::tool_registry;
@@ -51,12 +58,32 @@ const EVENT_BATCH: usize = 4;
 /// Why a session ended.
 #[derive(Debug)]
 enum End {
-    ClientGone(String),
+    /// The client closed with 1000, or sent `end_session`.
+    ClientEnded,
+    /// Its client went away and did not come back within the grace.
+    GraceExpired,
+    IdleTimeout,
+    Shutdown,
+}
+
+/// Why a connection ended without the session ending (it is detached).
+#[derive(Debug)]
+enum Lost {
+    Gone(String),
+    Closed(Option<u16>),
     Protocol(String),
     HeartbeatTimeout,
-    IdleTimeout,
     Stalled,
-    Shutdown,
+}
+
+/// A query waiting for a `--max-running` place.
+struct Queued {
+    prompt: Prompt,
+    spec: ChildSpec,
+    /// `input` sent while it waited, written after the prompt.
+    inputs: Vec<Prompt>,
+    deadline: Instant,
+    position: usize,
 }
 
 /// The session's live `claude` child and what belongs to it alone. Held as one
@@ -75,9 +102,27 @@ pub struct Session<'a> {
     shared: &'a Shared,
     id: String,
     label: String,
-    link: Link,
+    /// The client's connection; `None` while detached.
+    link: Option<Link>,
+    /// While detached: when the session ends unless its client reattaches.
+    detached_until: Option<Instant>,
+    /// The messages sent lately, for a client that reattaches.
+    replay: Replay,
+    peer: SocketAddr,
+    /// Whom the session belongs to, and what its limits count against.
+    principal: String,
+    limit_key: String,
+    /// The principal's CLI state directory (`CLAUDE_CONFIG_DIR`), if they are kept apart.
+    state_dir: Option<PathBuf>,
     listing: Listing,
     control: Receiver<Control>,
+    /// Our own control channel, handed to `places` (evictions, queue moves).
+    control_tx: Sender<Control>,
+    /// Places for children arrive here when this session waited for one.
+    grant: (Sender<ChildSlot>, Receiver<ChildSlot>),
+    /// This session's number among `places`' waiters.
+    number: u64,
+    queued: Option<Queued>,
     seq: u64,
     child: Option<LiveChild>,
     /// The spec the last child was built from (before any `--resume` was added). It
@@ -109,9 +154,9 @@ pub struct Session<'a> {
 
 /// Set up a session for a connection that passed the handshake, list it, and run it
 /// on this thread until it ends.
-pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, admission: Admission) {
+pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, newcomer: Newcomer) {
     let id = new_session_id();
-    let (control_tx, control_rx) = bounded(4);
+    let (control_tx, control_rx) = bounded(16);
     let now = now_unix();
     let listing = shared.registry.list(
         SessionInfo {
@@ -121,10 +166,11 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, admission: Admission
             created_at: now,
             last_activity: now,
             queries: 0,
-            peer: peer.to_string(),
+            peer: newcomer.client_ip.to_string(),
             cwd: None,
-            user: admission.user.clone(),
+            user: newcomer.user.clone(),
             child_pid: None,
+            principal: newcomer.principal.clone(),
         },
         control_tx.clone(),
     );
@@ -132,8 +178,22 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, admission: Admission
     if shared.is_shutting_down() {
         let _ = control_tx.try_send(Control::Shutdown);
     }
-    Session::new(shared, id, link, listing, control_rx).run();
-    drop(admission);
+    let mut session = Session::new(shared, id, link, listing, (control_tx, control_rx));
+    session.peer = peer;
+    session.state_dir = shared
+        .state_dir
+        .as_ref()
+        .map(|d| crate::spec::principal_dir(d, &newcomer.principal));
+    session.principal = newcomer.principal.clone();
+    session.limit_key = newcomer.limit_key.clone();
+    session.run();
+    drop(newcomer);
+}
+
+/// A number for each session, for `places`.
+fn next_number() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl<'a> Session<'a> {
@@ -142,7 +202,7 @@ impl<'a> Session<'a> {
         id: String,
         link: Link,
         listing: Listing,
-        control: Receiver<Control>,
+        (control_tx, control): (Sender<Control>, Receiver<Control>),
     ) -> Self {
         let now = Instant::now();
         let (n, window) = shared.config.rate_limit;
@@ -150,9 +210,19 @@ impl<'a> Session<'a> {
             label: id.chars().take(8).collect(),
             id,
             shared,
-            link,
+            peer: link.peer(),
+            link: Some(link),
+            detached_until: None,
+            replay: Replay::new(shared.config.replay_buffer_bytes),
+            principal: String::new(),
+            limit_key: String::new(),
+            state_dir: None,
             listing,
             control,
+            control_tx,
+            grant: bounded(1),
+            number: next_number(),
+            queued: None,
             seq: 0,
             child: None,
             last_spec: None,
@@ -176,18 +246,8 @@ impl<'a> Session<'a> {
     /// Run the session until its client goes, it times out or the server shuts down;
     /// then stop its child and close the connection.
     fn run(mut self) {
-        log::info!("[{}] session open, peer {}", self.label, self.link.peer());
-        self.send(ServerMessage::ConnectionEstablished {
-            session_id: self.id.clone(),
-            capabilities: Capabilities {
-                concurrent_input: true,
-                interrupt_query: true,
-                tool_definition: true,
-                permission_prompts: true,
-                live_settings: true,
-                image_input: true,
-            },
-        });
+        log::info!("[{}] session open, peer {}", self.label, self.peer);
+        self.send(self.hello(false));
         self.flush();
         // Frames that came with the handshake are already buffered: no wake-up for them.
         self.on_client_input();
@@ -201,11 +261,15 @@ impl<'a> Session<'a> {
             }
             // Clones for this turn of the loop only: a clone kept longer would keep a
             // stopped child's reader from seeing that nobody listens any more.
-            let inbound = self.link.inbound().clone();
+            let inbound = match &self.link {
+                Some(l) => l.inbound().clone(),
+                None => never(),
+            };
             let control = self.control.clone();
             let registry = self.registry.1.clone();
+            let grant = self.grant.1.clone();
             let events = match &self.child {
-                Some(c) if self.link.pending() <= HIGH_WATER => c.child.events().clone(),
+                Some(c) if self.pending_output() <= HIGH_WATER => c.child.events().clone(),
                 // No child, or back-pressure: the client must read first.
                 _ => never(),
             };
@@ -215,13 +279,13 @@ impl<'a> Session<'a> {
             select! {
                 recv(inbound) -> m => match m {
                     Ok(()) => self.on_client_input(),
-                    Err(_) => self.end(End::ClientGone("connection closed".into())),
+                    Err(_) => self.lose(Lost::Gone("connection closed".into())),
                 },
                 recv(events) -> ev => match ev {
                     Ok(ev) => {
                         self.on_child_event(ev);
                         for _ in 1..EVENT_BATCH {
-                            if self.link.pending() > HIGH_WATER || self.ending.is_some() {
+                            if self.pending_output() > HIGH_WATER || self.ending.is_some() {
                                 break;
                             }
                             let Some(c) = &self.child else { break };
@@ -234,8 +298,11 @@ impl<'a> Session<'a> {
                     // The reader thread ended without saying so: treat it as an exit.
                     Err(_) => self.on_child_exit(),
                 },
-                recv(control) -> c => if let Ok(Control::Shutdown) = c {
-                    self.end(End::Shutdown)
+                recv(control) -> c => if let Ok(c) = c {
+                    self.on_control(c)
+                },
+                recv(grant) -> slot => if let Ok(slot) = slot {
+                    self.on_place(slot)
                 },
                 recv(registry) -> r => if let Ok(r) = r {
                     self.on_registry_reply(r)
@@ -244,8 +311,8 @@ impl<'a> Session<'a> {
             }
             self.on_timers(Instant::now());
             self.flush();
-            if self.query.is_none() {
-                self.link.release_buffers(); // between queries a session stays small
+            if let (None, Some(link)) = (&self.query, &mut self.link) {
+                link.release_buffers(); // between queries a session stays small
             }
         };
         self.finish(end);
@@ -254,8 +321,9 @@ impl<'a> Session<'a> {
     // ---- client side ------------------------------------------------------------
 
     fn on_client_input(&mut self) {
+        let Some(link) = &mut self.link else { return };
         let mut messages = Vec::new();
-        let result = self.link.receive(|_, m| messages.push(m));
+        let result = link.receive(|_, m| messages.push(m));
         if !messages.is_empty() {
             self.listing.update(|i| i.last_activity = now_unix());
         }
@@ -276,8 +344,9 @@ impl<'a> Session<'a> {
         }
         match result {
             Ok(()) => {}
-            Err(LinkError::Gone(why)) => self.end(End::ClientGone(why)),
-            Err(LinkError::Protocol(why)) => self.end(End::Protocol(why)),
+            Err(LinkError::Closed(code)) => self.lose(Lost::Closed(code)),
+            Err(LinkError::Gone(why)) => self.lose(Lost::Gone(why)),
+            Err(LinkError::Protocol(why)) => self.lose(Lost::Protocol(why)),
         }
     }
 
@@ -301,6 +370,7 @@ impl<'a> Session<'a> {
                 is_error,
             } => self.tool_result(&call_id, content, is_error),
             ClientMessage::Set(setting) => self.set(setting),
+            ClientMessage::EndSession => self.end(End::ClientEnded),
             ClientMessage::Batch { messages } if top_level => {
                 for m in messages {
                     match parse_client_value(m) {
@@ -327,42 +397,14 @@ impl<'a> Session<'a> {
         if let Err(e) = self.check_text(&prompt, "prompt") {
             return self.send_error(e);
         }
-        let options = with_settings(options, &self.settings);
-        let spec = match spec::build(config, &self.shared.child_env, &options, &self.tools) {
+        let options = self.own_conversation(with_settings(options, &self.settings));
+        let spec = match self.spec_for(&options) {
             Ok(s) => s,
             Err(e) => return self.send_error(e),
         };
         if let Err(e) = self.check_rate() {
             return self.send_error(e);
         }
-        // A live child holds a place among --max-running; a restart passes it on.
-        let slot = match self.child.take() {
-            Some(live) if self.last_spec.as_ref() == Some(&spec) => {
-                self.child = Some(live);
-                None
-            }
-            Some(live) => {
-                log::info!("[{}] options changed; restarting claude", self.label);
-                Some(self.retire_child(live)) // between queries: no turn to interrupt
-            }
-            None => None,
-        };
-        let slot = match slot {
-            Some(slot) => Some(slot),
-            None if self.child.is_some() => None,
-            None => match self.shared.registry.reserve_child(config.max_running) {
-                Some(slot) => Some(slot),
-                None => {
-                    return self.send_error(ClientError::new(
-                        ErrorCode::ServerBusy,
-                        format!(
-                            "the server runs its maximum of {} claude processes; try again shortly",
-                            config.max_running
-                        ),
-                    ))
-                }
-            },
-        };
         self.queries += 1;
         log::info!("[{}] query {} started", self.label, self.queries);
         log::debug!("[{}] prompt: {}", self.label, prompt.text().escape_debug());
@@ -370,15 +412,10 @@ impl<'a> Session<'a> {
             prompt: prompt.content(),
         });
         self.query = Some(Query::new(config.interrupt_grace));
-        let cwd = spec.cwd.as_ref().map(|p| p.display().to_string());
-        self.last_options = options;
-        if let Some(slot) = slot {
-            if let Err(e) = self.start_child(spec, slot) {
-                self.send_error(e);
-                return self.end_query(QueryOutcome::Error);
-            }
-        }
-        let queries = self.queries;
+        let (queries, cwd) = (
+            self.queries,
+            spec.cwd.as_ref().map(|p| p.display().to_string()),
+        );
         self.listing.update(|i| {
             i.state = SessionState::Running;
             i.queries = queries;
@@ -387,11 +424,112 @@ impl<'a> Session<'a> {
                 i.cwd = cwd;
             }
         });
-        if let Err(e) = self.write_user_message(&prompt) {
+        self.last_options = options;
+        // The live child if it was built the same way; else a new one, in a place
+        // among --max-running (a restart hands its place on).
+        let slot = match self.child.take() {
+            Some(live) if self.last_spec.as_ref() == Some(&spec) => {
+                self.child = Some(live);
+                self.shared
+                    .places
+                    .set_idle(self.number, false, &self.control_tx);
+                return self.begin(&prompt, Vec::new());
+            }
+            Some(live) => {
+                log::info!("[{}] options changed; restarting claude", self.label);
+                self.retire_child(live) // between queries: no turn to interrupt
+            }
+            None => match self
+                .shared
+                .places
+                .acquire(self.number, &self.grant.0, &self.control_tx)
+            {
+                Acquired::Now(slot) => slot,
+                Acquired::Queued(position) => {
+                    log::info!(
+                        "[{}] all claude places taken; queued at {position}",
+                        self.label
+                    );
+                    self.queued = Some(Queued {
+                        prompt,
+                        spec,
+                        inputs: Vec::new(),
+                        deadline: Instant::now() + config.queue_timeout,
+                        position,
+                    });
+                    self.listing.update(|i| i.state = SessionState::Queued);
+                    return self.send(ServerMessage::QueryQueued { position });
+                }
+            },
+        };
+        self.launch(spec, slot, &prompt, Vec::new());
+    }
+
+    /// Start the child for the running query in `slot`, and give it the prompt.
+    fn launch(&mut self, spec: ChildSpec, slot: ChildSlot, prompt: &Prompt, inputs: Vec<Prompt>) {
+        match self.start_child(spec, slot) {
+            Ok(()) => self.begin(prompt, inputs),
+            Err(e) => {
+                self.send_error(e);
+                self.end_query(QueryOutcome::Error);
+            }
+        }
+    }
+
+    /// Write the running query's prompt (and input that waited with it) to the child.
+    fn begin(&mut self, prompt: &Prompt, inputs: Vec<Prompt>) {
+        if let Err(e) = self.write_user_message(prompt) {
             // Nothing reached the child, so nothing will end this query but us.
             self.send_error(e);
-            self.end_query(QueryOutcome::Error);
+            return self.end_query(QueryOutcome::Error);
         }
+        for input in inputs {
+            if let Err(e) = self.write_user_message(&input) {
+                self.send_error(e);
+            }
+        }
+    }
+
+    /// A place came free for the query that waited for one.
+    fn on_place(&mut self, slot: ChildSlot) {
+        let Some(q) = self.queued.take() else {
+            return; // no longer waiting: dropping the slot hands it on
+        };
+        log::info!("[{}] a claude place came free", self.label);
+        self.listing.update(|i| i.state = SessionState::Running);
+        self.launch(q.spec, slot, &q.prompt, q.inputs);
+    }
+
+    /// The spec of a child for `options`: the policy's checks, and the principal's
+    /// own CLI state directory.
+    fn spec_for(&self, options: &QueryOptions) -> Result<ChildSpec, ClientError> {
+        let config = &self.shared.config;
+        let mut spec = spec::build(config, &self.shared.child_env, options, &self.tools)?;
+        if let Some(dir) = &self.state_dir {
+            spec.env.retain(|(k, _)| k != "CLAUDE_CONFIG_DIR");
+            spec.env
+                .push(("CLAUDE_CONFIG_DIR".into(), dir.display().to_string()));
+        }
+        Ok(spec)
+    }
+
+    /// `resume` may name this server's session id: it means that session's
+    /// conversation, if it is the same principal's.
+    fn own_conversation(&self, mut options: QueryOptions) -> QueryOptions {
+        if let Some(id) = &options.resume {
+            let known = self
+                .shared
+                .registry
+                .conversation_of(id, &self.principal)
+                .or_else(|| {
+                    let dir = self.state_dir.as_ref()?;
+                    spec::recorded_conversation(dir, id)
+                });
+            if let Some(conversation) = known {
+                options.resume = Some(conversation);
+            }
+        }
+        options
     }
 
     /// Start a child built from `spec`, holding `slot` for as long as it lives.
@@ -469,6 +607,13 @@ impl<'a> Session<'a> {
         if let Err(e) = self.check_text(&text, "input") {
             return self.send_error(e);
         }
+        if let Some(q) = &mut self.queued {
+            // Written after the prompt, once a place comes free.
+            q.inputs.push(text.clone());
+            return self.send(ServerMessage::InputAcknowledged {
+                text: text.content(),
+            });
+        }
         match self.write_user_message(&text) {
             Ok(()) => self.send(ServerMessage::InputAcknowledged {
                 text: text.content(),
@@ -482,7 +627,7 @@ impl<'a> Session<'a> {
     /// A prompt or input within the size limit.
     fn check_text(&self, text: &Prompt, what: &str) -> Result<(), ClientError> {
         let max = self.shared.config.max_prompt_bytes;
-        if text.len() > max {
+        if text.size() > max {
             return Err(ClientError::new(
                 ErrorCode::InvalidField,
                 format!("the {what} is longer than {max} bytes"),
@@ -500,6 +645,11 @@ impl<'a> Session<'a> {
         };
         let step = q.interrupt(Instant::now());
         self.send(ServerMessage::InterruptAcknowledged {});
+        if self.queued.take().is_some() {
+            // It never started: nothing to stop but the wait.
+            self.shared.places.leave_queue(self.number);
+            return self.end_query(QueryOutcome::Interrupted);
+        }
         if step == Step::Interrupt {
             log::info!("[{}] interrupt", self.label);
             // The CLI waits for these before it can stop the turn.
@@ -523,23 +673,32 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The session's and its principal's query rates (`--rate-limit`).
     fn check_rate(&mut self) -> Result<(), ClientError> {
         let now = Instant::now();
-        let peer_wait = self.shared.peer_rates.check(self.link.peer_ip(), now);
-        let wait = self.rate.check(now).max(peer_wait);
-        if wait.is_zero() {
+        let (n, window) = self.shared.config.rate_limit;
+        let own = self.rate.check(now);
+        let principal = self.shared.peer_rates.check(&self.limit_key, now);
+        if own.is_zero() && principal.is_zero() {
             self.rate.record(now);
-            self.shared.peer_rates.record(self.link.peer_ip(), now);
-            Ok(())
-        } else {
-            Err(ClientError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "too many queries; retry in {:.1} s",
-                    wait.as_secs_f64().max(0.1)
-                ),
-            ))
+            self.shared.peer_rates.record(&self.limit_key, now);
+            return Ok(());
         }
+        let whose = if own >= principal {
+            "this session"
+        } else if crate::auth::enabled(&self.shared.config) {
+            "this user"
+        } else {
+            "this address"
+        };
+        Err(ClientError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "{whose} sent its maximum of {n} queries in {} s (--rate-limit); retry in {:.1} s",
+                window.as_secs_f64(),
+                own.max(principal).as_secs_f64().max(0.1)
+            ),
+        ))
     }
 
     // ---- child side -------------------------------------------------------------
@@ -616,6 +775,13 @@ impl<'a> Session<'a> {
 
     fn learn_claude_session(&mut self, id: Option<String>) {
         if id.is_some() && id != self.claude_session_id {
+            if let (Some(dir), Some(conversation)) = (&self.state_dir, &id) {
+                // So that `resume` by this session's id works after it has ended, here
+                // or on another instance sharing the state directory.
+                if let Err(e) = spec::record_conversation(dir, &self.id, conversation) {
+                    log::warn!("[{}] cannot record the conversation id: {e}", self.label);
+                }
+            }
             self.claude_session_id = id.clone();
             self.listing.update(|i| i.claude_session_id = id);
         }
@@ -625,8 +791,7 @@ impl<'a> Session<'a> {
         let Some(live) = self.child.take() else {
             return;
         };
-        self.forget_child_questions();
-        self.listing.update(|i| i.child_pid = None);
+        self.child_gone();
         let LiveChild {
             mut child, slot, ..
         } = live;
@@ -651,8 +816,7 @@ impl<'a> Session<'a> {
     /// Stop a child the way that keeps its conversation (close stdin, then escalate),
     /// and hand back its place among `--max-running`.
     fn retire_child(&mut self, live: LiveChild) -> ChildSlot {
-        self.forget_child_questions();
-        self.listing.update(|i| i.child_pid = None);
+        self.child_gone();
         let LiveChild {
             mut child, slot, ..
         } = live;
@@ -660,10 +824,15 @@ impl<'a> Session<'a> {
         slot
     }
 
-    /// A child that is gone asks nothing any more.
-    fn forget_child_questions(&mut self) {
+    /// The child is gone (or going): it asks nothing any more, has no row, and is
+    /// no candidate for eviction.
+    fn child_gone(&mut self) {
         self.pending.refuse(None, Unanswered::ClientGone);
         self.settings_sent.clear();
+        self.listing.update(|i| i.child_pid = None);
+        self.shared
+            .places
+            .set_idle(self.number, false, &self.control_tx);
     }
 
     /// Stop the session's child, if it has one, and give its place back.
@@ -685,9 +854,18 @@ impl<'a> Session<'a> {
         self.last_activity = Instant::now();
         if let Some(c) = &mut self.child {
             c.idle_since = self.last_activity;
+            // Idle now: its place may go to a query that waits for one.
+            self.shared
+                .places
+                .set_idle(self.number, true, &self.control_tx);
         }
+        let detached = self.link.is_none();
         self.listing.update(|i| {
-            i.state = SessionState::Idle;
+            i.state = if detached {
+                SessionState::Detached
+            } else {
+                SessionState::Idle
+            };
             i.last_activity = now_unix();
         });
     }
@@ -709,10 +887,16 @@ impl<'a> Session<'a> {
         if let (Some(idle), Some(c), None) = (config.child_idle, &self.child, &self.query) {
             next = next.min(c.idle_since + idle);
         }
-        if self.link.pending() > 0 {
+        if let Some(q) = &self.queued {
+            next = next.min(q.deadline);
+        }
+        if let Some(d) = self.detached_until {
+            next = next.min(d);
+        }
+        if let Some(link) = self.link.as_ref().filter(|l| l.pending() > 0) {
             // (Room in the socket wakes the session through `inbound`; this is the
             // deadline of a client that reads nothing.)
-            let left = config.stall_timeout.saturating_sub(self.link.stalled_for());
+            let left = config.stall_timeout.saturating_sub(link.stalled_for());
             next = next.min(Instant::now() + left);
         }
         next
@@ -721,16 +905,35 @@ impl<'a> Session<'a> {
     fn on_timers(&mut self, now: Instant) {
         let config = &self.shared.config;
         if now >= self.next_ping {
-            if now.duration_since(self.link.last_heard) > config.ping_interval * 2 {
-                return self.end(End::HeartbeatTimeout);
-            }
-            if self.link.ping().is_err() {
-                return self.end(End::ClientGone("ping failed".into()));
-            }
             self.next_ping = now + config.ping_interval;
+            if let Some(link) = &mut self.link {
+                if now.duration_since(link.last_heard) > config.ping_interval * 2 {
+                    return self.lose(Lost::HeartbeatTimeout);
+                }
+                if link.ping().is_err() {
+                    return self.lose(Lost::Gone("ping failed".into()));
+                }
+            }
+        }
+        if self.detached_until.is_some_and(|d| now >= d) {
+            return self.end(End::GraceExpired);
         }
         if self.query.is_none() && now >= self.last_activity + config.session_timeout {
             return self.end(End::IdleTimeout);
+        }
+        if self.queued.as_ref().is_some_and(|q| now >= q.deadline) {
+            self.queued = None;
+            self.shared.places.leave_queue(self.number);
+            self.send_error(ClientError::new(
+                ErrorCode::ServerBusy,
+                format!(
+                    "no claude place came free within {} s: all {} are busy \
+                     (--max-running, --queue-timeout-secs); try again later",
+                    config.queue_timeout.as_secs_f64(),
+                    config.max_running
+                ),
+            ));
+            self.end_query(QueryOutcome::Error);
         }
         if self.pending.deadline().is_some_and(|d| now >= d) {
             self.refuse_pending(Some(now), Unanswered::TimedOut);
@@ -742,8 +945,7 @@ impl<'a> Session<'a> {
                 config.interrupt_grace
             );
             if let Some(live) = self.child.take() {
-                self.forget_child_questions();
-                self.listing.update(|i| i.child_pid = None);
+                self.child_gone();
                 let LiveChild { mut child, .. } = live;
                 child.kill(&self.label);
             }
@@ -763,27 +965,51 @@ impl<'a> Session<'a> {
                 self.stop_child();
             }
         }
-        if self.link.stalled_for() >= config.stall_timeout {
+        if let Some(link) = self
+            .link
+            .as_ref()
+            .filter(|l| l.stalled_for() >= config.stall_timeout)
+        {
             log::warn!(
                 "[{}] client kept its backlog above the high-water mark for {:?} ({} bytes waiting); disconnecting",
                 self.label,
                 config.stall_timeout,
-                self.link.pending()
+                link.pending()
             );
-            self.end(End::Stalled);
+            self.lose(Lost::Stalled);
         }
     }
 
     // ---- output and ending ------------------------------------------------------
 
+    /// Send the next message of the session's stream (numbered, kept for replay).
     fn send(&mut self, msg: ServerMessage<'_>) {
         self.seq += 1;
         let seq = self.seq;
-        if let Err(LinkError::Gone(why) | LinkError::Protocol(why)) =
-            self.link.queue_text_with(|out| msg.write_frame(seq, out))
-        {
-            self.end(End::ClientGone(why));
+        let replay = &mut self.replay;
+        let Some(link) = &mut self.link else {
+            // Detached: kept for the client to fetch when it reattaches.
+            let mut frame = Vec::new();
+            msg.write_frame(seq, &mut frame);
+            return replay.push(seq, &frame);
+        };
+        let queued = link.queue_text_with(|out| {
+            let start = out.len();
+            msg.write_frame(seq, out);
+            replay.push(seq, &out[start..]);
+        });
+        if let Err(e) = queued {
+            // Kept all the same: a reattaching client gets it.
+            let mut frame = Vec::new();
+            msg.write_frame(seq, &mut frame);
+            self.replay.push(seq, &frame);
+            self.lose_link(e);
         }
+    }
+
+    /// Bytes waiting for the client (none while detached).
+    fn pending_output(&self) -> usize {
+        self.link.as_ref().map_or(0, Link::pending)
     }
 
     fn send_error(&mut self, e: ClientError) {
@@ -792,8 +1018,54 @@ impl<'a> Session<'a> {
     }
 
     fn flush(&mut self) {
-        if let Err(LinkError::Gone(why) | LinkError::Protocol(why)) = self.link.flush() {
-            self.end(End::ClientGone(why));
+        let Some(link) = &mut self.link else { return };
+        if let Err(e) = link.flush() {
+            self.lose_link(e);
+        }
+    }
+
+    fn lose_link(&mut self, e: LinkError) {
+        self.lose(match e {
+            LinkError::Closed(code) => Lost::Closed(code),
+            LinkError::Gone(why) => Lost::Gone(why),
+            LinkError::Protocol(why) => Lost::Protocol(why),
+        })
+    }
+
+    /// Messages from outside the session.
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Shutdown => self.end(End::Shutdown),
+            Control::Evict => self.evict(),
+            Control::QueueMoved => {
+                let now = self.shared.places.position(self.number);
+                if let (Some(q), Some(position)) = (&mut self.queued, now) {
+                    if q.position != position {
+                        q.position = position;
+                        self.send(ServerMessage::QueryQueued { position });
+                    }
+                }
+            }
+            Control::Attach(link, last_seq) => self.attach(*link, last_seq),
+        }
+    }
+
+    /// A queued query elsewhere needs this idle child's place.
+    fn evict(&mut self) {
+        match self.child.take() {
+            Some(mut live) if self.query.is_none() => {
+                log::info!(
+                    "[{}] stopping the idle claude: a queued query needs its place",
+                    self.label
+                );
+                live.slot.mark_evicted();
+                drop(self.retire_child(live));
+            }
+            other => {
+                // Busy again meanwhile: it keeps its place.
+                self.child = other;
+                self.shared.places.evicted();
+            }
         }
     }
 
@@ -806,13 +1078,14 @@ impl<'a> Session<'a> {
 
     fn finish(mut self, end: End) {
         let why = match &end {
-            End::ClientGone(why) => format!("client gone ({why})"),
-            End::Protocol(why) => format!("protocol error ({why})"),
-            End::HeartbeatTimeout => "no answer to pings".into(),
+            End::ClientEnded => "the client ended it".to_string(),
+            End::GraceExpired => "its client did not come back".into(),
             End::IdleTimeout => "idle timeout".into(),
-            End::Stalled => "client stopped reading".into(),
             End::Shutdown => "server shutdown".into(),
         };
+        if self.queued.take().is_some() {
+            self.shared.places.leave_queue(self.number);
+        }
         log::info!("[{}] session ending: {why}", self.label);
         let had_query = self.query.is_some();
         if let (End::Shutdown, Some(_)) = (&end, &self.query) {
@@ -824,11 +1097,13 @@ impl<'a> Session<'a> {
             self.flush();
         }
         self.listing.update(|i| i.state = SessionState::Closing);
-        match &end {
-            End::Shutdown => self.link.close(Closing::ShuttingDown),
-            End::IdleTimeout => self.link.close(Closing::IdleTimeout),
-            End::Stalled => self.link.close(Closing::NotReading),
-            End::ClientGone(_) | End::Protocol(_) | End::HeartbeatTimeout => {}
+        if let Some(link) = &mut self.link {
+            match &end {
+                End::Shutdown => link.close(Closing::ShuttingDown),
+                End::IdleTimeout => link.close(Closing::IdleTimeout),
+                End::ClientEnded => link.close(Closing::Normal),
+                End::GraceExpired => {}
+            }
         }
         // The client learns first: its close completes without waiting for the child's
         // stop ladder (seconds, for the real CLI). A turn still running is interrupted
@@ -838,7 +1113,9 @@ impl<'a> Session<'a> {
             self.send_interrupt();
         }
         self.query = None;
-        self.link.finish(Duration::from_secs(1));
+        if let Some(link) = &mut self.link {
+            link.finish(Duration::from_secs(1));
+        }
         self.stop_child();
         log::info!("[{}] session closed", self.label);
         drop(self.listing);

@@ -146,10 +146,11 @@ enum Mode {
     Hang,
     /// `deaf`: like `hang`, and stops reading stdin, so the pipe to it fills up.
     Deaf,
-    /// `deaf-turns MS`: stops reading stdin, waits MS, ends the turn, then runs one more
-    /// (empty) turn, as the CLI does for input queued during a turn: with
-    /// `FAKE_CLAUDE_NO_REPLAY` set (no echoes), the query ends while the pipe is full.
-    DeafTurns(Duration),
+    /// `deaf-turns`: stops reading stdin, waits until the file named by
+    /// `FAKE_CLAUDE_RELEASE` exists, ends the turn, then runs one more (empty) turn, as
+    /// the CLI does for input queued during a turn: with `FAKE_CLAUDE_NO_REPLAY` set (no
+    /// echoes), the query ends while the pipe is full.
+    DeafTurns,
     /// `ask-then-exit`: asks `can_use_tool` (as with `--permission-prompt-tool stdio`),
     /// then exits 4 without waiting for the answer.
     AskThenExit,
@@ -194,7 +195,7 @@ impl Mode {
             ("crash", 0, ..) => Mode::Crash,
             ("hang", 0, ..) => Mode::Hang,
             ("deaf", 0, ..) => Mode::Deaf,
-            ("deaf-turns", 1, Some(ms), _) => Mode::DeafTurns(Duration::from_millis(ms)),
+            ("deaf-turns", 0, ..) => Mode::DeafTurns,
             ("ask-then-exit", 0, ..) => Mode::AskThenExit,
             ("mcp-unknown", 0, ..) => Mode::McpUnknown,
             ("ignore-signals", 0, ..) => Mode::IgnoreSignals,
@@ -391,9 +392,13 @@ impl Fake {
                 DEAF.store(true, std::sync::atomic::Ordering::SeqCst);
                 hang()
             }
-            Mode::DeafTurns(pause) => {
+            Mode::DeafTurns => {
                 DEAF.store(true, std::sync::atomic::Ordering::SeqCst);
-                std::thread::sleep(pause);
+                let release = std::env::var_os("FAKE_CLAUDE_RELEASE").map(PathBuf::from);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while release.as_ref().is_some_and(|r| !r.exists()) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 let line = self.result_success("deaf", started);
                 self.emit(&line);
                 self.emit(&self.init_line());

@@ -25,6 +25,16 @@ pub use mock_api::MockApi;
 #[allow(unused_imports)] // each test crate uses a different part
 pub use procs::{children_of, pid_alive};
 
+/// For tests of what happens when a session ends with its connection: no grace for
+/// the client to reattach (sessions otherwise outlive a dropped connection).
+pub const NO_REATTACH: &str = "--reconnect-grace-secs=0";
+
+/// A close frame with code 1000: the client ends its session.
+pub const NORMAL_CLOSE: tungstenite::protocol::CloseFrame = tungstenite::protocol::CloseFrame {
+    code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+    reason: tungstenite::Utf8Bytes::from_static(""),
+};
+
 /// The longest any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
