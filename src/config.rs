@@ -547,7 +547,9 @@ impl Config {
         }
         // Settings that hang together badly: blame the flag or variable that was given.
         c.check().map_err(|(name, why)| match raw.get(name) {
-            Some((values, source)) => ConfigError(format!("{source}={}: {why}", shown(name, values))),
+            Some((values, source)) => {
+                ConfigError(format!("{source}={}: {why}", shown(name, values)))
+            }
             None => ConfigError(format!("--{name}: {why}")),
         })?;
         Ok(Invocation::Run(Box::new(c)))
@@ -558,9 +560,8 @@ impl Config {
         let count = |v: &str| rule(name).count(v);
         let span = |v: &str| rule(name).span(v);
         // A span whose rule does not allow "off" is never `None`.
-        let required = |v: &str| {
-            span(v)?.ok_or_else(|| format!("expected {}", rule(name).accepted()))
-        };
+        let required =
+            |v: &str| span(v)?.ok_or_else(|| format!("expected {}", rule(name).accepted()));
         match name {
             "host" => self.host = nonempty(v)?,
             "port" => self.port = port(v)?,
@@ -662,9 +663,8 @@ impl Config {
     /// that they hang together. [`Server::bind`](crate::Server::bind) calls this, so a
     /// `Config` built in code meets the same rules as one built from flags.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().map_err(|(flag, why)| {
-            ConfigError(format!("{} (--{flag}): {why}", field_name(flag)))
-        })
+        self.check()
+            .map_err(|(flag, why)| ConfigError(format!("{} (--{flag}): {why}", field_name(flag))))
     }
 
     /// The first setting out of bounds: (its flag's name, what is wrong).
@@ -767,7 +767,10 @@ fn is_origin(o: &str) -> bool {
     let Some((scheme, authority)) = o.trim_end_matches('/').split_once("://") else {
         return false;
     };
-    let scheme_ok = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+    let scheme_ok = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
@@ -779,7 +782,9 @@ fn is_origin(o: &str) -> bool {
     scheme_ok
         && !host.is_empty()
         && !authority.contains(['/', '?', '#', '@'])
-        && !authority.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !authority
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
         && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 

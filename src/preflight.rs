@@ -120,7 +120,9 @@ fn probe(bin: &Path, env: &[(String, String)], limit: Duration) -> Result<String
         return Err(format!("cannot wait for {} --version: {e}", bin.display()));
     }
     match rx.recv_timeout(limit) {
-        Ok(Ok(o)) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        Ok(Ok(o)) if o.status.success() => {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        }
         Ok(Ok(o)) => Err(format!(
             "{} --version failed ({}): {}",
             bin.display(),
@@ -155,8 +157,14 @@ mod tests {
         let nowhere = std::env::temp_dir().join("claude-ws-no-such-home");
         let home = nowhere.display().to_string();
         assert!(!has_credentials(&env(&[("HOME", &home)])));
-        assert!(!has_credentials(&env(&[("HOME", &home), ("ANTHROPIC_API_KEY", "")])));
-        assert!(has_credentials(&env(&[("HOME", &home), ("ANTHROPIC_API_KEY", "k")])));
+        assert!(!has_credentials(&env(&[
+            ("HOME", &home),
+            ("ANTHROPIC_API_KEY", "")
+        ])));
+        assert!(has_credentials(&env(&[
+            ("HOME", &home),
+            ("ANTHROPIC_API_KEY", "k")
+        ])));
         assert!(has_credentials(&env(&[("CLAUDE_CODE_OAUTH_TOKEN", "t")])));
         let dir = std::env::temp_dir().join(format!("claude-ws-creds-{}", std::process::id()));
         std::fs::create_dir_all(dir.join(".claude")).unwrap();
