@@ -407,45 +407,45 @@ impl Rule {
         }
     }
 
+    fn expected(self) -> String {
+        format!("expected {}", self.accepted())
+    }
+
     fn check_count(self, n: u64) -> Result<u64, String> {
         match self {
             Rule::Count { min, max } if (min..=max).contains(&n) => Ok(n),
-            _ => Err(format!("expected {}", self.accepted())),
+            _ => Err(self.expected()),
         }
     }
 
     /// A duration is checked as given: `None` is "off".
     fn check_span(self, d: Option<Duration>) -> Result<Option<Duration>, String> {
         let Rule::Span { zero_is_off, .. } = self else {
-            return Err(format!("expected {}", self.accepted()));
+            return Err(self.expected());
         };
         match d {
             None if zero_is_off => Ok(None),
             Some(d) if d <= MAX_DURATION && !d.is_zero() => Ok(Some(d)),
-            _ => Err(format!("expected {}", self.accepted())),
+            _ => Err(self.expected()),
         }
     }
 
     /// Parse a whole number: anything else, and anything out of range, gets the
     /// accepted form rather than the parser's words.
     fn count(self, v: &str) -> Result<u64, String> {
-        let n = v
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| format!("expected {}", self.accepted()))?;
+        let n = v.trim().parse::<u64>().map_err(|_| self.expected())?;
         self.check_count(n)
     }
 
     /// Parse a duration in this rule's unit; zero is `None` (off) where allowed.
     fn span(self, v: &str) -> Result<Option<Duration>, String> {
         let Rule::Span { unit, .. } = self else {
-            return Err(format!("expected {}", self.accepted()));
+            return Err(self.expected());
         };
-        let bad = || format!("expected {}", self.accepted());
-        let n: f64 = v.trim().parse().map_err(|_| bad())?;
+        let n: f64 = v.trim().parse().map_err(|_| self.expected())?;
         let secs = n * unit as f64;
         if !secs.is_finite() || secs < 0.0 || secs > MAX_DURATION.as_secs_f64() {
-            return Err(bad());
+            return Err(self.expected());
         }
         let d = Duration::from_secs_f64(secs);
         self.check_span(Some(d).filter(|d| !d.is_zero()))
