@@ -18,20 +18,21 @@ pub struct Config {
     pub host: String,
     /// WebSocket port; 0 picks a free one. Defaults to 8000.
     pub port: u16,
-    /// Side port for `/health` and `/sessions`; 0 picks a free one. Defaults to 8001.
+    /// Side port for `/health` and `/sessions`; 0 picks a free one; must differ from
+    /// `port` unless both are 0. Defaults to 8001.
     pub http_port: u16,
     /// The `claude` executable. Defaults to `claude`, looked up on PATH.
     pub claude_bin: PathBuf,
-    /// Most concurrent sessions (connections). Defaults to 100.
+    /// Most concurrent sessions (connections), 1 to 100,000. Defaults to 100.
     pub max_sessions: usize,
     /// A session with no query running and no client message for this long is closed.
-    /// Defaults to 30 minutes.
+    /// Above zero and at most a year, like every duration here. Defaults to 30 minutes.
     pub session_timeout: Duration,
     /// How often the server sends a WebSocket ping; a peer silent for two intervals is
     /// considered gone. Defaults to 30 s.
     pub ping_interval: Duration,
     /// Largest client message accepted; larger closes the connection with 1009.
-    /// Defaults to 1 MiB.
+    /// 1 KiB to 1 GiB. Defaults to 1 MiB.
     pub max_message_bytes: usize,
     /// How long an interrupt may take before the child's process group is ended.
     /// Defaults to 2 s.
@@ -61,23 +62,26 @@ pub struct Config {
     /// HS256 secret for JWT bearer tokens (`exp` checked, `sub` shown as the user).
     /// Defaults to none.
     pub jwt_secret: Option<String>,
-    /// Origins allowed besides the server's own (`scheme://host[:port]`). Defaults to none.
+    /// Origins allowed besides the server's own (`scheme://host[:port]`, or `*` for
+    /// any). Defaults to none.
     pub allowed_origins: Vec<String>,
     /// Queries allowed per session, and per principal (the authenticated user, else the
-    /// client address), in a window: (count, window). Defaults to 60 per 60 s.
+    /// client address), in a window: (count, window), count 1 to 1,000,000. Defaults to
+    /// 60 per 60 s.
     pub rate_limit: (u32, Duration),
     /// Most `claude` children alive at once across the server (each ~300 MB). A query
     /// that needs a child beyond this waits (`query_queued`) while the least recently
-    /// used idle child is stopped, or until a place frees. Defaults to 16.
+    /// used idle child is stopped, or until a place frees. 1 to 100,000. Defaults to 16.
     pub max_running: usize,
     /// Most sessions one principal (the authenticated user, else the client address)
-    /// may hold. Defaults to 64.
+    /// may hold, 1 to 100,000. Defaults to 64.
     pub max_sessions_per_peer: usize,
-    /// Longest prompt or input text accepted, in bytes. Defaults to 256 KiB.
+    /// Longest prompt or input text accepted, in bytes, 1 to 1 GiB. Defaults to 256 KiB.
     pub max_prompt_bytes: usize,
     /// A session's child idle (no query) for this long is stopped, giving its place
     /// among `max_running` back; the next query restarts it with `--resume`. `None`
-    /// keeps children as long as their session. Defaults to 10 minutes.
+    /// keeps children as long as their session (`Some(ZERO)` is refused: say `None`).
+    /// Defaults to 10 minutes.
     pub child_idle: Option<Duration>,
     /// Whether queries ask the client before a tool runs (`permission_request`) unless
     /// their `permission_prompts` option says otherwise. Defaults to false: clients of
@@ -112,6 +116,18 @@ pub struct Config {
     /// An operator token: `/sessions` with it lists every principal's sessions.
     /// Defaults to none.
     pub admin_token: Option<String>,
+    /// How the `claude-ws` command writes its log lines. An embedder sets up its own
+    /// logger; the server does not read this. Defaults to [`LogFormat::Text`].
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `[TIME LEVEL TARGET] message`, env_logger's own format.
+    Text,
+    /// One JSON object per line: `time`, `level`, `target`, `message`.
+    Json,
 }
 
 /// Every permission mode the CLI knows.
@@ -161,6 +177,7 @@ impl Default for Config {
             replay_buffer_bytes: 1 << 20,
             state_dir: None,
             admin_token: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -403,7 +420,143 @@ const FLAGS: &[Flag] = &[
         "URL",
         "http:// registry where client-defined tools are also stored and listed",
     ),
+    flag(
+        "log-format",
+        "LOG_FORMAT",
+        "text|json",
+        "log lines as text, or as one JSON object per line for log shippers",
+    ),
 ];
+
+/// Most sessions, running children or sessions per peer: far beyond what one machine
+/// serves (each session is a thread), and small enough that nothing computed from it
+/// (file-descriptor counts, connection caps) can overflow.
+pub const MAX_COUNT: usize = 100_000;
+/// Largest byte limit (messages, prompts): 1 GiB.
+pub const MAX_BYTES: usize = 1 << 30;
+/// Longest duration of any setting: a year. Deadlines are `Instant::now() + d`, which
+/// panics on overflow; a year is far from that and longer than any useful timeout.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Most queries a rate-limit window may allow.
+const MAX_RATE: u32 = 1_000_000;
+
+/// The values a numeric setting accepts: one table for the flags' parsing and for
+/// [`Config::validate`], so a flag and an embedder meet the same bounds.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// A whole number in `min..=max`.
+    Count { min: u64, max: u64 },
+    /// A duration given in units of `unit` seconds (named `unit_name`), above zero, or
+    /// zero meaning off when `zero_is_off`; at most [`MAX_DURATION`].
+    Span {
+        unit: u64,
+        unit_name: &'static str,
+        zero_is_off: bool,
+    },
+}
+
+const SECONDS: Rule = Rule::Span {
+    unit: 1,
+    unit_name: "seconds",
+    zero_is_off: false,
+};
+
+/// The rule of each numeric flag (`rate-limit` has two parts, see [`RATE_COUNT`]).
+fn rule(name: &str) -> Rule {
+    let count = |min: usize, max: usize| Rule::Count {
+        min: min as u64,
+        max: max as u64,
+    };
+    match name {
+        "port" | "http-port" => count(0, u16::MAX as usize),
+        "max-sessions" | "max-running" | "max-sessions-per-peer" => count(1, MAX_COUNT),
+        "max-message-bytes" => count(1024, MAX_BYTES),
+        "max-prompt-bytes" => count(1, MAX_BYTES),
+        "session-timeout-minutes" => Rule::Span {
+            unit: 60,
+            unit_name: "minutes",
+            zero_is_off: false,
+        },
+        "child-idle-secs" | "reconnect-grace-secs" => Rule::Span {
+            unit: 1,
+            unit_name: "seconds",
+            zero_is_off: true,
+        },
+        "replay-buffer-bytes" => count(0, MAX_BYTES),
+        _ => SECONDS,
+    }
+}
+
+/// The count half of `--rate-limit N/SECS`.
+const RATE_COUNT: Rule = Rule::Count {
+    min: 1,
+    max: MAX_RATE as u64,
+};
+
+impl Rule {
+    /// What is accepted, for error messages: "a whole number from 1 to 100000".
+    fn accepted(self) -> String {
+        match self {
+            Rule::Count { min, max } => format!("a whole number from {min} to {max}"),
+            Rule::Span {
+                unit,
+                unit_name,
+                zero_is_off,
+            } => {
+                let most = MAX_DURATION.as_secs() / unit;
+                if zero_is_off {
+                    format!("a number of {unit_name} from 0 (off) to {most}, fractions allowed")
+                } else {
+                    format!("a number of {unit_name} above 0, at most {most}, fractions allowed")
+                }
+            }
+        }
+    }
+
+    fn expected(self) -> String {
+        format!("expected {}", self.accepted())
+    }
+
+    fn check_count(self, n: u64) -> Result<u64, String> {
+        match self {
+            Rule::Count { min, max } if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.expected()),
+        }
+    }
+
+    /// A duration is checked as given: `None` is "off".
+    fn check_span(self, d: Option<Duration>) -> Result<Option<Duration>, String> {
+        let Rule::Span { zero_is_off, .. } = self else {
+            return Err(self.expected());
+        };
+        match d {
+            None if zero_is_off => Ok(None),
+            Some(d) if d <= MAX_DURATION && !d.is_zero() => Ok(Some(d)),
+            _ => Err(self.expected()),
+        }
+    }
+
+    /// Parse a whole number: anything else, and anything out of range, gets the
+    /// accepted form rather than the parser's words.
+    fn count(self, v: &str) -> Result<u64, String> {
+        let n = v.trim().parse::<u64>().map_err(|_| self.expected())?;
+        self.check_count(n)
+    }
+
+    /// Parse a duration in this rule's unit; zero is `None` (off) where allowed.
+    fn span(self, v: &str) -> Result<Option<Duration>, String> {
+        let Rule::Span { unit, .. } = self else {
+            return Err(self.expected());
+        };
+        let n: f64 = v.trim().parse().map_err(|_| self.expected())?;
+        let secs = n * unit as f64;
+        if !secs.is_finite() || secs < 0.0 || secs > MAX_DURATION.as_secs_f64() {
+            return Err(self.expected());
+        }
+        let d = Duration::from_secs_f64(secs);
+        self.check_span(Some(d).filter(|d| !d.is_zero()))
+    }
+}
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -484,11 +637,7 @@ impl Config {
             let Some((values, source)) = raw.get(flag.name) else {
                 continue;
             };
-            let shown = if flag.name.contains("token") || flag.name.contains("secret") {
-                "<redacted>".to_string()
-            } else {
-                format!("{:?}", values.join(","))
-            };
+            let shown = shown(flag.name, values);
             let result = if flag.list {
                 let items: Vec<String> = values
                     .iter()
@@ -502,40 +651,56 @@ impl Config {
             };
             result.map_err(|why| ConfigError(format!("{source}={shown}: {why}")))?;
         }
-        c.validate()?;
+        // Settings that hang together badly: blame the flag or variable that was given.
+        c.check().map_err(|(name, why)| match raw.get(name) {
+            Some((values, source)) => {
+                ConfigError(format!("{source}={}: {why}", shown(name, values)))
+            }
+            None => ConfigError(format!("--{name}: {why}")),
+        })?;
         Ok(Invocation::Run(Box::new(c)))
     }
 
     fn set(&mut self, name: &str, v: &str) -> Result<(), String> {
+        // Each conversion checks the flag's rule, so its error names the accepted form.
+        let count = |v: &str| rule(name).count(v);
+        let span = |v: &str| rule(name).span(v);
+        // A span whose rule does not allow "off" is never `None`.
+        let required =
+            |v: &str| span(v)?.ok_or_else(|| format!("expected {}", rule(name).accepted()));
         match name {
             "host" => self.host = nonempty(v)?,
-            "port" => self.port = parse(v)?,
-            "http-port" => self.http_port = parse(v)?,
+            "port" => self.port = port(v)?,
+            "http-port" => self.http_port = port(v)?,
             "claude-bin" => self.claude_bin = PathBuf::from(nonempty(v)?),
-            "max-sessions" => self.max_sessions = parse(v)?,
-            "session-timeout-minutes" => self.session_timeout = duration(v, 60.0)?,
-            "ping-interval-secs" => self.ping_interval = duration(v, 1.0)?,
-            "max-message-bytes" => self.max_message_bytes = parse(v)?,
-            "interrupt-grace-secs" => self.interrupt_grace = duration(v, 1.0)?,
-            "stop-grace-secs" => self.stop_grace = duration(v, 1.0)?,
-            "stall-timeout-secs" => self.stall_timeout = duration(v, 1.0)?,
-            "handshake-timeout-secs" => self.handshake_timeout = duration(v, 1.0)?,
+            "max-sessions" => self.max_sessions = to_usize(count(v)?),
+            "session-timeout-minutes" => self.session_timeout = required(v)?,
+            "ping-interval-secs" => self.ping_interval = required(v)?,
+            "max-message-bytes" => self.max_message_bytes = to_usize(count(v)?),
+            "interrupt-grace-secs" => self.interrupt_grace = required(v)?,
+            "stop-grace-secs" => self.stop_grace = required(v)?,
+            "stall-timeout-secs" => self.stall_timeout = required(v)?,
+            "handshake-timeout-secs" => self.handshake_timeout = required(v)?,
             "auth-token" => self.auth_token = Some(nonempty(v)?),
             "jwt-secret" => self.jwt_secret = Some(nonempty(v)?),
-            "rate-limit" => {
-                let (n, secs) = v.split_once('/').ok_or("expected N/SECONDS, e.g. 10/60")?;
-                self.rate_limit = (parse(n)?, duration(secs, 1.0)?);
+            "rate-limit" => self.rate_limit = rate_limit(v)?,
+            "max-running" => self.max_running = to_usize(count(v)?),
+            "max-sessions-per-peer" => self.max_sessions_per_peer = to_usize(count(v)?),
+            "max-prompt-bytes" => self.max_prompt_bytes = to_usize(count(v)?),
+            "child-idle-secs" => self.child_idle = span(v)?,
+            "log-format" => {
+                self.log_format = match v.trim() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err("expected text or json".into()),
+                }
             }
-            "max-running" => self.max_running = parse(v)?,
-            "max-sessions-per-peer" => self.max_sessions_per_peer = parse(v)?,
-            "max-prompt-bytes" => self.max_prompt_bytes = parse(v)?,
-            "child-idle-secs" => self.child_idle = Some(duration(v, 1.0)?).filter(|d| !d.is_zero()),
             "permission-prompts" => self.permission_prompts = boolean(v)?,
-            "permission-timeout-secs" => self.permission_timeout = duration(v, 1.0)?,
-            "tool-timeout-secs" => self.tool_timeout = duration(v, 1.0)?,
-            "queue-timeout-secs" => self.queue_timeout = duration(v, 1.0)?,
-            "reconnect-grace-secs" => self.reconnect_grace = duration(v, 1.0)?,
-            "replay-buffer-bytes" => self.replay_buffer_bytes = parse(v)?,
+            "permission-timeout-secs" => self.permission_timeout = required(v)?,
+            "tool-timeout-secs" => self.tool_timeout = required(v)?,
+            "queue-timeout-secs" => self.queue_timeout = required(v)?,
+            "reconnect-grace-secs" => self.reconnect_grace = span(v)?.unwrap_or_default(),
+            "replay-buffer-bytes" => self.replay_buffer_bytes = to_usize(count(v)?),
             "state-dir" => self.state_dir = Some(PathBuf::from(nonempty(v)?)),
             "admin-token" => self.admin_token = Some(nonempty(v)?),
             "tool-registry-url" => {
@@ -564,18 +729,8 @@ impl Config {
                     })
                     .collect::<Result<_, _>>()?
             }
-            "allowed-permission-modes" => {
-                if let Some(bad) = items
-                    .iter()
-                    .find(|m| !PERMISSION_MODES.contains(&m.as_str()))
-                {
-                    return Err(format!(
-                        "unknown permission mode {bad:?}; known: {}",
-                        PERMISSION_MODES.join(", ")
-                    ));
-                }
-                self.allowed_permission_modes = items
-            }
+            // Checked with the rest in `check`.
+            "allowed-permission-modes" => self.allowed_permission_modes = items,
             "disallowed-tools" => self.disallowed_tools = items,
             "trusted-proxies" => {
                 self.trusted_proxies = items
@@ -630,31 +785,103 @@ impl Config {
                 .tool_registry_url
                 .clone()
                 .unwrap_or_else(|| "none".into()),
+            "log-format" => match self.log_format {
+                LogFormat::Text => "text".into(),
+                LogFormat::Json => "json".into(),
+            },
             _ => String::new(),
         }
     }
 
-    /// Check the settings hang together.
+    /// Check every setting is within its bounds (the same ones the flags have) and
+    /// that they hang together. [`Server::bind`](crate::Server::bind) calls this, so a
+    /// `Config` built in code meets the same rules as one built from flags.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_sessions == 0 {
-            return Err(ConfigError("max sessions must be at least 1".into()));
+        self.check()
+            .map_err(|(flag, why)| ConfigError(format!("{} (--{flag}): {why}", field_name(flag))))
+    }
+
+    /// The first setting out of bounds: (its flag's name, what is wrong).
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let counts: [(&'static str, usize); 7] = [
+            ("replay-buffer-bytes", self.replay_buffer_bytes),
+            ("max-sessions", self.max_sessions),
+            ("max-running", self.max_running),
+            ("max-sessions-per-peer", self.max_sessions_per_peer),
+            ("max-message-bytes", self.max_message_bytes),
+            ("max-prompt-bytes", self.max_prompt_bytes),
+            ("rate-limit", self.rate_limit.0 as usize),
+        ];
+        for (flag, n) in counts {
+            let rule = if flag == "rate-limit" {
+                RATE_COUNT
+            } else {
+                rule(flag)
+            };
+            rule.check_count(n as u64)
+                .map_err(|why| (flag, format!("{why}, not {n}")))?;
         }
-        if self.max_message_bytes < 1024 {
-            return Err(ConfigError(
-                "max message bytes must be at least 1024".into(),
+        let spans: [(&'static str, Option<Duration>); 12] = [
+            ("permission-timeout-secs", Some(self.permission_timeout)),
+            ("tool-timeout-secs", Some(self.tool_timeout)),
+            ("queue-timeout-secs", Some(self.queue_timeout)),
+            (
+                "reconnect-grace-secs",
+                Some(self.reconnect_grace).filter(|d| !d.is_zero()),
+            ),
+            ("session-timeout-minutes", Some(self.session_timeout)),
+            ("ping-interval-secs", Some(self.ping_interval)),
+            ("interrupt-grace-secs", Some(self.interrupt_grace)),
+            ("stop-grace-secs", Some(self.stop_grace)),
+            ("stall-timeout-secs", Some(self.stall_timeout)),
+            ("handshake-timeout-secs", Some(self.handshake_timeout)),
+            ("child-idle-secs", self.child_idle),
+            ("rate-limit", Some(self.rate_limit.1)),
+        ];
+        for (flag, d) in spans {
+            rule(flag)
+                .check_span(d)
+                .map_err(|why| (flag, format!("{why}, not {d:?}")))?;
+        }
+        if self.port != 0 && self.port == self.http_port {
+            return Err((
+                "http-port",
+                format!("must differ from the WebSocket port ({})", self.port),
             ));
         }
-        if self.max_running == 0 || self.max_sessions_per_peer == 0 || self.rate_limit.0 == 0 {
-            return Err(ConfigError(
-                "max running, max sessions per peer and the rate limit must be at least 1".into(),
+        if self.host.is_empty() {
+            return Err(("host", "must not be empty".into()));
+        }
+        if self.claude_bin.as_os_str().is_empty() {
+            return Err(("claude-bin", "must not be empty".into()));
+        }
+        // An empty secret would let an empty credential through.
+        if self.auth_token.as_deref() == Some("") {
+            return Err(("auth-token", "must not be empty".into()));
+        }
+        if self.jwt_secret.as_deref() == Some("") {
+            return Err(("jwt-secret", "must not be empty".into()));
+        }
+        if let Some(bad) = self.allowed_origins.iter().find(|o| !is_origin(o)) {
+            return Err((
+                "allowed-origins",
+                format!("{bad:?} is not an origin: expected scheme://host[:port], e.g. https://app.example.com, or *"),
             ));
         }
         if self.workspace_roots.is_empty() {
-            return Err(ConfigError("at least one workspace root is needed".into()));
+            return Err(("workspace-root", "at least one directory is needed".into()));
         }
-        if self.ping_interval.is_zero() || self.session_timeout.is_zero() {
-            return Err(ConfigError(
-                "ping interval and session timeout must be above zero".into(),
+        if let Some(bad) = self
+            .allowed_permission_modes
+            .iter()
+            .find(|m| !PERMISSION_MODES.contains(&m.as_str()))
+        {
+            return Err((
+                "allowed-permission-modes",
+                format!(
+                    "unknown permission mode {bad:?}; known: {}",
+                    PERMISSION_MODES.join(", ")
+                ),
             ));
         }
         Ok(())
@@ -669,6 +896,57 @@ fn boolean(v: &str) -> Result<bool, String> {
     }
 }
 
+/// The `Config` field a flag sets, for errors about a `Config` built in code.
+fn field_name(flag: &str) -> String {
+    match flag {
+        "session-timeout-minutes" => "session_timeout".into(),
+        "workspace-root" => "workspace_roots".into(),
+        f => f
+            .trim_end_matches("-secs")
+            .trim_end_matches("-minutes")
+            .replace('-', "_"),
+    }
+}
+
+/// `*`, or `scheme://host[:port]` as a browser sends it in `Origin` (no path, no
+/// spaces); a trailing `/` is tolerated, as the check ignores it.
+fn is_origin(o: &str) -> bool {
+    if o == "*" {
+        return true;
+    }
+    let Some((scheme, authority)) = o.trim_end_matches('/').split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let (host, port) = match authority.rsplit_once(':') {
+        // `[::1]:8080`, or `host:8080`; a bare `[::1]` has its colons inside brackets.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    scheme_ok
+        && !host.is_empty()
+        && !authority.contains(['/', '?', '#', '@'])
+        && !authority
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        && port.is_none_or(|p| p.parse::<u16>().is_ok())
+}
+
+/// A flag's value as errors show it: quoted, or `<redacted>` for a secret.
+fn shown(name: &str, values: &[String]) -> String {
+    if name.contains("token") || name.contains("secret") {
+        "<redacted>".to_string()
+    } else {
+        format!("{:?}", values.join(","))
+    }
+}
+
 fn nonempty(v: &str) -> Result<String, String> {
     if v.is_empty() {
         Err("must not be empty".into())
@@ -677,20 +955,31 @@ fn nonempty(v: &str) -> Result<String, String> {
     }
 }
 
-fn parse<T: std::str::FromStr>(v: &str) -> Result<T, String>
-where
-    T::Err: std::fmt::Display,
-{
-    v.trim().parse().map_err(|e: T::Err| e.to_string())
+fn port(v: &str) -> Result<u16, String> {
+    let n = rule("port")
+        .count(v)
+        .map_err(|why| format!("{why} (0 = any free port)"))?;
+    u16::try_from(n).map_err(|_| "expected a port from 0 to 65535".into())
 }
 
-/// A non-negative number of units (`unit` seconds each), fractions allowed.
-fn duration(v: &str, unit: f64) -> Result<Duration, String> {
-    let n: f64 = parse(v)?;
-    if !n.is_finite() || n < 0.0 || n * unit > 1e9 {
-        return Err("must be a non-negative number".into());
-    }
-    Ok(Duration::from_secs_f64(n * unit))
+/// Every bound is far below `usize::MAX`, even on 32-bit targets.
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// `N/SECONDS`: N queries in a window of SECONDS.
+fn rate_limit(v: &str) -> Result<(u32, Duration), String> {
+    let form = || {
+        format!(
+            "expected N/SECONDS, e.g. 10/60, with N from 1 to {MAX_RATE} and SECONDS \
+             above 0, at most {} (fractions allowed)",
+            MAX_DURATION.as_secs()
+        )
+    };
+    let (n, secs) = v.split_once('/').ok_or_else(form)?;
+    let n = RATE_COUNT.count(n).map_err(|_| form())?;
+    let window = SECONDS.span(secs).map_err(|_| form())?.ok_or_else(form)?;
+    Ok((u32::try_from(n).map_err(|_| form())?, window))
 }
 
 fn help() -> String {
@@ -782,6 +1071,40 @@ mod tests {
         let c = run(&["--rate-limit=5/0.5"], &[]).unwrap();
         assert_eq!(c.rate_limit, (5, Duration::from_millis(500)));
         assert!(run(&["--rate-limit=5"], &[]).is_err());
+    }
+
+    #[test]
+    fn origins_need_a_scheme_and_nothing_after_the_port() {
+        for good in [
+            "*",
+            "https://app.example.com",
+            "http://localhost:3000/",
+            "http://[::1]:8080",
+            "chrome-extension://abcdef",
+        ] {
+            assert!(is_origin(good), "{good}");
+        }
+        for bad in [
+            "app.example.com",
+            "https://",
+            "://host",
+            "https://host/path",
+            "https://host:99999",
+            "https://a b",
+            "null",
+            "1http://host",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn child_idle_zero_is_off_and_every_default_is_valid() {
+        let c = run(&["--child-idle-secs=0"], &[]).unwrap();
+        assert_eq!(c.child_idle, None);
+        assert!(Config::default().validate().is_ok());
+        let c = run(&["--log-format", "json"], &[]).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `/sessions` needs the same credentials as the WebSocket; `/health` tells nothing
 //! secret.
 
-use std::process::Command;
+use std::sync::Arc;
+use std::thread;
 
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
@@ -10,23 +11,61 @@ use tiny_http::{Header, Method, Request, Response};
 use crate::protocol::{http_error_body, ErrorCode};
 use crate::state::Shared;
 
-/// Answer requests until the server is unblocked.
-pub fn serve(server: &tiny_http::Server, shared: &Shared) {
-    for req in server.incoming_requests() {
-        // A panic in a handler must not take the side port down.
-        let answered =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(&req, shared)));
-        let (status, body) = answered.unwrap_or_else(|_| {
-            (
-                500,
-                http_error_body(ErrorCode::InternalError, "internal error"),
-            )
-        });
-        let response = Response::from_string(body)
-            .with_status_code(status)
-            .with_header(json_header());
-        let _ = req.respond(response);
+/// Threads answering side-port requests: a slow request (a client slow to take its
+/// answer) leaves the others to be served.
+const WORKERS: usize = 4;
+
+/// Start the start-up checks (whose `claude` probe `/health` reports), then answer
+/// requests on [`WORKERS`] threads until the server is unblocked while shutting down.
+pub fn serve(server: &Arc<tiny_http::Server>, shared: &Arc<Shared>) {
+    crate::preflight::start(shared);
+    let workers: Vec<_> = (0..WORKERS)
+        .filter_map(|i| {
+            let (server, shared) = (server.clone(), shared.clone());
+            thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || work(&server, &shared))
+                .map_err(|e| log::error!("cannot start a side-port thread: {e}"))
+                .ok()
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
     }
+}
+
+/// One worker: take requests from tiny_http's queue until shutdown.
+fn work(server: &tiny_http::Server, shared: &Shared) {
+    loop {
+        let req = match server.recv() {
+            Ok(r) => r,
+            // `unblock` wakes one waiting thread: pass it on to the next worker.
+            Err(_) if shared.is_shutting_down() => {
+                server.unblock();
+                return;
+            }
+            Err(e) => {
+                log::debug!("side port: {e}");
+                continue;
+            }
+        };
+        answer(req, shared);
+    }
+}
+
+fn answer(req: Request, shared: &Shared) {
+    // A panic in a handler must not take the side port down.
+    let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(&req, shared)));
+    let (status, body) = answered.unwrap_or_else(|_| {
+        (
+            500,
+            http_error_body(ErrorCode::InternalError, "internal error"),
+        )
+    });
+    let response = Response::from_string(body)
+        .with_status_code(status)
+        .with_header(json_header());
+    let _ = req.respond(response);
 }
 
 fn json_header() -> Header {
@@ -73,10 +112,24 @@ fn route(req: &Request, shared: &Shared) -> (u16, String) {
     }
 }
 
+/// `status` is `ok`, or `degraded` with a `reason` once the `claude` check failed;
+/// `claude.status` is `checking` until that check has answered.
 fn health(shared: &Shared) -> serde_json::Value {
     let r = &shared.registry;
-    json!({
-        "status": "ok",
+    let path = shared.config.claude_bin.display().to_string();
+    let (claude, problem) = match shared.claude_version.get() {
+        None => (json!({"path": path, "status": "checking"}), None),
+        Some(Ok(version)) => (
+            json!({"path": path, "status": "ok", "version": version}),
+            None,
+        ),
+        Some(Err(error)) => (
+            json!({"path": path, "status": "error", "error": error}),
+            Some(format!("claude cannot run: {error}")),
+        ),
+    };
+    let mut v = json!({
+        "status": if problem.is_some() { "degraded" } else { "ok" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": r.uptime_s(),
         "sessions": r.session_count(),
@@ -84,35 +137,10 @@ fn health(shared: &Shared) -> serde_json::Value {
         "children": shared.places.used(),
         "queued_queries": shared.places.queued(),
         "detached_sessions": r.detached_count(),
-        "claude": claude_version(shared),
-    })
-}
-
-/// `claude --version`, asked once (it takes a moment) and remembered.
-fn claude_version(shared: &Shared) -> serde_json::Value {
-    let bin = &shared.config.claude_bin;
-    let v = shared.claude_version.get_or_init(|| {
-        match Command::new(bin)
-            .arg("--version")
-            .env_clear()
-            .envs(shared.child_env.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
-            .output()
-        {
-            Ok(o) if o.status.success() => {
-                Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-            }
-            Ok(o) => Err(format!(
-                "{} --version failed ({}): {}",
-                bin.display(),
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => Err(format!("cannot run {}: {e}", bin.display())),
-        }
+        "claude": claude,
     });
-    match v {
-        Ok(version) => json!({"path": bin.display().to_string(), "version": version}),
-        Err(error) => json!({"path": bin.display().to_string(), "error": error}),
+    if let Some(reason) = problem {
+        v["reason"] = reason.into();
     }
+    v
 }

@@ -7,8 +7,9 @@
 //! a session's `claude` child has three pipe threads (stdout reader, stderr drain,
 //! stdin writer). Client input, child events, shutdown and timers all
 //! reach the session through one crossbeam `select!`, so one thread decides everything
-//! for a session without locks or polling. A tiny_http thread serves `/health` and
-//! `/sessions` on a side port.
+//! for a session without locks or polling. A few tiny_http threads serve `/health`
+//! and `/sessions` on a side port; `claude --version` is checked once at start, on a
+//! thread of its own with a time limit.
 //!
 //! Embedding:
 //! ```no_run
@@ -38,6 +39,7 @@ mod limits;
 mod link;
 mod pending;
 mod places;
+mod preflight;
 pub mod protocol;
 mod proxy;
 mod query;

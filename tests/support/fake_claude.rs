@@ -17,7 +17,7 @@
 //!
 //! The first word of the prompt picks the behaviour; see [`Mode`]. Unknown flags are
 //! ignored, except that `--fake-exit-at-start` makes it exit 1 at once like the real CLI
-//! rejecting an option. `--resume ID` (or `--session-id ID`) sets the session id;
+//! rejecting an option, and `--version` prints a version line and exits. `--resume ID` (or `--session-id ID`) sets the session id;
 //! `--model` and `--permission-mode` are echoed in the init line.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -38,6 +38,12 @@ const BULK_BUFFER_BYTES: usize = 1 << 20;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // As the real CLI does; the server asks at start (its exit must not count as a
+    // session child's, e.g. for FAKE_CLAUDE_EXIT_MARKER).
+    if args.iter().any(|a| a == "--version") {
+        println!("0.0.0-fake (Claude Code)");
+        return;
+    }
     if args.iter().any(|a| a == EXIT_AT_START_FLAG) {
         eprintln!("error: unknown option '{EXIT_AT_START_FLAG}'");
         std::process::exit(1);
