@@ -30,7 +30,7 @@ pub struct Shared {
     /// Connections with a thread of their own (in their handshake or session).
     pub connections: AtomicUsize,
     ws_addr: SocketAddr,
-    /// `claude --version`, asked once by the side port (it takes a moment).
+    /// `claude --version`, filled once by the start-up check (`preflight.rs`).
     pub claude_version: OnceLock<Result<String, String>>,
 }
 

@@ -182,7 +182,10 @@ fn missing_credentials_are_warned_about() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let s = ServerOptions::fake().arg("--log-format=json").start();
+    let s = ServerOptions::fake()
+        .arg("--log-format=json")
+        .arg(NO_REATTACH)
+        .start();
     // Lines with quotes and other characters to escape: a refused origin is logged
     // with its value quoted.
     let refused = s.try_connect(&s.ws_url, &[("Origin", "https://evil.example/\"\\")]);
