@@ -20,7 +20,7 @@ use crossbeam_channel::{never, select, Receiver};
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-use crate::child::{Child, ChildEvent, ChildSpec, Undelivered};
+use crate::child::{Child, ChildEvent, ChildSpec, Stop, Undelivered};
 use crate::limits::RateWindow;
 use crate::link::{Link, LinkError, HIGH_WATER};
 use crate::protocol::{
@@ -171,9 +171,6 @@ impl<'a> Session<'a> {
         // Frames that came with the handshake are already buffered: no wake-up for them.
         self.on_client_input();
         self.flush();
-        // The handshake ran deeper than an idle session ever goes; give those stack
-        // pages back (an idle session is mostly its stack: see the idle-scale benchmark).
-        crate::sys::release_stack_below_caller();
         let end = loop {
             if let Some(end) = self.ending.take() {
                 break end;
@@ -297,7 +294,13 @@ impl<'a> Session<'a> {
         if let Err(e) = self.check_rate() {
             return self.send_error(e);
         }
-        // A live child holds a slot of --max-running; a restart passes it on.
+        // A restart stops the old child first. Its place among --max-running stays
+        // taken until it is reaped, so the new child needs a place of its own.
+        if self.child.is_some() && self.last_key.as_ref() != Some(&key) {
+            log::info!("[{}] options changed; restarting claude", self.label);
+            self.stop_child(); // between queries: no turn to interrupt
+        }
+        // A live child holds a slot of --max-running and keeps it.
         let slot = match self.child_slot.take() {
             Some(slot) => slot,
             None => match self.shared.registry.reserve_child(config.max_running) {
@@ -346,10 +349,6 @@ impl<'a> Session<'a> {
     /// conversation) when the flags differ from the current one's. The child keeps
     /// `slot` for as long as it lives.
     fn ensure_child(&mut self, key: ChildSpec, slot: ChildSlot) -> Result<(), ClientError> {
-        if self.child.is_some() && self.last_key.as_ref() != Some(&key) {
-            log::info!("[{}] options changed; restarting claude", self.label);
-            self.stop_child(); // between queries: no turn to interrupt
-        }
         if self.child.is_some() {
             self.child_slot = Some(slot);
             return Ok(());
@@ -615,31 +614,38 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Detach the current child from the session (its events, its slot, its row in
-    /// /sessions), for the caller to stop.
-    fn take_child(&mut self) -> Option<Child> {
+    /// Detach the current child from the session (its events, its row in /sessions)
+    /// and hand it, with its --max-running slot, to the reaper to stop as `how` says.
+    /// Returns at once.
+    fn stop_child_with(&mut self, how: Stop) {
         self.child_events = never();
-        self.child_slot = None;
-        let child = self.child.take();
-        if child.is_some() {
+        let slot = self.child_slot.take();
+        if let Some(child) = self.child.take() {
             self.listing.update(|i| i.child_pid = None);
+            self.shared.reaper.stop(child, how, slot, &self.label);
         }
-        child
     }
 
     fn on_child_exit(&mut self) {
-        let Some(mut child) = self.take_child() else {
+        let Some(child) = &mut self.child else {
             return;
         };
-        let ending = child.stop(self.shared.config.stop_grace, &self.label);
+        // Its reader reports the end once the child has exited: this does not wait.
+        let status = child.try_wait();
         let tail = child.stderr_tail();
-        log::info!("[{}] claude exited: {ending:?}", self.label);
+        match status {
+            Some(s) => log::info!("[{}] claude pid={} exited ({s})", self.label, child.pid()),
+            None => log::info!("[{}] claude pid={} closed stdout", self.label, child.pid()),
+        }
+        self.stop_child_with(Stop::Graceful(self.shared.config.stop_grace));
         let Some(q) = &self.query else { return };
         if q.interrupt_deadline.is_some() {
             return self.end_query(QueryOutcome::Interrupted);
         }
-        let status = ending.status();
-        let mut message = format!("claude exited ({status}) before the query finished");
+        let mut message = match status {
+            Some(status) => format!("claude exited ({status}) before the query finished"),
+            None => "claude closed its output before the query finished".to_string(),
+        };
         if !tail.is_empty() {
             message.push_str("; its stderr ends with: ");
             message.push_str(last_chars(&tail, 1000));
@@ -648,11 +654,9 @@ impl<'a> Session<'a> {
         self.end_query(QueryOutcome::Error);
     }
 
-    /// Stop the current child gracefully (close stdin, then escalate).
+    /// Stop the current child gracefully (close stdin, then escalate), off this thread.
     fn stop_child(&mut self) {
-        if let Some(mut child) = self.take_child() {
-            child.stop(self.shared.config.stop_grace, &self.label);
-        }
+        self.stop_child_with(Stop::Graceful(self.shared.config.stop_grace));
     }
 
     fn end_query(&mut self, outcome: QueryOutcome) {
@@ -720,9 +724,7 @@ impl<'a> Session<'a> {
                 self.label,
                 config.interrupt_grace
             );
-            if let Some(mut child) = self.take_child() {
-                child.kill(&self.label);
-            }
+            self.stop_child_with(Stop::Now);
             self.end_query(QueryOutcome::Interrupted);
         }
         if let (Some(idle), true, true) = (
