@@ -15,18 +15,24 @@
 //!   logs at debug, and keeps the tail for error reports.
 //! - stdin writer: takes lines from a bounded channel. Closing stdin is dropping the
 //!   sender; the writer then drops the pipe and the CLI writes its session and exits.
+//!
+//! Stopping a child takes seconds (the CLI writes its session; a stubborn one needs the
+//! whole ladder), so no session waits for it: the session hands the child to the
+//! [`Reaper`], which runs the ladder on a thread of its own and keeps the child's
+//! place among `--max-running` until the child is reaped and its group is gone.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use serde_json::Value;
 
-use crate::sys::{self, Signal};
+use crate::registry::lock;
+use crate::sys::{self, ExitWatch, Signal};
 
 /// How many stdout chunks may wait for the session.
 const EVENT_QUEUE: usize = 2;
@@ -42,6 +48,15 @@ const STDOUT_PIPE: usize = 256 * 1024;
 const STDIN_QUEUE: usize = 64;
 /// How much of stderr is kept for error reports.
 const STDERR_TAIL: usize = 4096;
+/// After stdout's end of file, how long its reader waits for the child to exit and
+/// for stderr's end before it tells the session (which then reads the exit status
+/// and the stderr tail without waiting). A child that closes stdout and lives on, or
+/// a grandchild holding stderr, only delays that report by this much.
+const EXIT_AFTER_EOF: Duration = Duration::from_secs(2);
+/// How long the stop that skips the stdin step waits between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_millis(500);
+/// Stack of the pipe, reaper and spawner threads: none goes deep.
+const HELPER_STACK: usize = 128 * 1024;
 
 /// What a child needs to start: program, argv (never a shell line), cwd, environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +128,7 @@ impl Ending {
 pub struct Child {
     proc: std::process::Child,
     pid: u32,
+    exit: Arc<ExitWatch>,
     stdin: Option<Sender<Vec<u8>>>,
     events: Receiver<ChildEvent>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
@@ -137,11 +153,23 @@ impl Child {
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
-        let mut proc = cmd.spawn().map_err(|source| SpawnError {
+        let mut proc = spawn_from_lasting_thread(cmd).map_err(|source| SpawnError {
             program: spec.program.clone(),
             source,
         })?;
         let pid = proc.id();
+        // Before anything can reap the child, so the pid cannot have been reused.
+        let exit = match ExitWatch::new(pid) {
+            Ok(w) => Arc::new(w),
+            Err(source) => {
+                let _ = proc.kill();
+                let _ = proc.wait();
+                return Err(SpawnError {
+                    program: spec.program.clone(),
+                    source,
+                });
+            }
+        };
         let (stdout, stderr, stdin) =
             match (proc.stdout.take(), proc.stderr.take(), proc.stdin.take()) {
                 (Some(o), Some(e), Some(i)) => (o, e, i),
@@ -165,19 +193,27 @@ impl Child {
         let mut readers = Vec::with_capacity(3);
         let spawn_thread = |name: String, f: Box<dyn FnOnce() + Send>| {
             thread::Builder::new()
-                .stack_size(128 * 1024)
+                .stack_size(HELPER_STACK)
                 .name(name)
                 .spawn(f)
         };
+        // The stderr reader drops this at its end; the stdout reader waits for that.
+        let (stderr_open, stderr_done) = bounded::<()>(0);
         let threads = [
-            spawn_thread(
-                format!("stdout-{pid}"),
-                Box::new(move || read_stdout(stdout, event_tx)),
-            ),
+            spawn_thread(format!("stdout-{pid}"), {
+                let exit = exit.clone();
+                Box::new(move || {
+                    read_stdout(stdout, &event_tx);
+                    report_end(&event_tx, &exit, &stderr_done);
+                })
+            }),
             spawn_thread(format!("stderr-{pid}"), {
                 let tail = stderr_tail.clone();
                 let label = label.to_string();
-                Box::new(move || read_stderr(stderr, tail, label, pid))
+                Box::new(move || {
+                    let _open = stderr_open;
+                    read_stderr(stderr, tail, label, pid)
+                })
             }),
             spawn_thread(
                 format!("stdin-{pid}"),
@@ -200,6 +236,7 @@ impl Child {
         Ok(Child {
             proc,
             pid,
+            exit,
             stdin: Some(stdin_tx),
             events,
             stderr_tail,
@@ -247,7 +284,8 @@ impl Child {
         String::from_utf8_lossy(&tail).trim().to_string()
     }
 
-    /// The exit status, if the child has exited (reaps it).
+    /// The exit status, if the child has exited (reaps it). Never blocks. After
+    /// [`ChildEvent::Closed`] it is known, unless the child closed stdout and lived on.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if let Some(e) = self.ended {
             return Some(e.status());
@@ -263,26 +301,18 @@ impl Child {
 
     /// Wait up to `limit` for the child to exit by itself.
     fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            // Polling is confined to a child that is being stopped; std offers no
-            // wait-with-timeout and a stop happens once per child.
-            thread::sleep(Duration::from_millis(10));
+        if self.ended.is_none() {
+            self.exit.wait(limit);
         }
+        self.try_wait()
     }
 
     /// Stop the child the way that keeps its conversation: close stdin and give it
     /// `grace` to finish and write its session file; then SIGTERM its process group,
     /// wait `grace` again; then SIGKILL the group. Whatever is left in the group after
     /// the child itself has gone (a Bash-tool command) is killed too. Each step is
-    /// logged with what ended it. Safe to call twice.
-    pub fn stop(&mut self, grace: Duration, label: &str) -> Ending {
+    /// logged with what ended it. Safe to call twice. Blocks: only the [`Reaper`] calls it.
+    fn stop(&mut self, grace: Duration, label: &str) -> Ending {
         if let Some(e) = self.ended {
             self.sweep_group(label);
             return e;
@@ -313,14 +343,17 @@ impl Child {
     }
 
     /// End the child and its group now (SIGTERM, a short wait, SIGKILL), without the
-    /// stdin step: for an interrupt the child did not honour.
-    pub fn kill(&mut self, label: &str) -> Ending {
+    /// stdin step: for an interrupt the child did not honour. Blocks for up to
+    /// [`KILL_GRACE`] and a little more.
+    fn kill(&mut self, label: &str) -> Ending {
         if let Some(e) = self.ended {
+            self.sweep_group(label);
             return e;
         }
         let pid = self.pid;
+        self.events = crossbeam_channel::never();
         let _ = sys::signal_group(pid, Signal::Term);
-        let ending = match self.wait_for(Duration::from_millis(500)) {
+        let ending = match self.wait_for(KILL_GRACE) {
             Some(s) => Ending::Terminated(s),
             None => self.kill_group_and_reap(),
         };
@@ -383,7 +416,127 @@ impl Drop for Child {
     }
 }
 
-fn read_stdout(stdout: std::process::ChildStdout, tx: Sender<ChildEvent>) {
+/// Start `cmd` from the one thread that starts every child. PR_SET_PDEATHSIG (see
+/// `sys::terminate_with_parent`) fires when the *thread* that forked the child ends,
+/// not the process; a child outlives the session thread that asked for it (the reaper
+/// may still be stopping it), so children are forked by a thread that lasts as long
+/// as the process. A spawn returns once exec has happened, so they queue only briefly.
+fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<std::process::Child> {
+    type Job = (Command, Sender<std::io::Result<std::process::Child>>);
+    static SPAWNER: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = unbounded::<Job>();
+        let started = thread::Builder::new()
+            .name("spawner".into())
+            .stack_size(HELPER_STACK)
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        match started {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                log::error!("cannot start the thread that starts children: {e}");
+                None
+            }
+        }
+    });
+    let gone = || std::io::Error::other("the thread that starts children is gone");
+    let spawner = spawner.as_ref().ok_or_else(gone)?;
+    let (reply, answer) = bounded(1);
+    spawner.send((cmd, reply)).map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+/// How the [`Reaper`] ends a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The ladder that keeps the conversation: close stdin, wait this long, SIGTERM
+    /// the group, wait as long again, SIGKILL the group.
+    Graceful(Duration),
+    /// SIGTERM the group, a short wait, SIGKILL: for an interrupt not honoured.
+    Now,
+}
+
+/// Stops children without making anyone wait: each child handed over is stopped on a
+/// thread of its own (their number is bounded by `--max-running`, since each holds
+/// its place until reaped), together with a guard (its `--max-running` place) that is
+/// dropped only once the child is reaped and its process group is gone. The server
+/// waits for the stops still running with [`Reaper::wait`] before it returns. Cheap
+/// to clone.
+#[derive(Clone, Default)]
+pub struct Reaper {
+    state: Arc<Stopping>,
+}
+
+#[derive(Default)]
+struct Stopping {
+    count: Mutex<usize>,
+    none_left: Condvar,
+}
+
+/// Counts one stop while it lives.
+struct StopToken(Arc<Stopping>);
+
+impl Drop for StopToken {
+    fn drop(&mut self) {
+        let mut n = lock(&self.0.count);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.none_left.notify_all();
+        }
+    }
+}
+
+impl Reaper {
+    /// Stop `child` as `how` says, off the caller's thread; drop `guard` once it has
+    /// been reaped and nothing is left in its process group. Returns at once.
+    pub fn stop<G: Send + 'static>(&self, mut child: Child, how: Stop, guard: G, label: &str) {
+        *lock(&self.state.count) += 1;
+        let token = StopToken(self.state.clone());
+        let pid = child.pid;
+        let label = label.to_string();
+        // Stop taking its output now: a child blocked on a full stdout pipe can finish.
+        child.events = crossbeam_channel::never();
+        let spawned = thread::Builder::new()
+            .name(format!("reap-{pid}"))
+            .stack_size(HELPER_STACK)
+            .spawn(move || {
+                match how {
+                    Stop::Graceful(grace) => child.stop(grace, &label),
+                    Stop::Now => child.kill(&label),
+                };
+                drop(child);
+                drop(guard);
+                drop(token);
+            });
+        if let Err(e) = spawned {
+            // The closure (child, guard, token) was dropped with the error: the child's
+            // Drop killed its group, so the graceful steps were skipped.
+            log::error!("cannot start a thread to stop claude pid={pid} ({e}); it was killed");
+        }
+    }
+
+    /// Wait until every stop handed over has finished, or `deadline`; the number
+    /// still running then.
+    pub fn wait(&self, deadline: Instant) -> usize {
+        let mut n = lock(&self.state.count);
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            n = match self.state.none_left.wait_timeout(n, left) {
+                Ok((n, _)) => n,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        *n
+    }
+}
+
+fn read_stdout(stdout: std::process::ChildStdout, tx: &Sender<ChildEvent>) {
     let mut buf: Vec<u8> = Vec::with_capacity(STDOUT_CHUNK);
     let mut listening = true;
     loop {
@@ -417,6 +570,15 @@ fn read_stdout(stdout: std::process::ChildStdout, tx: Sender<ChildEvent>) {
     if listening && !buf.is_empty() {
         let _ = tx.send(ChildEvent::Lines(buf)); // a last line without a newline
     }
+}
+
+/// After stdout's end: wait (a bounded while) for the child's exit and the end of its
+/// stderr, then send [`ChildEvent::Closed`], so the session can take the exit status
+/// and the whole stderr tail at once instead of waiting for them itself.
+fn report_end(tx: &Sender<ChildEvent>, exit: &ExitWatch, stderr_done: &Receiver<()>) {
+    let deadline = Instant::now() + EXIT_AFTER_EOF;
+    exit.wait(EXIT_AFTER_EOF);
+    let _ = stderr_done.recv_deadline(deadline); // disconnected: stderr has ended
     let _ = tx.send(ChildEvent::Closed);
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::child::Reaper;
 use crate::config::Config;
 use crate::limits::PeerRates;
 use crate::places::Places;
@@ -26,6 +27,8 @@ pub struct Shared {
     pub peer_rates: PeerRates,
     /// Where each principal's CLI state lives (`None`: the CLI's own location).
     pub state_dir: Option<PathBuf>,
+    /// Stops children that sessions let go of; shutdown waits for it.
+    pub reaper: Reaper,
     shutting_down: AtomicBool,
     /// Connections with a thread of their own (in their handshake or session).
     pub connections: AtomicUsize,
@@ -51,6 +54,7 @@ impl Shared {
             registry: Arc::new(Registry::default()),
             peer_rates: PeerRates::new(n, window),
             state_dir,
+            reaper: Reaper::default(),
             config,
             shutting_down: AtomicBool::new(false),
             connections: AtomicUsize::new(0),

@@ -1,8 +1,21 @@
 //! The few operating-system calls std has no API for, kept in one place so the rest of
-//! the crate stays free of `unsafe`.
+//! the crate stays free of `unsafe`. `nix` wraps most of them safely; `unsafe` is left
+//! for what it does not cover (reads into spare capacity, epoll, pidfd_open, pre_exec).
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "claude-ws runs on Linux only: it relies on PR_SET_PDEATHSIG, pidfd, epoll and F_SETPIPE_SZ"
+);
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self as nix_signal, killpg};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 /// Signals the server sends to a child's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,49 +24,133 @@ pub enum Signal {
     Kill,
 }
 
-/// Send `sig` to every process in group `pgid` (the child and its descendants, such as
-/// Bash-tool commands, that did not leave the group).
-pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
-    let sig = match sig {
-        Signal::Term => libc::SIGTERM,
-        Signal::Kill => libc::SIGKILL,
-    };
-    let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::other("pid out of range"))?;
-    // SAFETY: kill(2) with a negative pid only signals; it touches no memory of ours.
-    if unsafe { libc::kill(-pgid, sig) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+/// The process group of a child, checked: group 0 is the caller's own (the server's)
+/// and group 1 is init's, and `-1` reaches every process we may signal; a child's
+/// group is none of these, so such a number is a bug and is refused, not signalled.
+fn child_group(pgid: u32) -> io::Result<Pid> {
+    match libc::pid_t::try_from(pgid) {
+        Ok(raw) if raw > 1 => Ok(Pid::from_raw(raw)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process group {pgid}"),
+        )),
     }
 }
 
-/// Have the child started by `cmd` receive SIGTERM if the thread that starts it ends,
-/// which includes the whole server dying (even by SIGKILL): no orphaned `claude`.
-/// A session stops its child before its thread ends, so in normal operation the signal
-/// never fires.
+/// Send `sig` to every process in group `pgid` (the child and its descendants, such as
+/// Bash-tool commands, that did not leave the group). Groups 0 and 1 are refused.
+pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
+    let sig = match sig {
+        Signal::Term => nix_signal::Signal::SIGTERM,
+        Signal::Kill => nix_signal::Signal::SIGKILL,
+    };
+    Ok(killpg(child_group(pgid)?, sig)?)
+}
+
+/// Have the child started by `cmd` receive SIGTERM when the thread that starts it
+/// ends, which includes the whole server dying (even by SIGKILL): no orphaned `claude`.
+/// Children are started from one thread that lives as long as the process (see
+/// `child.rs`), so in normal operation the signal never fires.
 pub fn terminate_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: runs in the forked child before exec and only calls prctl(2), which is
-    // async-signal-safe; it touches no memory shared with the parent.
+    let parent = nix::unistd::getpid();
+    // SAFETY: runs in the forked child before exec and only makes system calls
+    // (prctl, getppid), which are async-signal-safe; it allocates nothing and touches
+    // no memory shared with the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix_signal::Signal::SIGTERM)?;
+            // The parent may have died between fork and prctl: then the signal never
+            // comes, and the child would run on as an orphan. (ESRCH: no allocation
+            // here, unlike a custom error.)
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
+            Ok(())
         });
     }
 }
 
-/// Whether any process is left in group `pgid`.
+/// Whether any process is left in group `pgid` (never for groups 0 and 1).
 pub fn group_exists(pgid: u32) -> bool {
-    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+    let Ok(pgid) = child_group(pgid) else {
         return false;
     };
-    // SAFETY: signal 0 checks for existence and permission only.
-    let rc = unsafe { libc::kill(-pgid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // Signal 0 checks for existence and permission only.
+    matches!(killpg(pgid, None), Ok(()) | Err(Errno::EPERM))
+}
+
+/// Learns when a child process has exited, without reaping it (its owner's `wait`
+/// does that, so the status is not lost): through a pidfd (Linux 5.3+), which
+/// becomes readable at the exit; on older kernels by asking `waitid` every 10 ms.
+#[derive(Debug)]
+pub struct ExitWatch {
+    pid: Pid,
+    pidfd: Option<OwnedFd>,
+}
+
+impl ExitWatch {
+    /// Watch the child `pid`, which must not have been reaped yet (so the number cannot
+    /// have been reused).
+    pub fn new(pid: u32) -> io::Result<ExitWatch> {
+        let raw = libc::pid_t::try_from(pid)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+        // SAFETY: pidfd_open takes a pid and flags, no pointers.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        let pidfd = if fd >= 0 {
+            let fd = std::os::fd::RawFd::try_from(fd).map_err(io::Error::other)?;
+            // SAFETY: `fd` is a new descriptor (close-on-exec) nothing else owns.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        } else {
+            match Errno::last() {
+                Errno::ENOSYS => None,
+                e => return Err(e.into()),
+            }
+        };
+        Ok(ExitWatch {
+            pid: Pid::from_raw(raw),
+            pidfd,
+        })
+    }
+
+    /// Wait up to `limit` for the process to exit; true once it has (or was reaped).
+    pub fn wait(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let exited = match &self.pidfd {
+                Some(fd) => poll_readable(fd, left),
+                None => self.exited_now(),
+            };
+            if exited || left.is_zero() {
+                return exited;
+            }
+            if self.pidfd.is_none() {
+                std::thread::sleep(left.min(Duration::from_millis(10)));
+            }
+        }
+    }
+
+    fn exited_now(&self) -> bool {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        // ECHILD: already reaped.
+        !matches!(
+            waitid(Id::Pid(self.pid), flags),
+            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR)
+        )
+    }
+}
+
+/// Whether `fd` becomes readable within `limit` (rounded up to a millisecond).
+fn poll_readable(fd: &OwnedFd, limit: Duration) -> bool {
+    let ms = limit.as_micros().div_ceil(1000);
+    let timeout = i32::try_from(ms)
+        .ok()
+        .and_then(|ms| PollTimeout::try_from(ms).ok())
+        .unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    // EINTR or an error: not known to have exited; the caller's loop asks again.
+    matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
 }
 
 /// Write as much of `buf` as the socket takes right now, without blocking.
@@ -96,15 +193,11 @@ pub fn read_append(file: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Re
 
 /// Ask for a pipe buffer of `bytes` (Linux rounds up to pages; an unprivileged process
 /// gets at most /proc/sys/fs/pipe-max-size, 1 MiB by default). The size granted.
-pub fn grow_pipe(pipe: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
+pub fn grow_pipe(pipe: &impl AsFd, bytes: usize) -> io::Result<usize> {
+    use nix::fcntl::{fcntl, FcntlArg};
     let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: fcntl with F_SETPIPE_SZ takes an integer, no pointers.
-    let got = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
-    if got < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(got as usize)
-    }
+    let got = fcntl(pipe.as_fd(), FcntlArg::F_SETPIPE_SZ(want))?;
+    usize::try_from(got).map_err(io::Error::other)
 }
 
 /// Let `io` (a read-like call: bytes written at a pointer, at most a length; the count
@@ -217,68 +310,68 @@ impl Epoll {
     }
 }
 
-/// Give the kernel back the pages of the calling thread's stack below the caller's
-/// frame (keeping a small margin). Memory below the stack pointer holds nothing
-/// live; a page comes back, zeroed, if the thread goes that deep again. A session calls
-/// this once it is set up: the handshake's deep frames would otherwise stay resident
-/// for the whole life of an idle connection.
-#[inline(never)]
-pub fn release_stack_below_caller() {
-    let marker = 0u8;
-    let here = std::hint::black_box(&marker) as *const u8 as usize;
-    // SAFETY: sysconf only reads a system constant.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as usize,
-        _ => return,
-    };
-    // SAFETY: an all-zero pthread_attr_t is a valid argument for pthread_getattr_np,
-    // which initialises it; it is destroyed right after use.
-    let low = unsafe {
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return;
-        }
-        let mut addr: *mut libc::c_void = std::ptr::null_mut();
-        let mut size: libc::size_t = 0;
-        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
-        libc::pthread_attr_destroy(&mut attr);
-        if rc != 0 {
-            return;
-        }
-        addr as usize
-    };
-    let low = low.div_ceil(page) * page;
-    // Keep 2 KiB under this frame: madvise's own small frame is there during the call.
-    let high = (here.saturating_sub(2048) / page) * page;
-    if high > low {
-        // SAFETY: [low, high) is this thread's own stack, below every live frame (the
-        // stack grows down and `high` is a page under this function's frame).
-        unsafe {
-            libc::madvise(low as *mut libc::c_void, high - low, libc::MADV_DONTNEED);
-        }
-    }
-}
-
 /// Raise the soft limit on open files as far as `want` (never above the hard limit) and
 /// return the soft limit now in force.
-// `rlim_t` is u64 here but not on every platform.
-#[allow(clippy::unnecessary_cast)]
+// `rlim_t` is u64 here but not on every Linux target: the conversions are not useless there.
+#[allow(clippy::useless_conversion)]
 pub fn raise_fd_limit(want: u64) -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let target = libc::rlim_t::try_from(want)
+        .unwrap_or(libc::rlim_t::MAX)
+        .min(hard);
+    let now = if soft < target {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+        target
+    } else {
+        soft
     };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let target = want.min(lim.rlim_max as u64);
-    if (lim.rlim_cur as u64) < target {
-        lim.rlim_cur = target as libc::rlim_t;
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(io::Error::last_os_error());
+    Ok(u64::try_from(now).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn groups_0_and_1_are_never_signalled() {
+        // (Not through `signal_group` itself: a regression would signal every process.)
+        for pgid in [0, 1, u32::MAX] {
+            assert!(child_group(pgid).is_err(), "group {pgid}");
+            assert!(!group_exists(pgid), "group {pgid}");
         }
+        assert!(child_group(2).is_ok());
     }
-    Ok(lim.rlim_cur as u64)
+
+    fn watches(pid: u32) -> [ExitWatch; 2] {
+        let polled = ExitWatch {
+            pid: Pid::from_raw(libc::pid_t::try_from(pid).expect("pid")),
+            pidfd: None,
+        };
+        [ExitWatch::new(pid).expect("pidfd_open"), polled]
+    }
+
+    #[test]
+    fn an_exit_is_seen_without_reaping_the_child() {
+        let mut child = Command::new("sleep").arg("0.1").spawn().expect("sleep");
+        for w in watches(child.id()) {
+            assert!(w.wait(Duration::from_secs(30)));
+        }
+        // Still there for its owner to reap, with its status.
+        let status = child.try_wait().expect("try_wait").expect("exited");
+        assert!(status.success());
+    }
+
+    #[test]
+    fn a_running_child_is_waited_for_no_longer_than_asked() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        for w in watches(child.id()) {
+            let started = Instant::now();
+            assert!(!w.wait(Duration::from_millis(50)));
+            assert!(started.elapsed() >= Duration::from_millis(50));
+        }
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
 }

@@ -165,7 +165,10 @@ fn a_gap_the_buffer_no_longer_holds_is_said() {
     let (mut c, _) = connect_as(&s, "", &format!("&session_id={id}&last_seq=1")).unwrap();
     let gap = c.recv();
     assert_eq!(gap["data"]["code"], "replay_gap", "{gap}");
-    assert!(gap["data"]["error"].as_str().unwrap().contains("first still held"));
+    assert!(gap["data"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("first still held"));
     // The rest still comes, and the session goes on.
     c.send(json!({"type": "ping"}));
     let msgs = c.until("pong");
@@ -182,7 +185,10 @@ fn reattach_is_refused_to_another_user_and_for_unknown_sessions() {
     let id = a.session_id.clone();
     drop_connection(a);
     assert!(eventually(WAIT, || s
-        .get_with("/sessions", &[("Authorization", &format!("Bearer {}", jwt("alice")))])
+        .get_with(
+            "/sessions",
+            &[("Authorization", &format!("Bearer {}", jwt("alice")))]
+        )
         .1[0]["state"]
         == "detached"));
     let e = connect_as(&s, &jwt("bob"), &format!("&session_id={id}&last_seq=0"))
@@ -199,9 +205,13 @@ fn reattach_is_refused_to_another_user_and_for_unknown_sessions() {
     assert!(e.starts_with("HTTP 404"), "{e}");
     assert!(e.contains("unknown_session"), "{e}");
     // Bob sees none of Alice's sessions; Alice sees hers.
-    let (_, rows) = s.get_with("/sessions", &[("Authorization", &format!("Bearer {}", jwt("bob")))]);
+    let (_, rows) = s.get_with(
+        "/sessions",
+        &[("Authorization", &format!("Bearer {}", jwt("bob")))],
+    );
     assert_eq!(rows, json!([]));
-    let (mut a, hello) = connect_as(&s, &jwt("alice"), &format!("&session_id={id}&last_seq=1")).unwrap();
+    let (mut a, hello) =
+        connect_as(&s, &jwt("alice"), &format!("&session_id={id}&last_seq=1")).unwrap();
     assert_eq!(hello["data"]["resumed"], true);
     a.send(json!({"type": "ping"}));
     assert_eq!(a.recv()["type"], "pong");
@@ -250,7 +260,9 @@ fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits() {
     assert!(e.contains("--max-sessions-per-peer"), "{e}");
     // From a peer that is not a trusted proxy the header is ignored: the address is
     // the peer's own, whatever it forwards.
-    let s = ServerOptions::fake().args(&["--max-sessions-per-peer=1"]).start();
+    let s = ServerOptions::fake()
+        .args(&["--max-sessions-per-peer=1"])
+        .start();
     let _one = s
         .try_connect(&s.ws_url, &[("X-Forwarded-For", "203.0.113.1")])
         .unwrap();
@@ -279,7 +291,10 @@ fn end_session_and_a_normal_close_end_the_session_at_once() {
         .start();
     let c = s.connect();
     drop_connection(c);
-    assert!(eventually(WAIT, || s.sessions().first().is_some_and(|r| r["state"] == "detached")));
+    assert!(eventually(WAIT, || s
+        .sessions()
+        .first()
+        .is_some_and(|r| r["state"] == "detached")));
     assert!(eventually(WAIT, || s.sessions().is_empty()));
     let _ = TcpStream::connect(s.ws_authority()); // the server is still there
 }

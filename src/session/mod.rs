@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 use tungstenite::Message;
 
-use crate::child::{Child, ChildEvent, ChildSpec, Undelivered};
+use crate::child::{Child, ChildEvent, ChildSpec, Stop, Undelivered};
 use crate::cli;
 use crate::cli::CliEvent;
 use crate::handshake::Newcomer;
@@ -252,9 +252,6 @@ impl<'a> Session<'a> {
         // Frames that came with the handshake are already buffered: no wake-up for them.
         self.on_client_input();
         self.flush();
-        // The handshake ran deeper than an idle session ever goes; give those stack
-        // pages back (an idle session is mostly its stack: see the idle-scale benchmark).
-        crate::sys::release_stack_below_caller();
         let end = loop {
             if let Some(end) = self.ending.take() {
                 break end;
@@ -426,41 +423,39 @@ impl<'a> Session<'a> {
         });
         self.last_options = options;
         // The live child if it was built the same way; else a new one, in a place
-        // among --max-running (a restart hands its place on).
-        let slot = match self.child.take() {
-            Some(live) if self.last_spec.as_ref() == Some(&spec) => {
-                self.child = Some(live);
+        // among --max-running. (A child being stopped keeps its place until it is
+        // reaped: a restart needs a place of its own.)
+        if self.child.is_some() {
+            if self.last_spec.as_ref() == Some(&spec) {
                 self.shared
                     .places
                     .set_idle(self.number, false, &self.control_tx);
                 return self.begin(&prompt, Vec::new());
             }
-            Some(live) => {
-                log::info!("[{}] options changed; restarting claude", self.label);
-                self.retire_child(live) // between queries: no turn to interrupt
+            log::info!("[{}] options changed; restarting claude", self.label);
+            self.stop_child(); // between queries: no turn to interrupt
+        }
+        let slot = match self
+            .shared
+            .places
+            .acquire(self.number, &self.grant.0, &self.control_tx)
+        {
+            Acquired::Now(slot) => slot,
+            Acquired::Queued(position) => {
+                log::info!(
+                    "[{}] all claude places taken; queued at {position}",
+                    self.label
+                );
+                self.queued = Some(Queued {
+                    prompt,
+                    spec,
+                    inputs: Vec::new(),
+                    deadline: Instant::now() + config.queue_timeout,
+                    position,
+                });
+                self.listing.update(|i| i.state = SessionState::Queued);
+                return self.send(ServerMessage::QueryQueued { position });
             }
-            None => match self
-                .shared
-                .places
-                .acquire(self.number, &self.grant.0, &self.control_tx)
-            {
-                Acquired::Now(slot) => slot,
-                Acquired::Queued(position) => {
-                    log::info!(
-                        "[{}] all claude places taken; queued at {position}",
-                        self.label
-                    );
-                    self.queued = Some(Queued {
-                        prompt,
-                        spec,
-                        inputs: Vec::new(),
-                        deadline: Instant::now() + config.queue_timeout,
-                        position,
-                    });
-                    self.listing.update(|i| i.state = SessionState::Queued);
-                    return self.send(ServerMessage::QueryQueued { position });
-                }
-            },
         };
         self.launch(spec, slot, &prompt, Vec::new());
     }
@@ -788,22 +783,25 @@ impl<'a> Session<'a> {
     }
 
     fn on_child_exit(&mut self) {
-        let Some(live) = self.child.take() else {
+        let Some(live) = &mut self.child else {
             return;
         };
-        self.child_gone();
-        let LiveChild {
-            mut child, slot, ..
-        } = live;
-        let ending = child.stop(self.shared.config.stop_grace, &self.label);
-        drop(slot);
-        let tail = child.stderr_tail();
-        log::info!("[{}] claude exited: {ending:?}", self.label);
+        // Its reader reports the end once the child has exited: this does not wait.
+        let status = live.child.try_wait();
+        let tail = live.child.stderr_tail();
+        let pid = live.child.pid();
+        match status {
+            Some(s) => log::info!("[{}] claude pid={pid} exited ({s})", self.label),
+            None => log::info!("[{}] claude pid={pid} closed stdout", self.label),
+        }
+        self.stop_child();
         let Some(q) = &self.query else { return };
         let outcome = q.child_gone();
         if outcome == QueryOutcome::Error {
-            let status = ending.status();
-            let mut message = format!("claude exited ({status}) before the query finished");
+            let mut message = match status {
+                Some(status) => format!("claude exited ({status}) before the query finished"),
+                None => "claude closed its output before the query finished".to_string(),
+            };
             if !tail.is_empty() {
                 message.push_str("; its stderr ends with: ");
                 message.push_str(last_chars(&tail, 1000));
@@ -811,17 +809,6 @@ impl<'a> Session<'a> {
             self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
         }
         self.end_query(outcome);
-    }
-
-    /// Stop a child the way that keeps its conversation (close stdin, then escalate),
-    /// and hand back its place among `--max-running`.
-    fn retire_child(&mut self, live: LiveChild) -> ChildSlot {
-        self.child_gone();
-        let LiveChild {
-            mut child, slot, ..
-        } = live;
-        child.stop(self.shared.config.stop_grace, &self.label);
-        slot
     }
 
     /// The child is gone (or going): it asks nothing any more, has no row, and is
@@ -835,11 +822,19 @@ impl<'a> Session<'a> {
             .set_idle(self.number, false, &self.control_tx);
     }
 
-    /// Stop the session's child, if it has one, and give its place back.
-    fn stop_child(&mut self) {
-        if let Some(live) = self.child.take() {
-            drop(self.retire_child(live));
+    /// Hand the session's child, if it has one, to the reaper to stop as `how` says
+    /// (its place among `--max-running` goes with it, given back once it is reaped).
+    /// Returns at once.
+    fn stop_child_with(&mut self, how: Stop) {
+        if let Some(LiveChild { child, slot, .. }) = self.child.take() {
+            self.child_gone();
+            self.shared.reaper.stop(child, how, slot, &self.label);
         }
+    }
+
+    /// Stop the child the way that keeps its conversation (close stdin, then escalate).
+    fn stop_child(&mut self) {
+        self.stop_child_with(Stop::Graceful(self.shared.config.stop_grace));
     }
 
     fn end_query(&mut self, outcome: QueryOutcome) {
@@ -944,11 +939,7 @@ impl<'a> Session<'a> {
                 self.label,
                 config.interrupt_grace
             );
-            if let Some(live) = self.child.take() {
-                self.child_gone();
-                let LiveChild { mut child, .. } = live;
-                child.kill(&self.label);
-            }
+            self.stop_child_with(Stop::Now);
             self.end_query(QueryOutcome::Interrupted);
         }
         let idle_for = self
@@ -1052,20 +1043,17 @@ impl<'a> Session<'a> {
 
     /// A queued query elsewhere needs this idle child's place.
     fn evict(&mut self) {
-        match self.child.take() {
-            Some(mut live) if self.query.is_none() => {
+        match &mut self.child {
+            Some(live) if self.query.is_none() => {
                 log::info!(
                     "[{}] stopping the idle claude: a queued query needs its place",
                     self.label
                 );
                 live.slot.mark_evicted();
-                drop(self.retire_child(live));
+                self.stop_child();
             }
-            other => {
-                // Busy again meanwhile: it keeps its place.
-                self.child = other;
-                self.shared.places.evicted();
-            }
+            // Busy again meanwhile (or gone): it keeps its place.
+            _ => self.shared.places.evicted(),
         }
     }
 

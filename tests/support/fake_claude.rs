@@ -70,6 +70,9 @@ enum Input {
     Eof,
 }
 
+/// Set by the `stubborn` mode: stdin's EOF no longer ends the process.
+static STUBBORN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Set by the `deaf` mode: stdin is no longer read, so the pipe fills up.
 static DEAF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -165,6 +168,9 @@ enum Mode {
     McpUnknown,
     /// `ignore-signals`: ignores SIGINT/SIGTERM/SIGHUP, EOF and interrupts: only SIGKILL ends it.
     IgnoreSignals,
+    /// `stubborn`: an echo, but from then on SIGINT/SIGTERM/SIGHUP are ignored and stdin's
+    /// EOF makes it hang instead of exit: stopping it takes the whole ladder.
+    Stubborn,
     /// `garbage`: three non-JSON stdout lines, then a normal echo.
     Garbage,
     /// `stderr-flood BYTES`: that much stderr (blocking if nobody drains it), then an echo.
@@ -205,6 +211,7 @@ impl Mode {
             ("ask-then-exit", 0, ..) => Mode::AskThenExit,
             ("mcp-unknown", 0, ..) => Mode::McpUnknown,
             ("ignore-signals", 0, ..) => Mode::IgnoreSignals,
+            ("stubborn", 0, ..) => Mode::Stubborn,
             ("garbage", 0, ..) => Mode::Garbage,
             ("stderr-flood", 1, Some(bytes), _) => Mode::StderrFlood(bytes as usize),
             ("huge", 1, Some(bytes), _) => Mode::Huge(bytes as usize),
@@ -308,6 +315,9 @@ impl Fake {
 
     /// Stdin closed and all work is done: leave the marker (if asked) and exit 0.
     fn exit_gracefully(&self) -> ! {
+        if STUBBORN.load(std::sync::atomic::Ordering::SeqCst) {
+            hang();
+        }
         if let Some(marker) = std::env::var_os("FAKE_CLAUDE_EXIT_MARKER") {
             if let Err(e) = std::fs::write(&marker, format!("{}\n", std::process::id())) {
                 eprintln!("fake-claude: cannot write the exit marker: {e}");
@@ -429,7 +439,15 @@ impl Fake {
                 let answer = self.responses.pop().unwrap_or(Value::Null);
                 self.say(format!("MCP answer: {answer}"))
             }
-            Mode::IgnoreSignals => ignore_signals(),
+            Mode::IgnoreSignals => {
+                ignore_signals();
+                hang()
+            }
+            Mode::Stubborn => {
+                ignore_signals();
+                STUBBORN.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.say(format!("Echo: {prompt}"))
+            }
             Mode::Garbage => {
                 for i in 1..=3 {
                     write_stdout(format!("this is not json {i}\n").as_bytes());
@@ -725,12 +743,11 @@ fn hang() -> ! {
     }
 }
 
-fn ignore_signals() -> ! {
+fn ignore_signals() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: installing SIG_IGN has no handler code to race with.
         unsafe {
             libc::signal(signal, libc::SIG_IGN);
         }
     }
-    hang()
 }
