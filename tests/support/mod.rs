@@ -152,11 +152,20 @@ impl TestServer {
         {
             let mut pipe = proc.stderr.take().expect("stderr piped");
             let sink = stderr.clone();
+            // For a test that hangs: CLAUDE_WS_TEST_LOG_DIR keeps each server's log in
+            // a file as it is written.
+            let mut copy = std::env::var_os("CLAUDE_WS_TEST_LOG_DIR").and_then(|d| {
+                std::fs::File::create(PathBuf::from(d).join(format!("server-{}.log", proc.id())))
+                    .ok()
+            });
             thread::spawn(move || {
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = pipe.read(&mut buf) {
                     if n == 0 {
                         break;
+                    }
+                    if let Some(f) = &mut copy {
+                        let _ = std::io::Write::write_all(f, &buf[..n]);
                     }
                     sink.lock()
                         .unwrap()
