@@ -298,19 +298,19 @@ const FLAGS: &[Flag] = &[
         "rate-limit",
         "RATE_LIMIT",
         "N/SECS",
-        "queries allowed per session and per peer address in a window",
+        "queries allowed per session, and per user (else per client address), in a window",
     ),
     flag(
         "max-running",
         "MAX_RUNNING",
         "N",
-        "most claude children alive at once; a query needing one more gets server_busy",
+        "most claude children alive at once; a query needing one more waits its turn",
     ),
     flag(
         "max-sessions-per-peer",
         "MAX_SESSIONS_PER_PEER",
         "N",
-        "most sessions one peer address may hold",
+        "most sessions one user (else one client address) may hold",
     ),
     flag(
         "max-message-bytes",
@@ -789,6 +789,20 @@ impl Config {
                 LogFormat::Text => "text".into(),
                 LogFormat::Json => "json".into(),
             },
+            "trusted-proxies" => {
+                let v: Vec<String> = self.trusted_proxies.iter().map(|c| c.to_string()).collect();
+                join(&v)
+            }
+            "queue-timeout-secs" => secs(self.queue_timeout),
+            "reconnect-grace-secs" => secs(self.reconnect_grace),
+            "replay-buffer-bytes" => self.replay_buffer_bytes.to_string(),
+            "state-dir" => match &self.state_dir {
+                Some(d) => d.display().to_string(),
+                None => {
+                    "none (the CLI's own; with authentication, $HOME/.local/state/claude-ws)".into()
+                }
+            },
+            "admin-token" => "none".into(),
             _ => String::new(),
         }
     }
@@ -1011,6 +1025,18 @@ fn help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_flag_shows_its_default_in_help() {
+        let d = Config::default();
+        for flag in FLAGS {
+            assert!(
+                !d.describe(flag.name).is_empty(),
+                "--{} has no default shown",
+                flag.name
+            );
+        }
+    }
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: HashMap<String, String> = env
