@@ -346,7 +346,7 @@ const FLAGS: &[Flag] = &[
         "stall-timeout-secs",
         "STALL_TIMEOUT_SECS",
         "SECS",
-        "disconnect a client that reads none of its output this long",
+        "disconnect a client whose unread output stays above 256 KiB this long",
     ),
     flag(
         "child-idle-secs",
