@@ -599,6 +599,22 @@ fn interrupt_also_stops_input_queued_before_it() {
     assert!(assistant_text(&msgs).contains("Echo: after"));
 }
 
+/// Send inputs of `bytes` each until the server says the child is not reading (at
+/// most 200).
+fn inputs_until_busy(c: &mut Client, bytes: usize) {
+    let text = "i".repeat(bytes);
+    for _ in 0..200 {
+        c.send(json!({"type": "input", "text": text}));
+        let m = c.recv();
+        if m["type"] == "error" {
+            assert_eq!(m["data"]["code"], "claude_busy", "{m}");
+            return;
+        }
+        assert_eq!(m["type"], "input_acknowledged", "{m}");
+    }
+    panic!("the server never said the child is not reading");
+}
+
 #[test]
 fn a_child_that_stops_reading_stdin_cannot_stall_the_session() {
     let s = ServerOptions::fake()
@@ -608,19 +624,7 @@ fn a_child_that_stops_reading_stdin_cannot_stall_the_session() {
     c.send(json!({"type": "query", "prompt": "deaf"}));
     c.until("system_message");
     // Up to 200 inputs of 200 KB: far more than the pipe and the stdin queue hold.
-    let text = "i".repeat(200_000);
-    let mut busy = false;
-    for _ in 0..200 {
-        c.send(json!({"type": "input", "text": text}));
-        let m = c.recv();
-        if m["type"] == "error" {
-            assert_eq!(m["data"]["code"], "claude_busy", "{m}");
-            busy = true;
-            break;
-        }
-        assert_eq!(m["type"], "input_acknowledged");
-    }
-    assert!(busy, "the server never said the child is not reading");
+    inputs_until_busy(&mut c, 200_000);
     // The session still answers at once, and interrupt still works (by kill).
     c.send(json!({"type": "ping"}));
     assert_eq!(c.recv()["type"], "pong");
@@ -709,19 +713,7 @@ fn a_query_whose_prompt_cannot_be_written_still_ends() {
     let mut c = s.connect();
     c.send(json!({"type": "query", "prompt": "deaf-turns"}));
     c.until("system_message");
-    let text = "i".repeat(20_000);
-    let mut busy = false;
-    for _ in 0..200 {
-        c.send(json!({"type": "input", "text": text}));
-        let m = c.recv();
-        if m["type"] == "error" {
-            assert_eq!(m["data"]["code"], "claude_busy", "{m}");
-            busy = true;
-            break;
-        }
-        assert_eq!(m["type"], "input_acknowledged", "{m}");
-    }
-    assert!(busy, "the server never said the child is not reading");
+    inputs_until_busy(&mut c, 20_000);
     // The child ends that query's turns without reading the input.
     std::fs::write(&release, "go").unwrap();
     let msgs = c.until("query_end");

@@ -18,7 +18,6 @@ use serde_json::Value;
 use super::{End, Lost, Session};
 use crate::link::Link;
 use crate::protocol::{Capabilities, ClientError, Closing, ErrorCode, ServerMessage};
-use crate::registry::SessionState;
 use crate::replay::Since;
 
 impl Session<'_> {
@@ -69,7 +68,8 @@ impl Session<'_> {
             self.label
         );
         self.detached_until = Some(Instant::now() + grace);
-        self.listing.update(|i| i.state = SessionState::Detached);
+        let state = self.state();
+        self.listing.update(|i| i.state = state);
     }
 
     /// The client is back, on `link`, having seen every message up to `last_seq`.
@@ -86,14 +86,8 @@ impl Session<'_> {
             self.link.as_ref().map_or(self.peer, Link::peer)
         );
         self.detached_until = None;
-        let running = self.query.is_some();
-        self.listing.update(|i| {
-            i.state = if running {
-                SessionState::Running
-            } else {
-                SessionState::Idle
-            }
-        });
+        let state = self.state();
+        self.listing.update(|i| i.state = state);
         self.last_activity = Instant::now();
         self.send_unnumbered(&self.hello(true));
         let mut frames: Vec<Vec<u8>> = Vec::new();

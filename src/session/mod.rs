@@ -491,7 +491,8 @@ impl<'a> Session<'a> {
             return; // no longer waiting: dropping the slot hands it on
         };
         log::info!("[{}] a claude place came free", self.label);
-        self.listing.update(|i| i.state = SessionState::Running);
+        let state = self.state();
+        self.listing.update(|i| i.state = state);
         self.launch(q.spec, slot, &q.prompt, q.inputs);
     }
 
@@ -854,15 +855,21 @@ impl<'a> Session<'a> {
                 .places
                 .set_idle(self.number, true, &self.control_tx);
         }
-        let detached = self.link.is_none();
+        let state = self.state();
         self.listing.update(|i| {
-            i.state = if detached {
-                SessionState::Detached
-            } else {
-                SessionState::Idle
-            };
+            i.state = state;
             i.last_activity = now_unix();
         });
+    }
+
+    /// What the session is doing, as `/sessions` shows it.
+    fn state(&self) -> SessionState {
+        match (&self.link, &self.queued, &self.query) {
+            (None, ..) => SessionState::Detached,
+            (_, Some(_), _) => SessionState::Queued,
+            (_, None, Some(_)) => SessionState::Running,
+            (_, None, None) => SessionState::Idle,
+        }
     }
 
     // ---- timers -----------------------------------------------------------------
