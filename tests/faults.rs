@@ -125,6 +125,7 @@ fn missing_binary_reports_and_session_survives() {
         claude: "/nonexistent/claude".into(),
         args: vec![],
         env: vec![],
+        wait_for_check: true,
     }
     .start();
     let mut c = s.connect();
@@ -161,6 +162,7 @@ fn child_exiting_at_start_shows_its_stderr() {
         claude: wrapper,
         args: vec![],
         env: vec![],
+        wait_for_check: true,
     }
     .start();
     let mut c = s.connect();

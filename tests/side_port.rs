@@ -49,6 +49,7 @@ fn health_does_not_wait_for_a_claude_that_never_answers() {
         claude: sleeping_claude(&dir),
         args: Vec::new(),
         env: Vec::new(),
+        wait_for_check: false,
     }
     .start();
     for _ in 0..3 {
@@ -87,6 +88,7 @@ fn a_missing_claude_is_reported_at_start_and_by_health() {
         claude: PathBuf::from("/no/such/dir/claude"),
         args: Vec::new(),
         env: Vec::new(),
+        wait_for_check: false,
     }
     .start();
     let mut last = Value::Null;

@@ -83,6 +83,9 @@ pub struct ServerOptions {
     pub claude: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Whether `start` waits for the start-up check of `claude` (its probe is a child
+    /// of the server while it runs). Off only for tests of that check.
+    pub wait_for_check: bool,
 }
 
 impl ServerOptions {
@@ -92,6 +95,7 @@ impl ServerOptions {
             claude: fake_claude(),
             args: Vec::new(),
             env: Vec::new(),
+            wait_for_check: true,
         }
     }
 
@@ -101,6 +105,7 @@ impl ServerOptions {
             claude: cli::real_claude(),
             args: Vec::new(),
             env: vec![("ANTHROPIC_BASE_URL".into(), api.url())],
+            wait_for_check: true,
         }
     }
 
@@ -207,6 +212,19 @@ impl TestServer {
             .and_then(|p| p.strip_prefix("http=http://"))
             .expect("http= in ready line")
             .to_string();
+        // The start-up check runs `claude --version` as a child of the server: let it
+        // finish, so tests that count the server's children see only their own.
+        if opts.wait_for_check {
+            let checked = eventually(WAIT, || {
+                let (status, health) = server.get("/health");
+                status != 200 || health["claude"]["status"] != "checking"
+            });
+            assert!(
+                checked,
+                "the start-up check did not finish: {}",
+                server.logs()
+            );
+        }
         server
     }
 
