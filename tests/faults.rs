@@ -725,6 +725,8 @@ fn a_query_whose_prompt_cannot_be_written_still_ends() {
     let msgs = c.until("query_end");
     assert_eq!(only(&msgs, "error")["code"], "claude_busy", "{msgs:?}");
     assert_eq!(only(&msgs, "query_end")["outcome"], "error", "{msgs:?}");
+    // The session goes on. (The stand-in read one input before it went deaf, and may
+    // still answer it: its late output is relayed before the pong.)
     c.send(json!({"type": "ping"}));
-    assert_eq!(c.recv()["type"], "pong");
+    c.until("pong");
 }
