@@ -251,3 +251,111 @@ fn the_custom_tool_example_answers_the_models_call() {
     assert!(call.is_some_and(|c| c.ends_with(") -> **hi**")), "{r}");
     assert!(r.stdout.contains("claude: Done: **hi**"), "{r}");
 }
+
+/// scripts/demo.sh in its own process group, stopped as Ctrl-C stops it (SIGINT to the
+/// group) by `stop` or on drop.
+struct Demo {
+    proc: std::process::Child,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Demo {
+    /// Interrupt the demo, wait for it to end; what it printed on stderr.
+    fn stop(&mut self) -> String {
+        let group = -(self.proc.id() as libc::pid_t);
+        // SAFETY: kill(2) only sends a signal, to the process group this test started.
+        unsafe { libc::kill(group, libc::SIGINT) };
+        if !eventually(WAIT, || matches!(self.proc.try_wait(), Ok(Some(_)))) {
+            // SAFETY: as above.
+            unsafe { libc::kill(group, libc::SIGKILL) };
+            let _ = self.proc.wait();
+        }
+        self.stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.stderr.is_some() {
+            let stderr = self.stop();
+            if thread::panicking() {
+                eprintln!("---- scripts/demo.sh stderr ----\n{stderr}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_demo_passes_its_flags_and_the_servers_environment_through() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    install_deps();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_claude-ws"))
+        .parent()
+        .expect("binary has a directory");
+    let mut proc = Command::new(repo().join("scripts/demo.sh"))
+        .args(["--port", "0", "--http-port=0"])
+        .env("DEMO_BIN_DIR", bin_dir)
+        .env("CLAUDE_BIN", support::cli::real_claude())
+        .env("CLAUDE_WS_AUTH_TOKEN", "demo-token-1")
+        .env_remove("WEBSOCKET_PORT")
+        .env_remove("HTTP_PORT")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start scripts/demo.sh");
+    let stdout = proc.stdout.take().expect("piped");
+    let mut stderr = proc.stderr.take().expect("piped");
+    let mut demo = Demo {
+        proc,
+        stderr: Some(thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        })),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(ready) = line.strip_prefix("ready ws=") {
+                let _ = tx.send(ready.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let ws_url = rx
+        .recv_timeout(WAIT)
+        .expect("the demo printed a ready line");
+    // --port 0 reached the server: not the default 8000.
+    assert!(!ws_url.contains(":8000/"), "{ws_url}");
+    // CLAUDE_WS_AUTH_TOKEN reached it: no token, no session.
+    let refused = run_python("client.py", &["hello"], &[("CLAUDE_WS_URL", &ws_url)]);
+    assert!(!refused.ok(), "{refused}");
+    assert!(refused.stderr.contains("401"), "{refused}");
+    // The quick start: the first example against the demo.
+    let r = run_python(
+        "client.py",
+        &["hello"],
+        &[
+            ("CLAUDE_WS_URL", &ws_url),
+            ("CLAUDE_WS_AUTH_TOKEN", "demo-token-1"),
+        ],
+    );
+    assert!(r.ok(), "{r}");
+    assert_eq!(r.stdout.trim(), "Echo: hello", "{r}");
+    // Ctrl-C stops the server with the script.
+    let stderr = demo.stop();
+    assert!(stderr.contains("connect with: "), "{stderr}");
+    let authority = ws_url.trim_start_matches("ws://").trim_end_matches("/ws");
+    assert!(
+        std::net::TcpStream::connect(authority).is_err(),
+        "the server outlived the demo\n{stderr}"
+    );
+}
