@@ -52,7 +52,9 @@ export function ask({ WebSocket, url, prompt, token, onText, onStatus }) {
         case "assistant_message":
           for (const block of data.content) {
             if (block.type === "text" && !streamed) onText(block.text);
-            if (block.type === "tool_use") onStatus(`tool: ${block.name} ${JSON.stringify(block.input)}`);
+            if (block.type === "tool_use") {
+              onStatus(`tool: ${block.name} ${JSON.stringify(block.input)}`);
+            }
           }
           streamed = false;
           break;
@@ -68,7 +70,8 @@ export function ask({ WebSocket, url, prompt, token, onText, onStatus }) {
           break;
         case "result_message":
           onStatus(
-            `result: ${data.subtype}, cost $${(data.total_cost_usd ?? 0).toFixed(4)}, ${data.duration_ms ?? 0} ms`,
+            `result: ${data.subtype}, cost $${(data.total_cost_usd ?? 0).toFixed(4)}, ` +
+              `${data.duration_ms ?? 0} ms`,
           );
           break;
         case "error":

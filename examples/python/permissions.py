@@ -44,7 +44,8 @@ async def run(url, prompt, cwd, allow):
             elif kind == "permission_request":
                 # The CLI waits for this answer before it runs (or skips) the tool.
                 behavior = "allow" if allow else "deny"
-                print(f"permission: {data['tool_name']} {json.dumps(data['input'])} -> {behavior}")
+                tool_input = json.dumps(data["input"], ensure_ascii=False)
+                print(f"permission: {data['tool_name']} {tool_input} -> {behavior}")
                 answer = {
                     "type": "permission_response",
                     "request_id": data["request_id"],
@@ -59,7 +60,8 @@ async def run(url, prompt, cwd, allow):
                         print(f"claude: {block['text']}")
                     elif block["type"] == "tool_result":
                         status = "failed" if block.get("is_error") else "ran"
-                        print(f"tool {status}: {json.dumps(block['content'])[:200]}")
+                        content = json.dumps(block["content"], ensure_ascii=False)
+                        print(f"tool {status}: {content[:200]}")
             elif kind == "result_message":
                 for denial in data.get("permission_denials") or []:
                     print(f"denied: {denial['tool_name']}")
