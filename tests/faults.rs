@@ -340,7 +340,7 @@ fn disconnect_with_a_child_ignoring_signals_escalates_to_sigkill() {
     drop(c);
     assert!(eventually(WAIT, || !pid_alive(pid)), "child {pid} survived");
     assert!(eventually(WAIT, || s.sessions().is_empty()));
-    assert!(s.logs().contains("SIGKILL"), "{}", s.logs());
+    assert!(s.logged("SIGKILL"), "{}", s.logs());
 }
 
 /// The client's close completes at once, not after the child's stop ladder: the
@@ -462,7 +462,7 @@ fn silent_peer_is_dropped_by_the_heartbeat() {
     assert_eq!(s.sessions().len(), 1);
     // Never read again: pings go unanswered (tungstenite answers only while reading).
     assert!(eventually(WAIT, || s.sessions().is_empty()));
-    assert!(s.logs().contains("no answer to pings"), "{}", s.logs());
+    assert!(s.logged("no answer to pings"), "{}", s.logs());
     drop(c);
 }
 

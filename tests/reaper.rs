@@ -62,7 +62,7 @@ fn a_restart_on_changed_options_does_not_block_the_session() {
     }
     assert!(assistant_text(&msgs).contains("Echo: next"));
     assert!(eventually(WAIT, || !pid_alive(old)), "child {old} survived");
-    assert!(s.logs().contains("SIGKILL"), "{}", s.logs());
+    assert!(s.logged("SIGKILL"), "{}", s.logs());
 }
 
 #[test]

@@ -438,11 +438,7 @@ fn a_query_waits_for_a_place_and_an_idle_child_makes_room() {
     let msgs = b.until("query_end");
     assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
     assert!(assistant_text(&msgs).contains("Echo: hi"));
-    assert!(
-        s.logs().contains("a queued query needs its place"),
-        "{}",
-        s.logs()
-    );
+    assert!(s.logged("a queued query needs its place"), "{}", s.logs());
     assert!(children_of(s.pid()).len() <= 1);
     // a's conversation resumes in a new child when it asks again (b's goes idle).
     let msgs = a.query("again", json!({}));

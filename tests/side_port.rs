@@ -79,7 +79,7 @@ fn health_does_not_wait_for_a_claude_that_never_answers() {
         eventually(WAIT, || children_of(server_pid).is_empty()),
         "the probe was not killed"
     );
-    assert!(s.logs().contains("--claude-bin"), "{}", s.logs());
+    assert!(s.logged("--claude-bin"), "{}", s.logs());
 }
 
 #[test]

@@ -228,6 +228,12 @@ impl TestServer {
         server
     }
 
+    /// Whether the server logs `text` (waiting for it, up to [`WAIT`]: its log reaches
+    /// the test through a pipe and a thread, a little after the server wrote it).
+    pub fn logged(&self, text: &str) -> bool {
+        eventually(WAIT, || self.logs().contains(text))
+    }
+
     /// Everything the server logged so far.
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
