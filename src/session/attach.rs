@@ -122,6 +122,7 @@ impl Session<'_> {
                 ),
             )
             .into();
+            crate::metrics::error_sent(ErrorCode::ReplayGap);
             self.send_unnumbered(&error);
         }
         for frame in &frames {
