@@ -184,7 +184,9 @@ fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 /// One family with a sample per value of `label`.
 fn labelled<'v>(
     out: &mut String,
-    (name, kind, help): (&str, &str, &str),
+    name: &str,
+    kind: &str,
+    help: &str,
     label: &str,
     samples: impl IntoIterator<Item = (&'v str, u64)>,
 ) {
@@ -202,11 +204,9 @@ pub fn render(shared: &Shared) -> String {
     let (sessions, detached) = (r.session_count(), r.detached_count());
     labelled(
         &mut out,
-        (
-            "claude_ws_sessions",
-            "gauge",
-            "Open sessions, by whether a client is connected to them (their sum: all open sessions).",
-        ),
+        "claude_ws_sessions",
+        "gauge",
+        "Open sessions, by whether a client is connected to them (their sum: all open sessions).",
         "state",
         [
             ("connected", sessions.saturating_sub(detached) as u64),
@@ -222,11 +222,9 @@ pub fn render(shared: &Shared) -> String {
     );
     labelled(
         &mut out,
-        (
-            "claude_ws_queries_total",
-            "counter",
-            "Queries ended, by the outcome in their query_end.",
-        ),
+        "claude_ws_queries_total",
+        "counter",
+        "Queries ended, by the outcome in their query_end.",
         "outcome",
         OUTCOMES
             .iter()
@@ -281,21 +279,17 @@ pub fn render(shared: &Shared) -> String {
     let errors: Vec<(&str, u64)> = lock(&ERRORS).iter().map(|(&c, &n)| (c, n)).collect();
     labelled(
         &mut out,
-        (
-            "claude_ws_errors_total",
-            "counter",
-            "error messages sent to clients, by code.",
-        ),
+        "claude_ws_errors_total",
+        "counter",
+        "error messages sent to clients, by code.",
         "code",
         errors,
     );
     labelled(
         &mut out,
-        (
-            "claude_ws_refusals_total",
-            "counter",
-            "WebSocket connections refused before a session, by reason (the error code of the answer).",
-        ),
+        "claude_ws_refusals_total",
+        "counter",
+        "WebSocket connections refused before a session, by reason (the error code of the answer).",
         "reason",
         REFUSALS
             .iter()

@@ -1,6 +1,7 @@
 //! `GET /metrics` on the side port (issue 11): Prometheus text that a real Prometheus
 //! parser reads (the reference Python client's, `prometheus_client`), whose counters
-//! move with what happens: a query, an error, a refusal, a detached session.
+//! move with what happens: a query of the real CLI, an error, refusals, a detached
+//! session.
 //!
 //! The parser runs in a virtual environment under the target directory
 //! (`target/metrics-venv`), made and filled with a pinned `prometheus_client` from PyPI
@@ -186,8 +187,9 @@ fn texts_until(c: &mut Client, kind: &str) -> Vec<String> {
 }
 
 #[test]
-fn metrics_count_a_query_an_error_and_a_refusal_and_prometheus_parses_them() {
-    let s = ServerOptions::fake().start();
+fn metrics_count_a_query_an_error_and_refusals_and_prometheus_parses_them() {
+    let api = MockApi::start();
+    let s = ServerOptions::real(&api).start();
     let before = parse(&scrape(&s).1);
     assert_eq!(
         before.get("claude_ws_queries_total{outcome=\"completed\"}"),
@@ -207,10 +209,13 @@ fn metrics_count_a_query_an_error_and_a_refusal_and_prometheus_parses_them() {
     assert_eq!(end["data"]["outcome"], "completed", "{texts:?}");
     c.send_raw(Message::text("not json"));
     texts.extend(texts_until(&mut c, "error"));
-    // A refusal: the wrong path.
+    // Refusals: the wrong path, and a reattach to a session this server never held.
     let wrong = s.ws_url.replace("/ws", "/nope");
     let refused = s.try_connect(&wrong, &[]).err().expect("refused");
     assert!(refused.starts_with("HTTP 404"), "{refused}");
+    let unknown = format!("{}?session_id=deadbeef&last_seq=0", s.ws_url);
+    let refused = s.try_connect(&unknown, &[]).err().expect("refused");
+    assert!(refused.contains("unknown_session"), "{refused}");
 
     let (content_type, text) = scrape(&s);
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
@@ -248,6 +253,10 @@ fn metrics_count_a_query_an_error_and_a_refusal_and_prometheus_parses_them() {
     assert_eq!(m.get("claude_ws_child_start_seconds_count"), 1.0);
     assert_eq!(m.get("claude_ws_errors_total{code=\"invalid_json\"}"), 1.0);
     assert_eq!(m.get("claude_ws_refusals_total{reason=\"not_found\"}"), 1.0);
+    assert_eq!(
+        m.get("claude_ws_refusals_total{reason=\"unknown_session\"}"),
+        1.0
+    );
     assert_eq!(
         m.get("claude_ws_refusals_total{reason=\"unauthorized\"}"),
         0.0
