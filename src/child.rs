@@ -140,6 +140,7 @@ impl Child {
     /// Start the child in a new process group with piped stdio. `label` names the
     /// session in log lines and thread names.
     pub fn spawn(spec: &ChildSpec, label: &str) -> Result<Child, SpawnError> {
+        let asked = Instant::now();
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
             .env_clear()
@@ -184,6 +185,7 @@ impl Child {
                 }
             };
         log::info!("[{label}] started claude pid={pid}");
+        crate::metrics::child_started();
         if let Err(e) = sys::grow_pipe(&stdout, STDOUT_PIPE) {
             log::debug!("[{label}] stdout pipe keeps its size: {e}");
         }
@@ -203,7 +205,7 @@ impl Child {
             spawn_thread(format!("stdout-{pid}"), {
                 let exit = exit.clone();
                 Box::new(move || {
-                    read_stdout(stdout, &event_tx);
+                    read_stdout(stdout, &event_tx, asked);
                     report_end(&event_tx, &exit, &stderr_done);
                 })
             }),
@@ -536,7 +538,9 @@ impl Reaper {
     }
 }
 
-fn read_stdout(stdout: std::process::ChildStdout, tx: &Sender<ChildEvent>) {
+/// `asked`: when the child was asked for; its first output tells how long it took to start.
+fn read_stdout(stdout: std::process::ChildStdout, tx: &Sender<ChildEvent>, asked: Instant) {
+    let mut starting = Some(asked);
     let mut buf: Vec<u8> = Vec::with_capacity(STDOUT_CHUNK);
     let mut listening = true;
     loop {
@@ -550,7 +554,11 @@ fn read_stdout(stdout: std::process::ChildStdout, tx: &Sender<ChildEvent>) {
         };
         match sys::read_append(&stdout, &mut buf, room) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some(asked) = starting.take() {
+                    crate::metrics::child_ready(asked.elapsed());
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }

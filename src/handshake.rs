@@ -225,6 +225,7 @@ fn reattach_params(query: Option<&str>) -> Result<Option<(String, u64)>, String>
 }
 
 fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> ErrorResponse {
+    crate::metrics::refused(code.as_str());
     let mut r = ErrorResponse::new(Some(http_error_body(code, message)));
     *r.status_mut() = status;
     r.headers_mut()

@@ -1,6 +1,7 @@
-//! The side port: `GET /health` and `GET /sessions`, JSON, and 404 elsewhere.
-//! `/sessions` needs the same credentials as the WebSocket; `/health` tells nothing
-//! secret.
+//! The side port: `GET /health` and `GET /sessions`, JSON; `GET /metrics`, Prometheus
+//! text (`metrics.rs`); 404 elsewhere. `/sessions` needs the same credentials as the
+//! WebSocket; `/health` and `/metrics` tell nothing secret (counts, durations, error
+//! codes: no session ids, users, peers or prompts), so they need none.
 
 use std::sync::Arc;
 use std::thread;
@@ -62,14 +63,20 @@ fn answer(req: Request, shared: &Shared) {
             http_error_body(ErrorCode::InternalError, "internal error"),
         )
     });
+    let metrics = status == 200 && req.url().split('?').next() == Some("/metrics");
+    let content_type = if metrics {
+        crate::metrics::CONTENT_TYPE
+    } else {
+        "application/json"
+    };
     let response = Response::from_string(body)
         .with_status_code(status)
-        .with_header(json_header());
+        .with_header(content_type_header(content_type));
     let _ = req.respond(response);
 }
 
-fn json_header() -> Header {
-    Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+fn content_type_header(value: &'static str) -> Header {
+    Header::from_bytes(&b"Content-Type"[..], value.as_bytes())
         .unwrap_or_else(|_| unreachable!("static header is valid"))
 }
 
@@ -77,6 +84,7 @@ fn route(req: &Request, shared: &Shared) -> (u16, String) {
     let path = req.url().split('?').next().unwrap_or("");
     match (req.method(), path) {
         (Method::Get, "/health") => (200, health(shared).to_string()),
+        (Method::Get, "/metrics") => (200, crate::metrics::render(shared)),
         (Method::Get, "/sessions") => {
             let authorization = req
                 .headers()
@@ -104,7 +112,7 @@ fn route(req: &Request, shared: &Shared) -> (u16, String) {
                 }
             }
         }
-        (_, "/health" | "/sessions") => (
+        (_, "/health" | "/sessions" | "/metrics") => (
             405,
             http_error_body(ErrorCode::MethodNotAllowed, "only GET is supported"),
         ),

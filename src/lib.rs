@@ -61,6 +61,7 @@ mod http;
 mod json;
 mod limits;
 mod link;
+mod metrics;
 mod pending;
 mod places;
 mod preflight;

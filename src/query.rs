@@ -43,6 +43,8 @@ pub struct Query {
     reinterrupt: bool,
     /// How long the CLI gets to honour an interrupt.
     grace: Duration,
+    /// When it started (its `query_start`).
+    started: Instant,
 }
 
 impl Query {
@@ -54,7 +56,13 @@ impl Query {
             interrupt_deadline: None,
             reinterrupt: false,
             grace,
+            started: Instant::now(),
         }
+    }
+
+    /// When it started (its `query_start`).
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// A user message reached the child's stdin queue.

@@ -245,6 +245,7 @@ impl Server {
 /// Answer a connection the server has no room for with HTTP 503, without blocking
 /// the accept loop, and close it.
 fn refuse_busy(tcp: TcpStream) {
+    crate::metrics::refused(crate::metrics::TOO_MANY_CONNECTIONS);
     let body = http_error_body(
         ErrorCode::ServerFull,
         "the server has no room for more connections",

@@ -116,6 +116,7 @@ impl Session<'_> {
                 ),
             )
             .into();
+            crate::metrics::error_sent(ErrorCode::ReplayGap);
             self.send_unnumbered(&error);
         }
         for frame in &frames {

@@ -839,9 +839,10 @@ impl<'a> Session<'a> {
     }
 
     fn end_query(&mut self, outcome: QueryOutcome) {
-        if self.query.take().is_none() {
+        let Some(query) = self.query.take() else {
             return;
-        }
+        };
+        crate::metrics::query_ended(outcome, query.started().elapsed());
         if outcome == QueryOutcome::Interrupted {
             self.send(ServerMessage::QueryInterrupted {});
         }
@@ -989,17 +990,20 @@ impl<'a> Session<'a> {
             // Detached: kept for the client to fetch when it reattaches.
             let mut frame = Vec::new();
             msg.write_frame(seq, &mut frame);
+            crate::metrics::relayed(frame.len());
             return replay.push(seq, &frame);
         };
         let queued = link.queue_text_with(|out| {
             let start = out.len();
             msg.write_frame(seq, out);
+            crate::metrics::relayed(out.len() - start);
             replay.push(seq, &out[start..]);
         });
         if let Err(e) = queued {
             // Kept all the same: a reattaching client gets it.
             let mut frame = Vec::new();
             msg.write_frame(seq, &mut frame);
+            crate::metrics::relayed(frame.len());
             self.replay.push(seq, &frame);
             self.lose_link(e);
         }
@@ -1012,6 +1016,7 @@ impl<'a> Session<'a> {
 
     fn send_error(&mut self, e: ClientError) {
         log::debug!("[{}] error to client: {e}", self.label);
+        crate::metrics::error_sent(e.code);
         self.send(e.into());
     }
 
