@@ -23,7 +23,7 @@
 //! | spawner (1) | its queue of spawns | a session waits for its own fork and exec only |
 //! | reaper (1 per stopping child) | the child's pidfd, with the stop ladder's deadlines | one per `--max-running` place |
 //! | tool-registry request (≤ 4 per session) | one HTTP exchange | 3 s |
-//! | side port (4 workers + tiny_http's accept thread) | requests | `/health` never waits for the start-up check |
+//! | side port (4 workers + tiny_http's accept thread): `/health`, `/sessions`, `/metrics` | requests | `/health` never waits for the start-up check |
 //! | start-up check (1, once) | `claude --version` | 5 s, then its process group is killed |
 //!
 //! Why no cycle of waits can form: a session waits only in its `select!`, which has a
