@@ -114,6 +114,15 @@ try {
     if (t.text.includes("word399")) throw new Error("the whole answer came despite Stop");
   });
 
+  await step("more input while a query runs", async () => {
+    await prompt("slow 30 60");
+    await until("the answer to start", (t) => t.text.includes("word2"));
+    await prompt("more from the page");
+    await page.waitForSelector(".turn:last-child .user.input", { timeout: WAIT });
+    const t = await until("both answers", (t) => t.outcome === "completed" && t.text.includes("Echo: more from the page"));
+    if (!t.text.includes("word29")) throw new Error(`first answer incomplete: ${t.text}`);
+  });
+
   const ws = env("WORKSPACE");
   await step("a Write tool call (acceptEdits) is shown with its result", async () => {
     await page.selectOption("#mode", "acceptEdits");
@@ -185,6 +194,17 @@ try {
     await prompt("hello with a token");
     const t = await until("the echo", (t) => t.outcome === "completed");
     if (!t.text.includes("Echo: hello with a token")) throw new Error(`answer: ${t.text}`);
+  });
+
+  await step("a session that is gone after a reload: its conversation resumes", async () => {
+    // This server keeps no session for a dropped client: the reattach is refused, the
+    // page opens a new session and resumes the old conversation with the next prompt.
+    await page.reload();
+    await connected();
+    await page.waitForSelector(".notice", { timeout: WAIT });
+    await prompt("recall");
+    const t = await until("the recall", (t) => t.outcome === "completed");
+    if (!t.text.includes("hello with a token")) throw new Error(`the conversation was not resumed: ${t.text}`);
     await context.close();
   });
 } catch {
