@@ -289,11 +289,18 @@ fn serve_connection(guard: ConnectionGuard, n: u64, tcp: TcpStream) {
     let deadline = Instant::now() + config.handshake_timeout;
     let head = match web::read_head(&tcp, deadline) {
         Ok(head) => head,
-        Err(web::HeadError::TooLarge) => return web::refuse_large_head(&tcp),
-        Err(e) => return log::debug!("{peer}: {e}"),
+        Err(web::HeadError::TooLarge) => {
+            web::refuse_large_head(&tcp);
+            return;
+        }
+        Err(e) => {
+            log::debug!("{peer}: {e}");
+            return;
+        }
     };
     if !web::is_upgrade(&head) {
-        return web::answer(shared, &tcp, &head, peer);
+        web::answer(shared, &tcp, &head, peer);
+        return;
     }
     let tcp = Arc::new(tcp);
     let left = deadline.saturating_duration_since(Instant::now());
