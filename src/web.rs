@@ -73,20 +73,18 @@ pub fn read_head(tcp: &TcpStream, deadline: Instant) -> Result<Vec<u8>, HeadErro
             Err(e) => return Err(HeadError::Io(e)),
         };
         // The blank line may straddle what was taken before and what is peeked now.
-        let before = head.len().min(3);
+        let before = head.len().min(2);
         let mut window = head[head.len() - before..].to_vec();
         window.extend_from_slice(&peeked[..n]);
-        let take = match find(&window, b"\r\n\r\n") {
-            Some(at) => at + 4 - before,
-            None => n,
-        };
+        let end = head_end(&window);
+        let take = end.map_or(n, |end| end - before);
         let start = head.len();
         head.resize(start + take, 0);
         // The bytes were peeked, so this read returns them at once.
         (&*tcp)
             .read_exact(&mut head[start..])
             .map_err(HeadError::Io)?;
-        if head.ends_with(b"\r\n\r\n") {
+        if end.is_some() {
             return Ok(head);
         }
         if head.len() > MAX_HEAD {
@@ -95,16 +93,28 @@ pub fn read_head(tcp: &TcpStream, deadline: Instant) -> Result<Vec<u8>, HeadErro
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where the head in `bytes` ends: just after its blank line (`\r\n\r\n`, or with bare
+/// `\n`s, which the handshake's parser takes too).
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    (0..bytes.len()).find_map(|i| match &bytes[i..] {
+        [b'\n', b'\n', ..] => Some(i + 2),
+        [b'\n', b'\r', b'\n', ..] => Some(i + 3),
+        _ => None,
+    })
+}
+
+/// The lines of a head, without their line ends.
+fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    head.split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
 }
 
 /// Whether the head asks for a WebSocket (`Upgrade: websocket`): the handshake then
 /// judges it; anything else is plain HTTP, answered here.
 pub fn is_upgrade(head: &[u8]) -> bool {
-    String::from_utf8_lossy(head)
-        .split("\r\n")
+    lines(head)
         .skip(1)
+        .map(String::from_utf8_lossy)
         .any(|line| {
             line.split_once(':').is_some_and(|(name, value)| {
                 name.trim().eq_ignore_ascii_case("upgrade")
@@ -209,8 +219,7 @@ fn route<'h>(shared: &Shared, head: &'h [u8]) -> (Option<&'h str>, Answer) {
 
 /// `(method, target)` of an HTTP/1.x request line.
 fn request_line(head: &[u8]) -> Option<(&str, &str)> {
-    let end = find(head, b"\r\n")?;
-    let line = std::str::from_utf8(&head[..end]).ok()?;
+    let line = std::str::from_utf8(lines(head).next()?).ok()?;
     let mut parts = line.split(' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
     let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphabetic());
@@ -304,6 +313,15 @@ mod tests {
         assert!(!is_upgrade(b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"));
         // The request line is not a field.
         assert!(!is_upgrade(b"GET /Upgrade:websocket HTTP/1.1\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_head_ends_at_its_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nA: b\n\nrest"), Some(21));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        assert_eq!(head_end(b"\r\n"), None);
+        assert_eq!(head_end(b"\n\r\n"), Some(3));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //
 // Environment: PLAYWRIGHT_DIR (node_modules holding playwright-core), PAGE_URL (the
 // server's page), TOKEN_PAGE_URL and TOKEN (a server with --auth-token), WORKSPACE (the
-// server's workspace), SCREENSHOT (where to save a picture of the page).
+// server's workspace), SCREENSHOT (where to save a picture of the page; one of the
+// permission prompt goes beside it, as NAME-permission.png).
 import { createRequire } from "node:module";
 
 const env = (k) => {
@@ -143,6 +144,7 @@ try {
     await prompt(`write ${ws}/allowed.txt allowed in the page`);
     const allow = page.locator(".turn:last-child .ask button.allow");
     await allow.waitFor({ timeout: WAIT });
+    await page.screenshot({ path: env("SCREENSHOT").replace(/\.png$/, "-permission.png") });
     await allow.click();
     await until("the allowed write to complete", (t) => t.outcome === "completed");
     const answered = await page.locator(".turn:last-child .ask .answered").textContent();
