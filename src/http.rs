@@ -122,7 +122,7 @@ fn route(req: &Request, shared: &Shared) -> (u16, String) {
 
 /// `status` is `ok`, or `degraded` with a `reason` once the `claude` check failed;
 /// `claude.status` is `checking` until that check has answered.
-fn health(shared: &Shared) -> serde_json::Value {
+pub(crate) fn health(shared: &Shared) -> serde_json::Value {
     let r = &shared.registry;
     let path = shared.config.claude_bin.display().to_string();
     let (claude, problem) = match shared.claude_version.get() {

@@ -154,6 +154,14 @@ impl Duplex {
         }
     }
 
+    /// The same, handing tungstenite first `head`: bytes already read from the socket
+    /// (the request head, read to route plain HTTP requests away; see `web.rs`).
+    pub fn already_read(mut self, head: Vec<u8>) -> Duplex {
+        self.input = head;
+        self.read_pos = 0;
+        self
+    }
+
     /// Bytes written but not yet taken by the socket.
     pub fn pending(&self) -> usize {
         self.output.len()
@@ -284,7 +292,9 @@ impl Duplex {
 
 impl Read for Duplex {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(deadline) = self.handshake_deadline {
+        // The handshake reads the socket, with its deadline, once the bytes read before
+        // it (`already_read`) are taken.
+        if let Some(deadline) = self.handshake_deadline.filter(|_| self.input_taken()) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(

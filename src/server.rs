@@ -20,7 +20,7 @@ use crate::link::{self, Duplex, Link};
 use crate::protocol::{http_error_body, ErrorCode};
 use crate::registry::Control;
 use crate::state::Shared;
-use crate::{http, session, spec, sys};
+use crate::{http, session, spec, sys, web};
 
 /// Connections that may be in their handshake beyond `max_sessions`; more are answered
 /// 503 at once.
@@ -285,8 +285,27 @@ fn serve_connection(guard: ConnectionGuard, n: u64, tcp: TcpStream) {
     let Ok(peer) = tcp.peer_addr() else { return };
     let config = &shared.config;
     let _ = tcp.set_write_timeout(Some(config.handshake_timeout));
+    // Plain HTTP (the page, `/health`) is answered by `web`; an upgrade goes on to the
+    // handshake with the head already read, within the same time limit.
+    let deadline = Instant::now() + config.handshake_timeout;
+    let head = match web::read_head(&tcp, deadline) {
+        Ok(head) => head,
+        Err(web::HeadError::TooLarge) => {
+            web::refuse_large_head(&tcp);
+            return;
+        }
+        Err(e) => {
+            log::debug!("{peer}: {e}");
+            return;
+        }
+    };
+    if !web::is_upgrade(&head) {
+        web::answer(shared, &tcp, &head, peer);
+        return;
+    }
     let tcp = Arc::new(tcp);
-    let duplex = Duplex::for_handshake(tcp.clone(), config.handshake_timeout);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let duplex = Duplex::for_handshake(tcp.clone(), left).already_read(head);
     let mut admitted: Option<Admission> = None;
     // The closure's error type is fixed by tungstenite's handshake `Callback`.
     #[allow(clippy::result_large_err)]

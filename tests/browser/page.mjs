@@ -1,0 +1,218 @@
+// Drives the built-in page (GET / on the WebSocket port) in Debian's chromium with
+// playwright-core, against the real server, the real CLI and the scripted model.
+// Started by tests/browser.rs, which reads the exit code and shows this output on failure.
+//
+// Environment: PLAYWRIGHT_DIR (node_modules holding playwright-core), PAGE_URL (the
+// server's page), TOKEN_PAGE_URL and TOKEN (a server with --auth-token), WORKSPACE (the
+// server's workspace), SCREENSHOT (where to save a picture of the page; one of the
+// permission prompt goes beside it, as NAME-permission.png).
+import { createRequire } from "node:module";
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const require = createRequire(env("PLAYWRIGHT_DIR") + "/");
+const { chromium } = require("playwright-core");
+
+const WAIT = 20000;
+const started = Date.now();
+const log = (...a) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s]`, ...a);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  // Playwright gives every launch a fresh, temporary profile (--user-data-dir) itself.
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+  timeout: 30000,
+});
+
+let page;
+let failed = false;
+
+// Run one scenario; on failure show what the page showed.
+async function step(name, fn) {
+  log("step:", name);
+  try {
+    await fn();
+  } catch (e) {
+    failed = true;
+    console.log(`FAILED: ${name}: ${e.stack || e}`);
+    if (page) {
+      const shown = await page.evaluate(() => document.body.innerText).catch(() => "?");
+      console.log("---- the page showed ----\n" + shown + "\n-------------------------");
+    }
+    throw e;
+  }
+}
+
+// The last turn's text, footer outcome and tool count.
+const lastTurn = () => page.evaluate(() => {
+  const turns = document.querySelectorAll(".turn");
+  const t = turns[turns.length - 1];
+  if (!t) return null;
+  return {
+    count: turns.length,
+    text: [...t.querySelectorAll(".text")].map((e) => e.textContent).join(""),
+    draft: !!t.querySelector(".text.draft"),
+    outcome: t.querySelector(".footer")?.dataset.outcome,
+    footer: t.querySelector(".footer")?.textContent,
+    errors: [...t.querySelectorAll(".error")].map((e) => e.textContent),
+  };
+});
+
+async function until(what, check) {
+  const deadline = Date.now() + WAIT;
+  let last;
+  while (Date.now() < deadline) {
+    last = await lastTurn();
+    if (last && check(last)) return last;
+    await page.waitForTimeout(50);
+  }
+  throw new Error(`timed out waiting for ${what}; last turn: ${JSON.stringify(last)}`);
+}
+
+async function prompt(text) {
+  await page.fill("#prompt", text);
+  await page.press("#prompt", "Enter");
+}
+
+const connected = () => page.waitForSelector('#status[data-state="connected"]', { timeout: WAIT });
+
+try {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 820 } });
+  page = await context.newPage();
+  page.on("pageerror", (e) => { failed = true; console.log("page error:", e.message); });
+  page.on("console", (m) => { if (m.type() === "error") console.log("console:", m.text()); });
+
+  await step("the page loads and connects to /ws on its own origin", async () => {
+    await page.goto(env("PAGE_URL"));
+    await connected();
+  });
+
+  await step("a prompt (Enter sends) streams its answer in", async () => {
+    await prompt("slow 12 120");
+    // Partial text is shown while the answer is still coming.
+    const partial = await until("partial text", (t) => t.draft && t.text.includes("word2"));
+    if (partial.outcome === "completed") throw new Error("completed before any partial text was seen");
+    const done = await until("the answer to complete", (t) => t.outcome === "completed");
+    if (!done.text.includes("word11")) throw new Error(`answer incomplete: ${done.text}`);
+    if (done.text.split("word0 ").length !== 2) throw new Error(`text doubled: ${done.text}`);
+    if (!/\$\d+\.\d{4}/.test(done.footer) || !/\d+\.\d s/.test(done.footer)) {
+      throw new Error(`no cost and duration in the footer: ${done.footer}`);
+    }
+  });
+
+  await step("Stop interrupts a slow answer", async () => {
+    await prompt("slow 400 50");
+    await until("the slow answer to start", (t) => t.text.includes("word3"));
+    await page.click("#stop");
+    const t = await until("the query to end interrupted", (t) => t.outcome === "interrupted");
+    if (t.text.includes("word399")) throw new Error("the whole answer came despite Stop");
+  });
+
+  await step("more input while a query runs", async () => {
+    await prompt("slow 30 60");
+    await until("the answer to start", (t) => t.text.includes("word2"));
+    await prompt("more from the page");
+    await page.waitForSelector(".turn:last-child .user.input", { timeout: WAIT });
+    const t = await until("both answers", (t) => t.outcome === "completed" && t.text.includes("Echo: more from the page"));
+    if (!t.text.includes("word29")) throw new Error(`first answer incomplete: ${t.text}`);
+  });
+
+  const ws = env("WORKSPACE");
+  await step("a Write tool call (acceptEdits) is shown with its result", async () => {
+    await page.selectOption("#mode", "acceptEdits");
+    await prompt(`write ${ws}/from-page.txt written by the page`);
+    const t = await until("the write to complete", (t) => t.outcome === "completed");
+    if (!t.text.includes("Done:")) throw new Error(`no answer after the tool: ${t.text}`);
+    const tool = page.locator(".turn:last-child details.tool[data-tool=Write]");
+    await tool.locator("summary").click();
+    const result = await tool.locator(".result pre").textContent();
+    const input = await tool.locator("pre.input").textContent();
+    if (!input.includes("from-page.txt")) throw new Error(`tool input not shown: ${input}`);
+    if (!result || !result.trim()) throw new Error("tool result not shown");
+    if (await tool.locator(".badge.ok").count() !== 1) throw new Error("tool not marked done");
+  });
+
+  await step("a permission prompt is answered with Allow", async () => {
+    await page.selectOption("#mode", "");
+    await prompt(`write ${ws}/allowed.txt allowed in the page`);
+    const allow = page.locator(".turn:last-child .ask button.allow");
+    await allow.waitFor({ timeout: WAIT });
+    await page.screenshot({ path: env("SCREENSHOT").replace(/\.png$/, "-permission.png") });
+    await allow.click();
+    await until("the allowed write to complete", (t) => t.outcome === "completed");
+    const answered = await page.locator(".turn:last-child .ask .answered").textContent();
+    if (answered !== "Allowed") throw new Error(`ask shows ${answered}`);
+  });
+
+  await step("an error is shown plainly", async () => {
+    await page.fill("#cwd", "/");
+    await page.dispatchEvent("#cwd", "change");
+    await prompt("hello from the wrong place");
+    const t = await until("the refusal", (t) => t.errors.length > 0);
+    if (!t.errors.join(" ").includes("cwd_not_allowed")) throw new Error(`error: ${t.errors}`);
+    await page.fill("#cwd", "");
+    await page.dispatchEvent("#cwd", "change");
+  });
+
+  await step("a reload mid-answer reattaches and the answer completes", async () => {
+    const before = (await lastTurn()).count;
+    await prompt("slow 40 100");
+    await until("the answer to start", (t) => t.text.includes("word4"));
+    await page.reload();
+    await connected();
+    const t = await until("the answer to complete after the reload", (t) => t.outcome === "completed");
+    if (t.count !== before + 1) throw new Error(`turns before ${before}, after the reload ${t.count}`);
+    if (!t.text.includes("word39")) throw new Error(`answer incomplete: ${t.text}`);
+    if (t.text.split("word0 ").length !== 2) throw new Error(`text doubled: ${t.text}`);
+    const status = await page.textContent("#status");
+    if (!status.includes("reattached")) throw new Error(`status after reload: ${status}`);
+  });
+
+  await step("a screenshot for people to look at", async () => {
+    await prompt("hello, page");
+    await until("the echo", (t) => t.outcome === "completed");
+    await page.locator("details.tool[data-tool=Write]").first().evaluate((d) => { d.open = true; });
+    await page.evaluate(() => { document.getElementById("scroller").scrollTop = 0; });
+    await page.screenshot({ path: env("SCREENSHOT") });
+  });
+
+  await context.close();
+
+  await step("a server that wants a token: the page asks for it", async () => {
+    const context = await browser.newContext({ viewport: { width: 900, height: 600 } });
+    page = await context.newPage();
+    await page.goto(env("TOKEN_PAGE_URL"));
+    await page.waitForSelector("#overlay.shown", { timeout: WAIT });
+    await page.fill("#token", env("TOKEN"));
+    await page.press("#token", "Enter");
+    await connected();
+    await prompt("hello with a token");
+    const t = await until("the echo", (t) => t.outcome === "completed");
+    if (!t.text.includes("Echo: hello with a token")) throw new Error(`answer: ${t.text}`);
+  });
+
+  await step("a session that is gone after a reload: its conversation resumes", async () => {
+    // This server keeps no session for a dropped client: the reattach is refused, the
+    // page opens a new session and resumes the old conversation with the next prompt.
+    await page.reload();
+    await connected();
+    await page.waitForSelector(".notice", { timeout: WAIT });
+    await prompt("recall");
+    const t = await until("the recall", (t) => t.outcome === "completed");
+    if (!t.text.includes("hello with a token")) throw new Error(`the conversation was not resumed: ${t.text}`);
+    await context.close();
+  });
+} catch {
+  failed = true;
+} finally {
+  await browser.close();
+}
+log(failed ? "browser test FAILED" : "browser test passed");
+process.exit(failed ? 1 : 0);
