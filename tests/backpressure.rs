@@ -13,16 +13,6 @@ use serde_json::json;
 use support::frames::{frame, set_receive_buffer, BINARY, PING, TEXT};
 use support::*;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// About 64 KiB of what earns replies: WebSocket pings, batches of 100 `ping`
 /// messages, garbage text, binary frames.
 fn flood_bytes() -> Vec<u8> {

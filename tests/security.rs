@@ -489,16 +489,6 @@ fn sessions_per_peer_are_limited() {
     assert_refused(s.try_connect(&s.ws_url, &[]), "429");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_non_reading_client_with_a_flooding_child_keeps_memory_bounded() {
     let s = ServerOptions::fake().arg("--stall-timeout-secs=60").start();

@@ -136,11 +136,7 @@ fn listening_beyond_loopback_without_auth_is_warned_about() {
     let local = ServerOptions::fake().start();
     for s in [&open, &guarded, &local] {
         // Start-up checks are logged before the probe answers.
-        assert!(
-            eventually(WAIT, || s.logs().contains("claude at")),
-            "{}",
-            s.logs()
-        );
+        assert!(s.logged("claude at"), "{}", s.logs());
     }
     let logs = open.logs();
     assert!(
@@ -168,11 +164,7 @@ fn missing_credentials_are_warned_about() {
     let without = ServerOptions::fake().env("ANTHROPIC_API_KEY", "").start();
     let with = ServerOptions::fake().start();
     for s in [&without, &with] {
-        assert!(
-            eventually(WAIT, || s.logs().contains("claude at")),
-            "{}",
-            s.logs()
-        );
+        assert!(s.logged("claude at"), "{}", s.logs());
     }
     let logs = without.logs();
     assert!(

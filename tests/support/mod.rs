@@ -23,7 +23,7 @@ use tungstenite::{Message, WebSocket};
 pub use cli::TempDir;
 pub use mock_api::MockApi;
 #[allow(unused_imports)] // each test crate uses a different part
-pub use procs::{children_of, pid_alive};
+pub use procs::{children_of, pid_alive, rss_kib};
 
 /// For tests of what happens when a session ends with its connection: no grace for
 /// the client to reattach (sessions otherwise outlive a dropped connection).

@@ -13,6 +13,17 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// The resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
 /// The pids of live children of process `pid` (direct children only).
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
