@@ -22,8 +22,9 @@ use crate::registry::SessionState;
 use crate::replay::Since;
 
 impl Session<'_> {
-    /// `connection_established`: the first message of a connection.
-    pub(super) fn hello(&self, resumed: bool) -> ServerMessage<'static> {
+    /// `connection_established`: the first message of a connection; `resumed` is
+    /// `true` on a reattach, `"conversation"` for a session resumed from disk.
+    pub(super) fn hello(&self, resumed: Option<Value>) -> ServerMessage<'static> {
         ServerMessage::ConnectionEstablished {
             session_id: self.id.clone(),
             capabilities: Capabilities {
@@ -35,7 +36,7 @@ impl Session<'_> {
                 image_input: true,
                 reattach: true,
             },
-            resumed: resumed.then_some(Value::Bool(true)),
+            resumed,
         }
     }
 
@@ -95,7 +96,7 @@ impl Session<'_> {
             }
         });
         self.last_activity = Instant::now();
-        self.send_unnumbered(&self.hello(true));
+        self.send_unnumbered(&self.hello(Some(Value::Bool(true))));
         let mut frames: Vec<Vec<u8>> = Vec::new();
         let gap = match self.replay.since(last_seq) {
             Since::All(f) => {
