@@ -113,7 +113,8 @@ impl ServerHandle {
         let timeout = shared.config.drain_timeout;
         let r = &shared.registry;
         log::info!(
-            "draining before shutting down: new sessions are refused; {} sessions, {}              queries running, {} detached; queries may finish within {timeout:?}",
+            "draining before shutting down: new sessions are refused; {} sessions, {} \
+             queries running, {} detached; queries may finish within {timeout:?}",
             r.session_count(),
             r.running_count(),
             r.detached_count()
@@ -148,7 +149,9 @@ impl ServerHandle {
             }
             if Instant::now() >= deadline {
                 log::warn!(
-                    "drain: the timeout (--drain-timeout-secs) passed with {left} sessions                      left, {} of them running a query: interrupting those, closing every                      client with 1012",
+                    "drain: the timeout (--drain-timeout-secs) passed with {left} sessions \
+                     left, {} of them running a query: interrupting those, closing every \
+                     client with 1012",
                     r.running_count()
                 );
                 break;
