@@ -284,6 +284,8 @@ fn bench_sessions_and_queries_through_nginx() {
             .env("RUST_LOG", "warn")
             .arg(&format!("--max-running={sessions}"))
             .arg("--rate-limit=1000000/1")
+            .arg(&format!("--max-sessions-per-peer={}", sessions.max(1)))
+            .arg(&format!("--max-sessions={}", sessions.max(1)))
             .arg(&format!("--instance-id={id}"))
             .arg(&format!("--state-dir={}", state.display()))
             .arg(&format!("--workspace-root={}", work.display()))
