@@ -116,6 +116,14 @@ pub struct Config {
     /// An operator token: `/sessions` with it lists every principal's sessions.
     /// Defaults to none.
     pub admin_token: Option<String>,
+    /// On SIGTERM or `POST /drain`, running queries may finish for this long before
+    /// their clients are closed with 1012 (0: close them at once). Defaults to 30 s.
+    pub drain_timeout: Duration,
+    /// This instance's name behind a balancer: 1 to 16 lowercase hex digits, put in
+    /// front of every session id it makes (`<id>-<uuid>`), so the balancer can route a
+    /// reattach to the instance that holds the session (see `deploy/nginx.conf`).
+    /// Defaults to none: session ids are plain UUIDs.
+    pub instance_id: Option<String>,
     /// How the `claude-ws` command writes its log lines. An embedder sets up its own
     /// logger; the server does not read this. Defaults to [`LogFormat::Text`].
     pub log_format: LogFormat,
@@ -177,6 +185,8 @@ impl Default for Config {
             replay_buffer_bytes: 1 << 20,
             state_dir: None,
             admin_token: None,
+            drain_timeout: Duration::from_secs(30),
+            instance_id: None,
             log_format: LogFormat::Text,
         }
     }
@@ -415,6 +425,18 @@ const FLAGS: &[Flag] = &[
         "operator token: /sessions with it lists every principal's sessions",
     ),
     flag(
+        "drain-timeout-secs",
+        "DRAIN_TIMEOUT_SECS",
+        "SECS",
+        "on SIGTERM or POST /drain, let running queries finish this long (0 = close at once)",
+    ),
+    flag(
+        "instance-id",
+        "INSTANCE_ID",
+        "HEX",
+        "prefix of this instance's session ids, for a balancer's sticky routing",
+    ),
+    flag(
         "tool-registry-url",
         "TOOL_REGISTRY_URL",
         "URL",
@@ -477,7 +499,7 @@ fn rule(name: &str) -> Rule {
             unit_name: "minutes",
             zero_is_off: false,
         },
-        "child-idle-secs" | "reconnect-grace-secs" => Rule::Span {
+        "child-idle-secs" | "reconnect-grace-secs" | "drain-timeout-secs" => Rule::Span {
             unit: 1,
             unit_name: "seconds",
             zero_is_off: true,
@@ -703,6 +725,8 @@ impl Config {
             "replay-buffer-bytes" => self.replay_buffer_bytes = to_usize(count(v)?),
             "state-dir" => self.state_dir = Some(PathBuf::from(nonempty(v)?)),
             "admin-token" => self.admin_token = Some(nonempty(v)?),
+            "drain-timeout-secs" => self.drain_timeout = span(v)?.unwrap_or_default(),
+            "instance-id" => self.instance_id = Some(v.trim().to_string()),
             "tool-registry-url" => {
                 let url = nonempty(v)?;
                 if !url.starts_with("http://") {
@@ -785,6 +809,14 @@ impl Config {
                 .tool_registry_url
                 .clone()
                 .unwrap_or_else(|| "none".into()),
+            "trusted-proxies" if self.trusted_proxies.is_empty() => "none".into(),
+            "queue-timeout-secs" => secs(self.queue_timeout),
+            "reconnect-grace-secs" => secs(self.reconnect_grace),
+            "replay-buffer-bytes" => self.replay_buffer_bytes.to_string(),
+            "state-dir" => "none (the CLI's own location)".into(),
+            "admin-token" => "none".into(),
+            "drain-timeout-secs" => secs(self.drain_timeout),
+            "instance-id" => "none (session ids are plain UUIDs)".into(),
             "log-format" => match self.log_format {
                 LogFormat::Text => "text".into(),
                 LogFormat::Json => "json".into(),
@@ -835,13 +867,17 @@ impl Config {
             rule.check_count(n as u64)
                 .map_err(|why| (flag, format!("{why}, not {n}")))?;
         }
-        let spans: [(&'static str, Option<Duration>); 12] = [
+        let spans: [(&'static str, Option<Duration>); 13] = [
             ("permission-timeout-secs", Some(self.permission_timeout)),
             ("tool-timeout-secs", Some(self.tool_timeout)),
             ("queue-timeout-secs", Some(self.queue_timeout)),
             (
                 "reconnect-grace-secs",
                 Some(self.reconnect_grace).filter(|d| !d.is_zero()),
+            ),
+            (
+                "drain-timeout-secs",
+                Some(self.drain_timeout).filter(|d| !d.is_zero()),
             ),
             ("session-timeout-minutes", Some(self.session_timeout)),
             ("ping-interval-secs", Some(self.ping_interval)),
@@ -882,6 +918,12 @@ impl Config {
                 format!("{bad:?} is not an origin: expected scheme://host[:port], e.g. https://app.example.com, or *"),
             ));
         }
+        if let Some(id) = self.instance_id.as_deref().filter(|i| !is_instance_id(i)) {
+            return Err((
+                "instance-id",
+                format!("{id:?} is not 1 to 16 lowercase hex digits (it starts session ids)"),
+            ));
+        }
         if self.workspace_roots.is_empty() {
             return Err(("workspace-root", "at least one directory is needed".into()));
         }
@@ -900,6 +942,12 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// 1 to 16 of `0-9a-f`: session ids stay hex digits and dashes (what a reattach's
+/// `session_id` and the state directory's file names accept).
+fn is_instance_id(id: &str) -> bool {
+    (1..=16).contains(&id.len()) && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn boolean(v: &str) -> Result<bool, String> {

@@ -1,7 +1,14 @@
 //! Who may open a session: the checks run on the WebSocket upgrade request, before any
 //! session or child exists, in this order: path (404), shutdown (503), a well-formed,
-//! unambiguous request (400), Origin and Host (403), credentials (401), capacity (503,
-//! 429). A refusal is a plain HTTP answer with a JSON body.
+//! unambiguous request (400), Origin and Host (403), credentials (401), a reattach to a
+//! session held here, draining (503), capacity (503, 429). A refusal is a plain HTTP
+//! answer with a JSON body.
+//!
+//! Resume anywhere: a reattach naming a session this instance does not hold, whose
+//! conversation is recorded in the principal's state directory (`--state-dir`, shared
+//! by the instances), opens a new session that keeps the client's session id and goes
+//! on with that conversation (`connection_established` says `resumed:
+//! "conversation"`; nothing is replayed, `seq` starts again at 1).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -42,6 +49,17 @@ pub struct Newcomer {
     /// What rate and session limits count against: the principal when authentication
     /// is on, else the client's address.
     pub limit_key: String,
+    /// Set when the client resumes a session another instance (or an earlier life of
+    /// this one) held: the session keeps this id and conversation.
+    pub resumed: Option<Resumed>,
+}
+
+/// A session resumed from the state directory.
+pub struct Resumed {
+    /// The id the client knows it by.
+    pub session_id: String,
+    /// Its CLI conversation, recorded in the principal's state directory.
+    pub conversation: String,
 }
 
 /// Check an upgrade request. On success `admitted` holds the session's slot.
@@ -104,30 +122,52 @@ pub fn check(
             return Err(refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &why));
         }
     };
+    let mut resumed = None;
     if let Some((session_id, last_seq)) = reattach {
-        return match shared.registry.attach(&session_id, &principal) {
+        // A session held here takes its client back even while the server drains: its
+        // query goes on, and the drain closes it with 1012 once that is over.
+        match shared.registry.attach(&session_id, &principal) {
             Ok(control) => {
                 *admitted = Some(Admission::Reattach {
                     session_id,
                     control,
                     last_seq,
                 });
-                Ok(resp)
+                return Ok(resp);
             }
-            Err(AttachRefusal::Unknown) => Err(refuse(
-                StatusCode::NOT_FOUND,
-                ErrorCode::UnknownSession,
-                "no such session here: it ended, its reconnect grace passed, or it lives on another instance",
-            )),
+            Err(AttachRefusal::Unknown) => {
+                let recorded = shared.state_dir.as_ref().and_then(|dir| {
+                    let dir = crate::spec::principal_dir(dir, &principal);
+                    crate::spec::recorded_conversation(&dir, &session_id)
+                });
+                let Some(conversation) = recorded else {
+                    return Err(refuse(
+                        StatusCode::NOT_FOUND,
+                        ErrorCode::UnknownSession,
+                        "no such session here: it ended, its reconnect grace passed, or it lives on another instance",
+                    ));
+                };
+                resumed = Some(Resumed {
+                    session_id,
+                    conversation,
+                });
+            }
             Err(AttachRefusal::NotYours) => {
                 log::warn!("refused {peer}: reattach to another principal's session");
-                Err(refuse(
+                return Err(refuse(
                     StatusCode::FORBIDDEN,
                     ErrorCode::Forbidden,
                     "that session belongs to someone else",
-                ))
+                ));
             }
-        };
+        }
+    }
+    if shared.is_draining() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Draining,
+            "this instance is draining and takes no new sessions; connect again to reach another",
+        ));
     }
     let headers = |name: &str| -> Vec<&str> {
         req.headers()
@@ -187,6 +227,7 @@ pub fn check(
         principal,
         client_ip,
         limit_key,
+        resumed,
     }));
     Ok(resp)
 }

@@ -1,7 +1,9 @@
-//! The side port: `GET /health` and `GET /sessions`, JSON; `GET /metrics`, Prometheus
-//! text (`metrics.rs`); 404 elsewhere. `/sessions` needs the same credentials as the
-//! WebSocket; `/health` and `/metrics` tell nothing secret (counts, durations, error
-//! codes: no session ids, users, peers or prompts), so they need none.
+//! The side port: `GET /health`, `GET /ready`, `GET /sessions` and `POST /drain`, JSON;
+//! `GET /metrics`, Prometheus text (`metrics.rs`); 404 elsewhere. `/sessions` needs the
+//! same credentials as the WebSocket, `/drain` the admin token; `/health` ("the process
+//! is alive"), `/ready` ("it takes new sessions", for a balancer) and `/metrics`
+//! (counts, durations, error codes: no session ids, users, peers or prompts) tell
+//! nothing secret, so they need none.
 
 use std::sync::Arc;
 use std::thread;
@@ -36,7 +38,7 @@ pub fn serve(server: &Arc<tiny_http::Server>, shared: &Arc<Shared>) {
 }
 
 /// One worker: take requests from tiny_http's queue until shutdown.
-fn work(server: &tiny_http::Server, shared: &Shared) {
+fn work(server: &tiny_http::Server, shared: &Arc<Shared>) {
     loop {
         let req = match server.recv() {
             Ok(r) => r,
@@ -54,7 +56,7 @@ fn work(server: &tiny_http::Server, shared: &Shared) {
     }
 }
 
-fn answer(req: Request, shared: &Shared) {
+fn answer(req: Request, shared: &Arc<Shared>) {
     // A panic in a handler must not take the side port down.
     let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(&req, shared)));
     let (status, body) = answered.unwrap_or_else(|_| {
@@ -80,11 +82,16 @@ fn content_type_header(value: &'static str) -> Header {
         .unwrap_or_else(|_| unreachable!("static header is valid"))
 }
 
-fn route(req: &Request, shared: &Shared) -> (u16, String) {
+fn route(req: &Request, shared: &Arc<Shared>) -> (u16, String) {
     let path = req.url().split('?').next().unwrap_or("");
     match (req.method(), path) {
         (Method::Get, "/health") => (200, health(shared).to_string()),
         (Method::Get, "/metrics") => (200, crate::metrics::render(shared)),
+        (Method::Get, "/ready") => match unready(shared) {
+            None => (200, json!({"ready": true}).to_string()),
+            Some(reason) => (503, json!({"ready": false, "reason": reason}).to_string()),
+        },
+        (Method::Post, "/drain") => drain(req, shared),
         (Method::Get, "/sessions") => {
             let authorization = req
                 .headers()
@@ -112,11 +119,65 @@ fn route(req: &Request, shared: &Shared) -> (u16, String) {
                 }
             }
         }
-        (_, "/health" | "/sessions" | "/metrics") => (
+        (_, "/drain") => (
+            405,
+            http_error_body(ErrorCode::MethodNotAllowed, "only POST is supported"),
+        ),
+        (_, "/health" | "/ready" | "/sessions" | "/metrics") => (
             405,
             http_error_body(ErrorCode::MethodNotAllowed, "only GET is supported"),
         ),
         _ => (404, http_error_body(ErrorCode::NotFound, "not found")),
+    }
+}
+
+/// Why the instance takes no new sessions now, if it does not.
+fn unready(shared: &Shared) -> Option<String> {
+    let max = shared.config.max_sessions;
+    if shared.is_shutting_down() {
+        Some("shutting down".into())
+    } else if shared.is_draining() {
+        Some("draining".into())
+    } else if shared.registry.session_count() >= max {
+        Some(format!("at its maximum of {max} sessions (--max-sessions)"))
+    } else {
+        match shared.claude_version.get() {
+            None => Some("checking that claude runs".into()),
+            Some(Err(e)) => Some(format!("claude cannot run: {e}")),
+            Some(Ok(_)) => None,
+        }
+    }
+}
+
+/// `POST /drain` with the admin token: begin the drain SIGTERM begins (202).
+fn drain(req: &Request, shared: &Arc<Shared>) -> (u16, String) {
+    if shared.config.admin_token.is_none() {
+        return (
+            403,
+            http_error_body(ErrorCode::Forbidden, "draining needs --admin-token"),
+        );
+    }
+    let authorization = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str());
+    match crate::auth::authenticate_http(&shared.config, authorization, req.url()) {
+        Ok(crate::auth::Viewer::Admin) => {
+            log::info!(
+                "drain asked for on the side port by {:?}",
+                req.remote_addr()
+            );
+            crate::server::ServerHandle::new(shared.clone()).drain();
+            (202, json!({"status": "draining"}).to_string())
+        }
+        _ => {
+            log::warn!("refused POST /drain from {:?}", req.remote_addr());
+            (
+                401,
+                http_error_body(ErrorCode::Unauthorized, "the admin token is needed"),
+            )
+        }
     }
 }
 

@@ -33,8 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The signal handler only sends on a channel; one thread turns that into shutdown.
-    // Room for two, so a second signal is not lost while the first is being handled.
+    // The signal handler only sends on a channel; one thread turns that into a drain
+    // (see `server.rs`), then shutdown. Room for two, so a second signal is not lost
+    // while the first is being handled. (ctrlc cannot tell SIGINT from SIGTERM: both
+    // drain; with no query running the drain is immediate.)
     let (tx, rx) = crossbeam_channel::bounded::<()>(2);
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = tx.try_send(());
@@ -47,13 +49,13 @@ fn main() -> ExitCode {
         if rx.recv().is_err() {
             return;
         }
-        handle.shutdown();
+        handle.drain();
         if rx.recv().is_ok() {
             // Children were started with a parent-death signal (SIGTERM), so they end
             // with this process; one that ignores SIGTERM is left to its fate.
             log::warn!(
-                "second signal during shutdown: exiting now, without waiting for sessions \
-                 and children to stop"
+                "second signal during the drain or shutdown: exiting now, without waiting \
+                 for queries, sessions and children to stop"
             );
             std::process::exit(EXIT_INTERRUPTED);
         }

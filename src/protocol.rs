@@ -73,6 +73,9 @@ pub enum ErrorCode {
     Forbidden,
     /// The server holds its maximum number of sessions.
     ServerFull,
+    /// The instance drains (SIGTERM, `POST /drain`) and takes no new sessions: connect
+    /// again through the balancer to reach another instance.
+    Draining,
     /// A reattach names a session this server does not hold.
     UnknownSession,
     /// A reattaching client asked for messages the session no longer holds.
@@ -114,6 +117,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ServerFull => "server_full",
+            ErrorCode::Draining => "draining",
             ErrorCode::UnknownSession => "unknown_session",
             ErrorCode::ReplayGap => "replay_gap",
             ErrorCode::PeerFull => "peer_full",
@@ -168,6 +172,9 @@ pub enum Closing {
     InvalidPayload,
     /// The server is shutting down (1001).
     ShuttingDown,
+    /// The instance drained (1012, service restart): reconnect, through the balancer,
+    /// with the session id to resume the conversation on another instance.
+    Restarting,
     /// No query and no client message for the session timeout (4000).
     IdleTimeout,
     /// The client read none of its pending output for the stall timeout (4001).
@@ -187,6 +194,7 @@ impl Closing {
             Closing::ProtocolError => (1002, "protocol error"),
             Closing::InvalidPayload => (1007, "invalid UTF-8"),
             Closing::ShuttingDown => (1001, "server shutting down"),
+            Closing::Restarting => (1012, "service restart: reconnect to resume"),
             Closing::IdleTimeout => (4000, "session idle timeout"),
             Closing::NotReading => (4001, "client is not reading"),
             Closing::Replaced => (4002, "session taken over by a new connection"),
@@ -666,6 +674,9 @@ pub enum ServerMessage<'a> {
         session_id: String,
         capabilities: Capabilities,
         /// On a reattach: `true` (the same session, messages after `last_seq` follow).
+        /// On a session resumed from the state directory, its instance gone:
+        /// `"conversation"` (the same session id and conversation; nothing is replayed
+        /// and `seq` starts again at 1).
         #[serde(skip_serializing_if = "Option::is_none")]
         resumed: Option<Value>,
     },

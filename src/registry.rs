@@ -56,6 +56,8 @@ pub struct SessionInfo {
 pub enum Control {
     /// The server is shutting down: close with 1001 and stop the child.
     Shutdown,
+    /// The server drains: end with 1012 once no query is running.
+    Drain,
     /// A queued query needs a place: stop the idle child (see `places.rs`).
     Evict,
     /// The queue for places moved: the session's position may have changed.
@@ -69,6 +71,7 @@ impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Control::Shutdown => f.write_str("Shutdown"),
+            Control::Drain => f.write_str("Drain"),
             Control::Evict => f.write_str("Evict"),
             Control::QueueMoved => f.write_str("QueueMoved"),
             Control::Attach(_, seq) => write!(f, "Attach(after {seq})"),
@@ -260,6 +263,13 @@ impl Registry {
     pub fn broadcast_shutdown(&self) {
         for e in lock(&self.sessions).values() {
             let _ = e.control.try_send(Control::Shutdown);
+        }
+    }
+
+    /// Tell every session the server drains.
+    pub fn broadcast_drain(&self) {
+        for e in lock(&self.sessions).values() {
+            let _ = e.control.try_send(Control::Drain);
         }
     }
 }

@@ -6,6 +6,13 @@
 //! session (each closes its client with 1001, interrupts its child and hands it to the
 //! reaper), wait for them and then for the reaper's stops, with one deadline, stop the
 //! side port, return.
+//!
+//! Drain (from [`ServerHandle::drain`]: SIGTERM, `POST /drain`), for an instance behind
+//! a balancer: new sessions are refused (503 `draining`, `/ready` 503), sessions without
+//! a query close with 1012 at once and the others once their query is over, for up to
+//! `--drain-timeout-secs`; then the shutdown above, whose closes say 1012 too, so
+//! clients reconnect through the balancer and resume elsewhere. Children are stopped
+//! the graceful way (stdin closed first), which keeps their conversations on disk.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -78,6 +85,10 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> ServerHandle {
+        ServerHandle { shared }
+    }
+
     /// Begin a graceful shutdown; [`Server::run`] returns once it is done.
     pub fn shutdown(&self) {
         if self.shared.begin_shutdown() {
@@ -88,6 +99,67 @@ impl ServerHandle {
                 Duration::from_secs(1),
             );
         }
+    }
+}
+
+impl ServerHandle {
+    /// Begin a drain (see the module's doc); [`Server::run`] returns once it is done.
+    /// Returns at once; a second call does nothing.
+    pub fn drain(&self) {
+        let shared = &self.shared;
+        if shared.is_shutting_down() || !shared.begin_drain() {
+            return;
+        }
+        let timeout = shared.config.drain_timeout;
+        let r = &shared.registry;
+        log::info!(
+            "draining before shutting down: new sessions are refused; {} sessions, {} \
+             queries running, {} detached; queries may finish within {timeout:?}",
+            r.session_count(),
+            r.running_count(),
+            r.detached_count()
+        );
+        shared.registry.broadcast_drain();
+        let handle = self.clone();
+        let started = Instant::now();
+        let spawned = thread::Builder::new()
+            .name("drain".into())
+            .spawn(move || handle.await_drain(started + timeout));
+        if let Err(e) = spawned {
+            log::error!("cannot start the drain thread: {e}; shutting down now");
+            self.shutdown();
+        }
+    }
+
+    /// Wait until every session has ended, or the deadline; then shut down.
+    fn await_drain(&self, deadline: Instant) {
+        let started = Instant::now();
+        let r = &self.shared.registry;
+        loop {
+            if self.shared.is_shutting_down() {
+                return; // cut short by `shutdown`
+            }
+            let left = r.session_count();
+            if left == 0 {
+                log::info!(
+                    "drain: every session has ended after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "drain: the timeout (--drain-timeout-secs) passed with {left} sessions \
+                     left, {} of them running a query: interrupting those, closing every \
+                     client with 1012",
+                    r.running_count()
+                );
+                break;
+            }
+            // Sessions tell nobody when they end; their count is cheap to read.
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.shutdown();
     }
 }
 

@@ -1,5 +1,5 @@
 //! What every thread of the server shares: the configuration, the session registry,
-//! the rate limits, and whether the server is shutting down.
+//! the rate limits, and whether the server is draining or shutting down.
 //!
 //! It lives apart from `server.rs` so the pieces that read it (the handshake, the side
 //! port, the sessions) depend on it, not on the accept loop.
@@ -30,6 +30,9 @@ pub struct Shared {
     /// Stops children that sessions let go of; shutdown waits for it.
     pub reaper: Reaper,
     shutting_down: AtomicBool,
+    /// Set once a drain begins (SIGTERM, `POST /drain`): no new sessions; sessions end
+    /// with 1012 once their query is over.
+    draining: AtomicBool,
     /// Connections with a thread of their own (in their handshake or session).
     pub connections: AtomicUsize,
     ws_addr: SocketAddr,
@@ -57,6 +60,7 @@ impl Shared {
             reaper: Reaper::default(),
             config,
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             ws_addr,
             claude_version: OnceLock::new(),
@@ -70,6 +74,15 @@ impl Shared {
     /// Mark the server as shutting down; true for the first caller only.
     pub fn begin_shutdown(&self) -> bool {
         !self.shutting_down.swap(true, Ordering::SeqCst)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Mark the server as draining; true for the first caller only.
+    pub fn begin_drain(&self) -> bool {
+        !self.draining.swap(true, Ordering::SeqCst)
     }
 
     /// The WebSocket listener's address.

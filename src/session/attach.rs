@@ -21,8 +21,9 @@ use crate::protocol::{Capabilities, ClientError, Closing, ErrorCode, ServerMessa
 use crate::replay::Since;
 
 impl Session<'_> {
-    /// `connection_established`: the first message of a connection.
-    pub(super) fn hello(&self, resumed: bool) -> ServerMessage<'static> {
+    /// `connection_established`: the first message of a connection; `resumed` is
+    /// `true` on a reattach, `"conversation"` for a session resumed from disk.
+    pub(super) fn hello(&self, resumed: Option<Value>) -> ServerMessage<'static> {
         ServerMessage::ConnectionEstablished {
             session_id: self.id.clone(),
             capabilities: Capabilities {
@@ -34,7 +35,7 @@ impl Session<'_> {
                 image_input: true,
                 reattach: true,
             },
-            resumed: resumed.then_some(Value::Bool(true)),
+            resumed,
         }
     }
 
@@ -89,7 +90,7 @@ impl Session<'_> {
         let state = self.state();
         self.listing.update(|i| i.state = state);
         self.last_activity = Instant::now();
-        self.send_unnumbered(&self.hello(true));
+        self.send_unnumbered(&self.hello(Some(Value::Bool(true))));
         let mut frames: Vec<Vec<u8>> = Vec::new();
         let gap = match self.replay.since(last_seq) {
             Since::All(f) => {

@@ -64,6 +64,8 @@ enum End {
     GraceExpired,
     IdleTimeout,
     Shutdown,
+    /// The server drains and the session has no query running.
+    Drained,
 }
 
 /// Why a connection ended without the session ending (it is detached).
@@ -150,18 +152,30 @@ pub struct Session<'a> {
     last_activity: Instant,
     next_ping: Instant,
     ending: Option<End>,
+    /// Started by a client resuming, from the state directory, a session another
+    /// instance held (see `handshake.rs`).
+    resumed_conversation: bool,
+    /// The server drains: end with 1012 once no query is running.
+    draining: bool,
 }
 
 /// Set up a session for a connection that passed the handshake, list it, and run it
 /// on this thread until it ends.
-pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, newcomer: Newcomer) {
-    let id = new_session_id();
+pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcomer) {
+    let resumed = newcomer.resumed.take();
+    let id = match (&resumed, &shared.config.instance_id) {
+        (Some(r), _) => r.session_id.clone(),
+        // Prefixed so a balancer can send a reattach back here (`deploy/nginx.conf`).
+        (None, Some(instance)) => format!("{instance}-{}", new_session_id()),
+        (None, None) => new_session_id(),
+    };
+    let conversation = resumed.map(|r| r.conversation);
     let (control_tx, control_rx) = bounded(16);
     let now = now_unix();
     let listing = shared.registry.list(
         SessionInfo {
             session_id: id.clone(),
-            claude_session_id: None,
+            claude_session_id: conversation.clone(),
             state: SessionState::Idle,
             created_at: now,
             last_activity: now,
@@ -177,8 +191,19 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, newcomer: Newcomer) 
     // Listed after the shutdown broadcast went out: tell it ourselves.
     if shared.is_shutting_down() {
         let _ = control_tx.try_send(Control::Shutdown);
+    } else if shared.is_draining() {
+        let _ = control_tx.try_send(Control::Drain);
     }
     let mut session = Session::new(shared, id, link, listing, (control_tx, control_rx));
+    if let Some(c) = conversation {
+        // Its first query goes on with the conversation (`start_child` resumes it).
+        log::info!(
+            "[{}] resuming conversation {c} from the state directory",
+            session.label
+        );
+        session.claude_session_id = Some(c);
+        session.resumed_conversation = true;
+    }
     session.peer = peer;
     session.state_dir = shared
         .state_dir
@@ -240,6 +265,8 @@ impl<'a> Session<'a> {
             last_activity: now,
             next_ping: now + shared.config.ping_interval,
             ending: None,
+            resumed_conversation: false,
+            draining: false,
         }
     }
 
@@ -247,7 +274,12 @@ impl<'a> Session<'a> {
     /// then stop its child and close the connection.
     fn run(mut self) {
         log::info!("[{}] session open, peer {}", self.label, self.peer);
-        self.send(self.hello(false));
+        let hello = if self.resumed_conversation {
+            self.hello(Some("conversation".into()))
+        } else {
+            self.hello(None)
+        };
+        self.send(hello);
         self.flush();
         // Frames that came with the handshake are already buffered: no wake-up for them.
         self.on_client_input();
@@ -307,12 +339,20 @@ impl<'a> Session<'a> {
                 default(wait) => {}
             }
             self.on_timers(Instant::now());
+            self.sync_drain();
             self.flush();
             if let (None, Some(link)) = (&self.query, &mut self.link) {
                 link.release_buffers(); // between queries a session stays small
             }
         };
         self.finish(end);
+    }
+
+    /// In a drain, a session ends once it has no query (running or queued).
+    fn sync_drain(&mut self) {
+        if self.draining && self.query.is_none() {
+            self.end(End::Drained);
+        }
     }
 
     // ---- client side ------------------------------------------------------------
@@ -385,6 +425,14 @@ impl<'a> Session<'a> {
 
     fn start_query(&mut self, prompt: Prompt, options: QueryOptions) {
         let config = &self.shared.config;
+        if self.draining {
+            // Its connection closes with 1012 at once; the query goes to another
+            // instance once the client reconnects.
+            return self.send_error(ClientError::new(
+                ErrorCode::ShuttingDown,
+                "this instance is draining; reconnect with the session id to go on elsewhere",
+            ));
+        }
         if self.query.is_some() {
             return self.send_error(ClientError::new(
                 ErrorCode::QueryInProgress,
@@ -1039,6 +1087,15 @@ impl<'a> Session<'a> {
     fn on_control(&mut self, c: Control) {
         match c {
             Control::Shutdown => self.end(End::Shutdown),
+            Control::Drain => {
+                if self.query.is_some() {
+                    log::info!(
+                        "[{}] draining: the running query may finish first",
+                        self.label
+                    );
+                }
+                self.draining = true;
+            }
             Control::Evict => self.evict(),
             Control::QueueMoved => {
                 let now = self.shared.places.position(self.number);
@@ -1082,7 +1139,9 @@ impl<'a> Session<'a> {
             End::GraceExpired => "its client did not come back".into(),
             End::IdleTimeout => "idle timeout".into(),
             End::Shutdown => "server shutdown".into(),
+            End::Drained => "the server drains".into(),
         };
+        let draining = self.shared.is_draining();
         if self.queued.take().is_some() {
             self.shared.places.leave_queue(self.number);
         }
@@ -1091,7 +1150,11 @@ impl<'a> Session<'a> {
         if let (End::Shutdown, Some(_)) = (&end, &self.query) {
             self.send_error(ClientError::new(
                 ErrorCode::ShuttingDown,
-                "the server is shutting down; the query was interrupted",
+                if draining {
+                    "the drain timeout passed (--drain-timeout-secs); the query was interrupted"
+                } else {
+                    "the server is shutting down; the query was interrupted"
+                },
             ));
             self.end_query(QueryOutcome::Interrupted);
             self.flush();
@@ -1099,6 +1162,9 @@ impl<'a> Session<'a> {
         self.listing.update(|i| i.state = SessionState::Closing);
         if let Some(link) = &mut self.link {
             match &end {
+                // A drain's clients reconnect through the balancer to another instance.
+                End::Shutdown if draining => link.close(Closing::Restarting),
+                End::Drained => link.close(Closing::Restarting),
                 End::Shutdown => link.close(Closing::ShuttingDown),
                 End::IdleTimeout => link.close(Closing::IdleTimeout),
                 End::ClientEnded => link.close(Closing::Normal),

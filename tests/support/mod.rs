@@ -148,6 +148,9 @@ impl TestServer {
             .arg("--port=0")
             .arg("--http-port=0")
             .arg(format!("--claude-bin={}", opts.claude.display()))
+            // SIGTERM drains (issue 13): by default a test's server, stopped or dropped
+            // with a query still running, closes at once; a test may set its own.
+            .arg("--drain-timeout-secs=0")
             .args(&opts.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
