@@ -809,12 +809,6 @@ impl Config {
                 .tool_registry_url
                 .clone()
                 .unwrap_or_else(|| "none".into()),
-            "trusted-proxies" if self.trusted_proxies.is_empty() => "none".into(),
-            "queue-timeout-secs" => secs(self.queue_timeout),
-            "reconnect-grace-secs" => secs(self.reconnect_grace),
-            "replay-buffer-bytes" => self.replay_buffer_bytes.to_string(),
-            "state-dir" => "none (the CLI's own location)".into(),
-            "admin-token" => "none".into(),
             "drain-timeout-secs" => secs(self.drain_timeout),
             "instance-id" => "none (session ids are plain UUIDs)".into(),
             "log-format" => match self.log_format {
