@@ -30,15 +30,24 @@ impl Nginx {
     /// Start nginx routing by `deploy/nginx.conf` to instances `a` and `b` (their
     /// `host:port` WebSocket addresses).
     fn start(a: &str, b: &str) -> Nginx {
+        Nginx::with_site(|port, _| {
+            let site = std::fs::read_to_string(repo().join("deploy/nginx.conf"))
+                .expect("deploy/nginx.conf")
+                .replace("127.0.0.1:8101", a)
+                .replace("127.0.0.1:8102", b)
+                .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"));
+            assert!(site.contains(a) && site.contains(b), "{site}");
+            site
+        })
+    }
+
+    /// Start nginx with the site `make(port, dir)` returns: an http-context file, given
+    /// the port to listen on and the directory nginx runs in.
+    fn with_site(make: impl FnOnce(u16, &Path) -> String) -> Nginx {
         let nginx = install_nginx();
         let dir = TempDir::new("nginx");
         let port = free_port();
-        let site = std::fs::read_to_string(repo().join("deploy/nginx.conf"))
-            .expect("deploy/nginx.conf")
-            .replace("127.0.0.1:8101", a)
-            .replace("127.0.0.1:8102", b)
-            .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"));
-        assert!(site.contains(a) && site.contains(b), "{site}");
+        let site = make(port, dir.path());
         std::fs::write(dir.path().join("claude-ws.conf"), site).unwrap();
         let d = dir.path().display();
         // As root nginx's workers would switch to `nobody`; stay who we are.
@@ -334,4 +343,90 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// deploy/nginx-tls.conf: the page, /health and a WebSocket upgrade through TLS to one
+/// instance on loopback.
+#[test]
+fn the_tls_example_serves_the_page_health_and_the_websocket() {
+    let s = ServerOptions::fake()
+        .args(&[
+            "--allowed-origins=https://claude.example.com",
+            "--trusted-proxies=127.0.0.1",
+        ])
+        .start();
+    let upstream = s.ws_authority();
+    let nginx = Nginx::with_site(|port, dir| {
+        let (crt, key) = (dir.join("tls.pem"), dir.join("tls.key"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=claude.example.com", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .output()
+            .expect("run openssl");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let site = std::fs::read_to_string(repo().join("deploy/nginx-tls.conf"))
+            .expect("deploy/nginx-tls.conf")
+            .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port} ssl;"))
+            .replace("127.0.0.1:8000", &upstream)
+            .replace(
+                "/etc/ssl/certs/claude.example.com.pem",
+                &crt.display().to_string(),
+            )
+            .replace(
+                "/etc/ssl/private/claude.example.com.key",
+                &key.display().to_string(),
+            );
+        assert!(site.contains(&upstream), "{site}");
+        site
+    });
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", nginx.port);
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "5"])
+            .args(args)
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let health = curl(&[&url("/health")]);
+    assert!(
+        health.contains(r#""status":"ok""#),
+        "{health}\n{}",
+        nginx.error_log()
+    );
+    let page = curl(&[&url("/")]);
+    assert!(page.contains("<meta charset=\"utf-8\">"), "{page}");
+    let upgrade = curl(&[
+        "-i",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "-H",
+        "Origin: https://claude.example.com",
+        &url("/ws"),
+    ]);
+    assert!(
+        upgrade.starts_with("HTTP/1.1 101"),
+        "{upgrade}\n{}",
+        nginx.error_log()
+    );
+    // The session saw the client's address, forwarded by a trusted proxy.
+    assert!(eventually(WAIT, || s
+        .sessions()
+        .iter()
+        .any(|r| r["peer"] == "127.0.0.1")));
 }
