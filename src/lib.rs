@@ -53,6 +53,7 @@ mod state;
 mod sys;
 mod tool_registry;
 mod tools;
+mod warm;
 
 pub use config::{Config, ConfigError, Invocation};
 pub use server::{Error, Server, ServerHandle};
