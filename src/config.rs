@@ -1141,7 +1141,10 @@ mod tests {
         let c = run(&["--max-running=2", "--warm-children=2"], &[]).unwrap();
         assert_eq!(c.warm_children, 2);
         let e = run(&["--max-running=2"], &[("WARM_CHILDREN", "3")]).unwrap_err();
-        assert!(e.0.starts_with("WARM_CHILDREN=\"3\": at most --max-running (2)"), "{e}");
+        assert!(
+            e.0.starts_with("WARM_CHILDREN=\"3\": at most --max-running (2)"),
+            "{e}"
+        );
         assert!(run(&["--warm-children=-1"], &[]).is_err());
         let c = Config {
             max_running: 1,

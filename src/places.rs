@@ -354,6 +354,70 @@ mod tests {
     }
 
     #[test]
+    fn a_warm_place_is_given_up_before_an_idle_child_is_evicted() {
+        let places = Places::new(2);
+        let (pool, calls) = crossbeam_channel::unbounded();
+        places.set_pool(pool);
+        let mut warm = places.try_acquire_warm().expect("a free place");
+        let (g1, _, c1, cr1) = session();
+        let Acquired::Now(_a) = places.acquire(1, &g1, &c1) else {
+            panic!()
+        };
+        places.set_idle(1, true, &c1);
+        assert!(places.try_acquire_warm().is_none(), "no free place");
+        let (g2, gr2, c2, _) = session();
+        assert!(matches!(places.acquire(2, &g2, &c2), Acquired::Queued(1)));
+        assert_eq!(calls.try_recv().ok(), Some(ToPool::GiveUp));
+        assert!(cr1.try_recv().is_err(), "the idle child keeps its place");
+        // The pool stops its warm child; once reaped, its place goes to the waiter.
+        warm.leave_pool();
+        warm.mark_evicted();
+        places.warm_given_up(true);
+        assert!(cr1.try_recv().is_err());
+        drop(warm);
+        let _b = gr2.try_recv().expect("the waiter gets the place");
+        assert!(
+            calls.try_recv().is_err(),
+            "the place was handed on, not freed"
+        );
+    }
+
+    #[test]
+    fn a_warm_child_taken_meanwhile_leaves_the_idle_child_to_make_room() {
+        let places = Places::new(2);
+        let (pool, calls) = crossbeam_channel::unbounded();
+        places.set_pool(pool);
+        let mut warm = places.try_acquire_warm().expect("a free place");
+        let (g1, _, c1, cr1) = session();
+        let Acquired::Now(_a) = places.acquire(1, &g1, &c1) else {
+            panic!()
+        };
+        places.set_idle(1, true, &c1);
+        let (g2, _, c2, _) = session();
+        places.acquire(2, &g2, &c2);
+        assert_eq!(calls.try_recv().ok(), Some(ToPool::GiveUp));
+        // A session took the warm child before the pool could stop it.
+        warm.leave_pool();
+        places.warm_given_up(false);
+        assert_eq!(cr1.try_recv().ok(), Some(Control::Evict));
+        drop(warm);
+    }
+
+    #[test]
+    fn a_place_freed_with_nobody_waiting_is_offered_to_the_pool() {
+        let places = Places::new(1);
+        let (pool, calls) = crossbeam_channel::unbounded();
+        places.set_pool(pool);
+        let (g1, _, c1, _) = session();
+        let Acquired::Now(a) = places.acquire(1, &g1, &c1) else {
+            panic!()
+        };
+        drop(a);
+        assert_eq!(calls.try_recv().ok(), Some(ToPool::Freed));
+        assert!(places.try_acquire_warm().is_some());
+    }
+
+    #[test]
     fn the_least_recently_used_idle_child_is_evicted() {
         let places = Places::new(2);
         let (g1, _, c1, cr1) = session();

@@ -32,12 +32,12 @@ use serde::Serialize;
 use crate::child::{Child, ChildEvent, ChildSpec, Reaper, Stop};
 use crate::cli;
 use crate::config::Config;
-use crate::protocol::QueryOptions;
-use crate::spec;
-use crate::tools::Tools;
 use crate::places::{ChildSlot, Places, ToPool};
+use crate::protocol::QueryOptions;
 use crate::registry::lock;
 use crate::session::last_chars;
+use crate::spec;
+use crate::tools::Tools;
 
 /// The wait before the first retry after a warm child died early (or failed to start).
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -122,9 +122,11 @@ pub fn default_spec(
     if per_principal_state {
         // Each principal's child gets its own CLAUDE_CONFIG_DIR, which the CLI reads
         // at start: no child started ahead of a session could serve it.
-        return Err("each principal has its own CLI state directory (--state-dir, or \
+        return Err(
+            "each principal has its own CLI state directory (--state-dir, or \
                     authentication), which a child started ahead of its session cannot have"
-            .into());
+                .into(),
+        );
     }
     spec::build(
         config,
@@ -207,7 +209,9 @@ impl Warm {
             pool.taken += 1;
             pool.waiting.remove(i)
         };
-        let Waiting { child, mut slot, .. } = taken;
+        let Waiting {
+            child, mut slot, ..
+        } = taken;
         slot.leave_pool();
         log::info!("a session takes warm claude pid={}", child.pid());
         let _ = self.wake.0.try_send(());
@@ -239,7 +243,11 @@ impl Warm {
             last_error: pool.last_error.clone(),
             taken: pool.taken,
             started: pool.started,
-            disabled: self.spec.is_none().then(|| pool.last_error.clone()).flatten(),
+            disabled: self
+                .spec
+                .is_none()
+                .then(|| pool.last_error.clone())
+                .flatten(),
         }
     }
 
