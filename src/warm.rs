@@ -409,19 +409,27 @@ impl Warm {
         let found = w.is_some();
         if let Some(mut w) = w {
             w.slot.mark_evicted();
-            self.reap(w, "stopping a warm claude: a queued query needs its place");
+            // It has no conversation to save: SIGTERM, so the place frees fast.
+            self.reap_with(
+                w,
+                Stop::Now,
+                "stopping a warm claude: a queued query needs its place",
+            );
         }
         self.places.warm_given_up(found);
     }
 
     /// Hand a warm child to the reaper; its place is given back once it is reaped.
     fn reap(&self, w: Waiting, why: &str) {
+        self.reap_with(w, Stop::Graceful(self.stop_grace), why);
+    }
+
+    fn reap_with(&self, w: Waiting, how: Stop, why: &str) {
         let Waiting {
             child, mut slot, ..
         } = w;
         log::info!("{why}");
         slot.leave_pool();
-        self.reaper
-            .stop(child, Stop::Graceful(self.stop_grace), slot, LABEL);
+        self.reaper.stop(child, how, slot, LABEL);
     }
 }

@@ -298,7 +298,8 @@ fn connect(url: &str) -> Res<Ws> {
         .trim_end_matches("/ws")
         .to_string();
     let tcp = TcpStream::connect(&addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    tcp.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(WAIT))
+        .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let (mut ws, _) = tungstenite::client(url, tcp).map_err(|e| format!("handshake: {e}"))?;
     let hello = next(&mut ws)?;
@@ -332,7 +333,11 @@ fn first_answer(mut ws: Ws, sent: impl FnOnce(&mut Ws) -> Res<Instant>) -> Res<D
             _ => {}
         }
     }
-    let _ = ws.close(None);
+    // Code 1000 ends the session (another close would detach it for a reattach).
+    let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }));
     while ws.read().is_ok() {}
     first.ok_or_else(|| "no assistant_message".to_string())
 }
@@ -497,15 +502,20 @@ impl Direct {
             if t == kind {
                 return Ok(others);
             }
-            let sub = v["subtype"].as_str().map(|s| format!("/{s}")).unwrap_or_default();
+            let sub = v["subtype"]
+                .as_str()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default();
             others.push(format!("{t}{sub}"));
         }
     }
 
     fn ask(&mut self) -> Res<Instant> {
         let start = Instant::now();
-        self.write(&json!({"type": "user", "message": {"role": "user", "content": "hello"},
-                           "parent_tool_use_id": null, "session_id": "default"}))?;
+        self.write(
+            &json!({"type": "user", "message": {"role": "user", "content": "hello"},
+                           "parent_tool_use_id": null, "session_id": "default"}),
+        )?;
         Ok(start)
     }
 }
@@ -611,12 +621,7 @@ fn run(o: &Opts) -> Res<()> {
         ratio * 100.0,
         if ratio <= 0.25 { "yes" } else { "**NO**" }
     );
-    let _ = writeln!(
-        s,
-        "| same, p99 | {} | {} | | |",
-        ms(cold99),
-        ms(warm99)
-    );
+    let _ = writeln!(s, "| same, p99 | {} | {} | | |", ms(cold99), ms(warm99));
 
     println!("== {} sessions at once", o.burst);
     let mut bursts = Vec::new();
