@@ -138,7 +138,7 @@ pub fn default_spec(
 }
 
 impl Warm {
-    /// A pool of `target` children built from `spec` (`None`: the pool is off, for
+    /// A pool of `target` children built from `spec` (an error: the pool is off, for
     /// the reason given). Nothing starts before [`Warm::start`].
     pub fn new(
         target: usize,
@@ -149,7 +149,8 @@ impl Warm {
     ) -> Arc<Warm> {
         let (spec, disabled) = match spec {
             Ok(s) => (Some(s), None),
-            Err(why) => (None, Some(why)),
+            // Said only when warm children were asked for.
+            Err(why) => (None, (target > 0).then_some(why)),
         };
         let target = if spec.is_some() { target } else { 0 };
         let pool = Pool {

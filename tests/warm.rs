@@ -272,3 +272,25 @@ fn the_real_cli_answers_from_a_warm_child() {
     assert!(warm.contains(&child), "{child} not in {warm:?}");
     assert_eq!(api.user_texts().len(), 1, "{:?}", api.user_texts());
 }
+
+#[test]
+fn per_principal_state_directories_turn_the_pool_off() {
+    let dir = TempDir::new("warm-state");
+    let s = ServerOptions::fake()
+        .arg("--warm-children=1")
+        .arg(&format!("--state-dir={}", dir.path().display()))
+        .start();
+    assert!(eventually(WAIT, || health(&s)["claude"]["status"] != "checking"));
+    let h = health(&s);
+    assert_eq!(h["warm"]["target"], 0, "{h}");
+    assert!(
+        h["warm"]["disabled"]
+            .as_str()
+            .is_some_and(|d| d.contains("state directory")),
+        "{h}"
+    );
+    assert!(children_of(s.pid()).is_empty());
+    let mut c = s.connect();
+    let msgs = c.query("hello", json!({}));
+    assert!(assistant_text(&msgs).contains("Echo: hello"));
+}
