@@ -206,6 +206,7 @@ pub(crate) fn health(shared: &Shared) -> serde_json::Value {
         "children": shared.places.used(),
         "queued_queries": shared.places.queued(),
         "detached_sessions": r.detached_count(),
+        "warm": shared.warm.health(),
         "claude": claude,
     });
     if let Some(reason) = problem {

@@ -9,6 +9,10 @@
 //! - the place freed by any child that ends goes straight to the head of the queue, on
 //!   that session's own grant channel, so no other session can take it first.
 //!
+//! Warm children (`warm.rs`) hold places too, but only places nobody waits for
+//! ([`Places::try_acquire_warm`]), and they are the first to give theirs up: a queued
+//! query asks the warm pool for a place before it evicts any session's idle child.
+//!
 //! Sessions tell this file when their child turns idle or busy; everything else
 //! happens when a slot is dropped.
 
@@ -26,17 +30,37 @@ pub struct ChildSlot {
     places: Arc<Places>,
     /// Its child was asked to make room for a queued query.
     evicted: bool,
+    /// Held by a warm child waiting in the pool (counted in `Inner::warm`).
+    warm: bool,
 }
 
 impl ChildSlot {
+    fn new(places: &Arc<Places>, warm: bool) -> ChildSlot {
+        ChildSlot {
+            places: places.clone(),
+            evicted: false,
+            warm,
+        }
+    }
+
     /// Its child is being stopped to make room (see [`Places::acquire`]).
     pub fn mark_evicted(&mut self) {
         self.evicted = true;
+    }
+
+    /// Its warm child left the pool (a session took it, or it is being stopped): the
+    /// place is no longer one a queued query can ask the pool for.
+    pub fn leave_pool(&mut self) {
+        if std::mem::take(&mut self.warm) {
+            let mut inner = lock(&self.places.inner);
+            inner.warm = inner.warm.saturating_sub(1);
+        }
     }
 }
 
 impl Drop for ChildSlot {
     fn drop(&mut self) {
+        self.leave_pool();
         if self.evicted {
             self.places.evicted();
         }
@@ -71,6 +95,23 @@ struct Inner {
     queue: VecDeque<Waiter>,
     /// Idle children asked to stop and not yet gone: each will free a place.
     evicting: usize,
+    /// Places held by warm children waiting in the pool.
+    warm: usize,
+    /// Of those, how many the pool was asked to give up and has not answered yet.
+    warm_asked: usize,
+    /// The warm pool's channel: told when a place comes free and when a queued query
+    /// wants a warm child's place.
+    pool: Option<Sender<ToPool>>,
+}
+
+/// What `places` tells the warm pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToPool {
+    /// A place came free and nobody waited for it: the pool may fill it.
+    Freed,
+    /// A query waits for a place: stop one warm child (then answer with
+    /// [`Places::warm_given_up`]).
+    GiveUp,
 }
 
 /// What [`Places::acquire`] got.
@@ -106,10 +147,7 @@ impl Places {
         let mut inner = lock(&self.inner);
         if inner.used < self.max && inner.queue.is_empty() {
             inner.used += 1;
-            return Acquired::Now(ChildSlot {
-                places: self.clone(),
-                evicted: false,
-            });
+            return Acquired::Now(ChildSlot::new(self, false));
         }
         inner.queue.push_back(Waiter {
             session,
@@ -121,9 +159,46 @@ impl Places {
         Acquired::Queued(position)
     }
 
-    /// Ask idle children to stop while the queue is longer than the places already
-    /// being freed.
+    /// A place for a warm child: only a free one nobody waits for, never by eviction.
+    pub fn try_acquire_warm(self: &Arc<Self>) -> Option<ChildSlot> {
+        let mut inner = lock(&self.inner);
+        if inner.used < self.max && inner.queue.is_empty() {
+            inner.used += 1;
+            inner.warm += 1;
+            return Some(ChildSlot::new(self, true));
+        }
+        None
+    }
+
+    /// Connect the warm pool (see [`ToPool`]).
+    pub fn set_pool(&self, pool: Sender<ToPool>) {
+        lock(&self.inner).pool = Some(pool);
+    }
+
+    /// The pool's answer to [`ToPool::GiveUp`]: whether it found a warm child to stop
+    /// (its slot, marked evicted, frees the place once it is reaped). If it found none
+    /// (a session took it meanwhile), an idle session child is asked instead.
+    pub fn warm_given_up(&self, found: bool) {
+        let mut inner = lock(&self.inner);
+        inner.warm_asked = inner.warm_asked.saturating_sub(1);
+        if !found {
+            inner.evicting = inner.evicting.saturating_sub(1);
+            Self::evict_for_queue(&mut inner);
+        }
+    }
+
+    /// Free places while the queue is longer than the places already being freed:
+    /// warm children's first, then the least recently used idle children's.
     fn evict_for_queue(inner: &mut Inner) {
+        while inner.queue.len() > inner.evicting && inner.warm > inner.warm_asked {
+            let Some(pool) = &inner.pool else { break };
+            if pool.send(ToPool::GiveUp).is_err() {
+                break;
+            }
+            inner.warm_asked += 1;
+            inner.evicting += 1;
+            log::info!("asking a warm claude to make room for a queued query");
+        }
         while inner.queue.len() > inner.evicting && !inner.idle.is_empty() {
             let lru = (0..inner.idle.len())
                 .min_by_key(|&i| inner.idle[i].since)
@@ -197,6 +272,9 @@ impl Places {
                 }
                 None => {
                     inner.used -= 1;
+                    if let Some(pool) = &inner.pool {
+                        let _ = pool.send(ToPool::Freed);
+                    }
                     return;
                 }
             }
@@ -204,11 +282,7 @@ impl Places {
         // The place passes on without ever being free. Built outside the lock: a grant
         // that cannot be delivered (the session is gone) is dropped, which frees the
         // place again and offers it to the next waiter.
-        let slot = ChildSlot {
-            places: self.clone(),
-            evicted: false,
-        };
-        let _ = waiter.grant.try_send(slot);
+        let _ = waiter.grant.try_send(ChildSlot::new(self, false));
     }
 
     /// Tell every waiter its position may have changed.
@@ -277,6 +351,70 @@ mod tests {
         places.acquire(4, &g4, &c4);
         places.leave_queue(4);
         assert_eq!(places.queued(), 0);
+    }
+
+    #[test]
+    fn a_warm_place_is_given_up_before_an_idle_child_is_evicted() {
+        let places = Places::new(2);
+        let (pool, calls) = crossbeam_channel::unbounded();
+        places.set_pool(pool);
+        let mut warm = places.try_acquire_warm().expect("a free place");
+        let (g1, _, c1, cr1) = session();
+        let Acquired::Now(_a) = places.acquire(1, &g1, &c1) else {
+            panic!()
+        };
+        places.set_idle(1, true, &c1);
+        assert!(places.try_acquire_warm().is_none(), "no free place");
+        let (g2, gr2, c2, _) = session();
+        assert!(matches!(places.acquire(2, &g2, &c2), Acquired::Queued(1)));
+        assert_eq!(calls.try_recv().ok(), Some(ToPool::GiveUp));
+        assert!(cr1.try_recv().is_err(), "the idle child keeps its place");
+        // The pool stops its warm child; once reaped, its place goes to the waiter.
+        warm.leave_pool();
+        warm.mark_evicted();
+        places.warm_given_up(true);
+        assert!(cr1.try_recv().is_err());
+        drop(warm);
+        let _b = gr2.try_recv().expect("the waiter gets the place");
+        assert!(
+            calls.try_recv().is_err(),
+            "the place was handed on, not freed"
+        );
+    }
+
+    #[test]
+    fn a_warm_child_taken_meanwhile_leaves_the_idle_child_to_make_room() {
+        let places = Places::new(2);
+        let (pool, calls) = crossbeam_channel::unbounded();
+        places.set_pool(pool);
+        let mut warm = places.try_acquire_warm().expect("a free place");
+        let (g1, _, c1, cr1) = session();
+        let Acquired::Now(_a) = places.acquire(1, &g1, &c1) else {
+            panic!()
+        };
+        places.set_idle(1, true, &c1);
+        let (g2, _, c2, _) = session();
+        places.acquire(2, &g2, &c2);
+        assert_eq!(calls.try_recv().ok(), Some(ToPool::GiveUp));
+        // A session took the warm child before the pool could stop it.
+        warm.leave_pool();
+        places.warm_given_up(false);
+        assert_eq!(cr1.try_recv().ok(), Some(Control::Evict));
+        drop(warm);
+    }
+
+    #[test]
+    fn a_place_freed_with_nobody_waiting_is_offered_to_the_pool() {
+        let places = Places::new(1);
+        let (pool, calls) = crossbeam_channel::unbounded();
+        places.set_pool(pool);
+        let (g1, _, c1, _) = session();
+        let Acquired::Now(a) = places.acquire(1, &g1, &c1) else {
+            panic!()
+        };
+        drop(a);
+        assert_eq!(calls.try_recv().ok(), Some(ToPool::Freed));
+        assert!(places.try_acquire_warm().is_some());
     }
 
     #[test]

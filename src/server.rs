@@ -252,6 +252,7 @@ impl Server {
                 .name("http".into())
                 .spawn(move || http::serve(&server, &shared))
         };
+        self.shared.warm.start();
         let mut next_id: u64 = 0;
         for stream in self.listener.incoming() {
             if self.shared.is_shutting_down() {
@@ -289,6 +290,8 @@ impl Server {
         }
         drop(self.listener);
         self.shared.registry.broadcast_shutdown();
+        // Warm children go to the reaper with the sessions' children; its wait covers them.
+        self.shared.warm.stop();
         let config = &self.shared.config;
         let deadline = Instant::now() + config.stop_grace * 2 + Duration::from_secs(3);
         while self.shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::limits::PeerRates;
 use crate::places::Places;
 use crate::registry::Registry;
+use crate::warm::Warm;
 
 /// State every thread of the server shares.
 pub struct Shared {
@@ -29,6 +30,8 @@ pub struct Shared {
     pub state_dir: Option<PathBuf>,
     /// Stops children that sessions let go of; shutdown waits for it.
     pub reaper: Reaper,
+    /// Children started ahead of need (`--warm-children`).
+    pub warm: Arc<Warm>,
     shutting_down: AtomicBool,
     /// Set once a drain begins (SIGTERM, `POST /drain`): no new sessions; sessions end
     /// with 1012 once their query is over.
@@ -51,13 +54,23 @@ impl Shared {
                 .then(|| home.map(|h| PathBuf::from(h).join(".local/state/claude-ws")))
                 .flatten()
         });
+        let places = Places::new(config.max_running);
+        let reaper = Reaper::default();
+        let warm = Warm::new(
+            config.warm_children,
+            crate::warm::default_spec(&config, &child_env, state_dir.is_some()),
+            places.clone(),
+            reaper.clone(),
+            config.stop_grace,
+        );
         Shared {
-            places: Places::new(config.max_running),
+            places,
+            warm,
             child_env,
             registry: Arc::new(Registry::default()),
             peer_rates: PeerRates::new(n, window),
             state_dir,
-            reaper: Reaper::default(),
+            reaper,
             config,
             shutting_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -441,6 +441,8 @@ fn start_server(o: &Opts, name: &str, extra: &[&str]) -> Res<Server> {
             "--rate-limit=1000000/1",
             "--max-message-bytes=16777216",
             "--stop-grace-secs=1",
+            // Children only where a section starts them (`settle` waits for none).
+            "--warm-children=0",
         ])
         .args(extra)
         .env("RUST_LOG", "info")

@@ -483,6 +483,9 @@ impl<'a> Session<'a> {
             log::info!("[{}] options changed; restarting claude", self.label);
             self.stop_child(); // between queries: no turn to interrupt
         }
+        if self.take_warm(&spec) {
+            return self.begin(&prompt, Vec::new());
+        }
         let slot = match self
             .shared
             .places
@@ -597,6 +600,26 @@ impl<'a> Session<'a> {
             ClientError::new(ErrorCode::ClaudeSpawnFailed, e.to_string())
         })?;
         let _ = child.send_line(&cli::initialize(spec::has_client_tools(&spec)));
+        self.adopt(child, slot, spec);
+        Ok(())
+    }
+
+    /// A warm child (`warm.rs`) for this query, if the session has no conversation
+    /// yet (a warm child cannot resume one) and `spec` is the one warm children have.
+    fn take_warm(&mut self, spec: &ChildSpec) -> bool {
+        if self.claude_session_id.is_some() {
+            return false;
+        }
+        let Some((child, slot)) = self.shared.warm.take(spec) else {
+            return false;
+        };
+        log::info!("[{}] took warm claude pid={}", self.label, child.pid());
+        self.adopt(child, slot, spec.clone());
+        true
+    }
+
+    /// Make `child` (already sent `initialize`) the session's own.
+    fn adopt(&mut self, child: Child, slot: ChildSlot, spec: ChildSpec) {
         self.listing.update(|i| i.child_pid = Some(child.pid()));
         self.child = Some(LiveChild {
             child,
@@ -605,7 +628,6 @@ impl<'a> Session<'a> {
             idle_since: Instant::now(),
         });
         self.last_spec = Some(spec);
-        Ok(())
     }
 
     /// Write a user message to the child for the running query.
@@ -1188,7 +1210,8 @@ impl<'a> Session<'a> {
     }
 }
 
-fn last_chars(s: &str, n: usize) -> &str {
+/// The last `n` characters of `s`.
+pub(crate) fn last_chars(s: &str, n: usize) -> &str {
     let count = s.chars().count();
     match s.char_indices().nth(count.saturating_sub(n)) {
         Some((i, _)) => &s[i..],

@@ -155,6 +155,11 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // No warm children unless a test asks (tests/warm.rs): other tests count the
+        // children their sessions start.
+        if !opts.args.iter().any(|a| a.starts_with("--warm-children")) {
+            cmd.arg("--warm-children=0");
+        }
         let mut proc = cmd.spawn().expect("start claude-ws");
         let stderr = Arc::new(Mutex::new(String::new()));
         {
