@@ -262,6 +262,49 @@ pub fn render(shared: &Shared) -> String {
         "Queries waiting for a --max-running place.",
         shared.places.queued() as u64,
     );
+    let warm = shared.warm.health();
+    single(
+        &mut out,
+        "claude_ws_warm_children_target",
+        "gauge",
+        "--warm-children (0 while the pool is off).",
+        warm.target as u64,
+    );
+    single(
+        &mut out,
+        "claude_ws_warm_children_ready",
+        "gauge",
+        "Warm children that answered initialize and wait for a session.",
+        warm.ready as u64,
+    );
+    single(
+        &mut out,
+        "claude_ws_warm_children_starting",
+        "gauge",
+        "Warm children started and not yet answering.",
+        warm.starting as u64,
+    );
+    single(
+        &mut out,
+        "claude_ws_warm_failing",
+        "gauge",
+        "1 while warm children die before they are ready (the pool backs off).",
+        u64::from(warm.failing),
+    );
+    single(
+        &mut out,
+        "claude_ws_warm_children_started_total",
+        "counter",
+        "Warm children started.",
+        warm.started,
+    );
+    single(
+        &mut out,
+        "claude_ws_warm_children_taken_total",
+        "counter",
+        "Warm children taken by a new session's first query.",
+        warm.taken,
+    );
     single(
         &mut out,
         "claude_ws_events_relayed_total",

@@ -72,6 +72,19 @@ fn a_new_session_is_answered_by_the_warm_child_and_a_replacement_starts() {
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(now.contains(&child));
     assert_eq!(health(&s)["warm"]["taken"], 1);
+    // /metrics says so too.
+    let (_, _, metrics) = http_request(&s.http_addr, "GET", "/metrics", &[]);
+    for line in [
+        "claude_ws_warm_children_target 1",
+        "claude_ws_warm_children_ready 1",
+        "claude_ws_warm_children_taken_total 1",
+        "claude_ws_warm_failing 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
     // The second query goes to the same (formerly warm) child.
     let msgs = c.query("again", json!({}));
     assert!(assistant_text(&msgs).contains("Echo: again"));
