@@ -3,8 +3,8 @@
 //!
 //! Every message the session sends is appended here as its frame's JSON text, under
 //! its `seq`; the oldest are dropped once more than `--replay-buffer-bytes` are held.
-//! The bytes live in one ring of bytes and one ring of lengths, so appending costs a
-//! copy and no allocation once the rings have grown.
+//! The bytes live in one buffer and their lengths in a ring, so appending costs a
+//! copy and no allocation once they have grown.
 
 use std::collections::VecDeque;
 
@@ -21,8 +21,13 @@ pub enum Since<'a> {
 #[derive(Debug)]
 pub struct Replay {
     limit: usize,
-    bytes: VecDeque<u8>,
-    /// (seq, length) of each frame in `bytes`, oldest first.
+    /// The frames held are `bytes[start..]`; what lies before `start` was dropped and
+    /// is reclaimed in one move once it is half the limit (so appending is a plain
+    /// copy, dropping the oldest is a counter, and the buffer stays under 1.5 × the
+    /// limit).
+    bytes: Vec<u8>,
+    start: usize,
+    /// (seq, length) of each frame held, oldest first.
     frames: VecDeque<(u64, usize)>,
     /// The newest `seq` no longer held (0: none dropped).
     dropped_through: u64,
@@ -33,7 +38,8 @@ impl Replay {
     pub fn new(limit: usize) -> Replay {
         Replay {
             limit,
-            bytes: VecDeque::new(),
+            bytes: Vec::new(),
+            start: 0,
             frames: VecDeque::new(),
             dropped_through: 0,
         }
@@ -44,29 +50,33 @@ impl Replay {
         if frame.len() > self.limit {
             // Too large to keep: everything up to it is gone.
             self.bytes.clear();
+            self.start = 0;
             self.frames.clear();
             self.dropped_through = seq;
             return;
         }
-        while self.bytes.len() + frame.len() > self.limit {
+        while self.len() + frame.len() > self.limit {
             let Some((old, len)) = self.frames.pop_front() else {
                 break;
             };
-            self.bytes.drain(..len);
+            self.start += len;
             self.dropped_through = old;
         }
-        self.bytes.extend(frame);
+        if self.start > 0 && self.start >= self.limit / 2 {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        self.bytes.extend_from_slice(frame);
         self.frames.push_back((seq, frame.len()));
     }
 
     /// The frames after `last_seq`.
-    pub fn since(&mut self, last_seq: u64) -> Since<'_> {
-        let all = self.bytes.make_contiguous();
-        let mut at = 0;
+    pub fn since(&self, last_seq: u64) -> Since<'_> {
+        let mut at = self.start;
         let mut out = Vec::new();
         for &(seq, len) in &self.frames {
             if seq > last_seq {
-                out.push(&all[at..at + len]);
+                out.push(&self.bytes[at..at + len]);
             }
             at += len;
         }
@@ -80,10 +90,9 @@ impl Replay {
         }
     }
 
-    /// Bytes held.
-    #[cfg(test)]
+    /// Bytes of frames held.
     fn len(&self) -> usize {
-        self.bytes.len()
+        self.bytes.len() - self.start
     }
 }
 
@@ -129,6 +138,18 @@ mod tests {
         );
         // The client has everything up to 3: nothing it lacks was dropped.
         assert!(matches!(r.since(3), Since::All(_)));
+    }
+
+    #[test]
+    fn what_was_dropped_is_reclaimed() {
+        let mut r = Replay::new(10);
+        for seq in 1..1000 {
+            r.push(seq, b"abc");
+            // The buffer stays under 1.5 × the limit.
+            assert!(r.bytes.len() <= 15, "{}", r.bytes.len());
+        }
+        assert_eq!(r.since(996), Since::All(vec![b"abc", b"abc", b"abc"]));
+        assert!(matches!(r.since(995), Since::Gap { first: 997, .. }));
     }
 
     #[test]
