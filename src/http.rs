@@ -82,6 +82,16 @@ fn content_type_header(value: &'static str) -> Header {
         .unwrap_or_else(|_| unreachable!("static header is valid"))
 }
 
+/// Who a side-port request speaks for (its `Authorization` header or `?token=`).
+fn viewer(req: &Request, shared: &Shared) -> Result<crate::auth::Viewer, String> {
+    let authorization = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str());
+    crate::auth::authenticate_http(&shared.config, authorization, req.url())
+}
+
 fn route(req: &Request, shared: &Arc<Shared>) -> (u16, String) {
     let path = req.url().split('?').next().unwrap_or("");
     match (req.method(), path) {
@@ -92,33 +102,26 @@ fn route(req: &Request, shared: &Arc<Shared>) -> (u16, String) {
             Some(reason) => (503, json!({"ready": false, "reason": reason}).to_string()),
         },
         (Method::Post, "/drain") => drain(req, shared),
-        (Method::Get, "/sessions") => {
-            let authorization = req
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Authorization"))
-                .map(|h| h.value.as_str());
-            match crate::auth::authenticate_http(&shared.config, authorization, req.url()) {
-                Ok(viewer) => {
-                    let principal = match &viewer {
-                        crate::auth::Viewer::Admin => None,
-                        crate::auth::Viewer::Principal(p) => Some(p.as_str()),
-                    };
-                    (
-                        200,
-                        serde_json::to_string(&shared.registry.snapshot(principal))
-                            .unwrap_or_else(|_| "[]".into()),
-                    )
-                }
-                Err(why) => {
-                    log::warn!("refused /sessions from {:?}: {why}", req.remote_addr());
-                    (
-                        401,
-                        http_error_body(ErrorCode::Unauthorized, "missing or invalid credentials"),
-                    )
-                }
+        (Method::Get, "/sessions") => match viewer(req, shared) {
+            Ok(viewer) => {
+                let principal = match &viewer {
+                    crate::auth::Viewer::Admin => None,
+                    crate::auth::Viewer::Principal(p) => Some(p.as_str()),
+                };
+                (
+                    200,
+                    serde_json::to_string(&shared.registry.snapshot(principal))
+                        .unwrap_or_else(|_| "[]".into()),
+                )
             }
-        }
+            Err(why) => {
+                log::warn!("refused /sessions from {:?}: {why}", req.remote_addr());
+                (
+                    401,
+                    http_error_body(ErrorCode::Unauthorized, "missing or invalid credentials"),
+                )
+            }
+        },
         (_, "/drain") => (
             405,
             http_error_body(ErrorCode::MethodNotAllowed, "only POST is supported"),
@@ -157,12 +160,7 @@ fn drain(req: &Request, shared: &Arc<Shared>) -> (u16, String) {
             http_error_body(ErrorCode::Forbidden, "draining needs --admin-token"),
         );
     }
-    let authorization = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .map(|h| h.value.as_str());
-    match crate::auth::authenticate_http(&shared.config, authorization, req.url()) {
+    match viewer(req, shared) {
         Ok(crate::auth::Viewer::Admin) => {
             log::info!(
                 "drain asked for on the side port by {:?}",
