@@ -223,6 +223,36 @@ fn the_page_in_a_real_browser() {
         .arg(&format!("--auth-token={token}"))
         .arg(NO_REATTACH)
         .start();
+    // examples/browser, served from an origin of its own, and a server allowing it.
+    let static_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let examples = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &static_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--directory")
+        .arg(repo().join("examples"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve examples/ with python3 -m http.server");
+    let _examples = EndOnDrop(examples);
+    let example_origin = format!("http://127.0.0.1:{static_port}");
+    let ex = ServerOptions::real(&api)
+        .arg(&format!("--allowed-origins={example_origin}"))
+        .start();
+    assert!(eventually(WAIT, || std::net::TcpStream::connect((
+        "127.0.0.1",
+        static_port
+    ))
+    .is_ok()));
     let screenshot = repo().join("target/page.png");
     let _ = std::fs::remove_file(&screenshot);
     let mut node = Command::new("node")
@@ -236,6 +266,8 @@ fn the_page_in_a_real_browser() {
         .env("TOKEN", token)
         .env("WORKSPACE", &s.workspace)
         .env("SCREENSHOT", &screenshot)
+        .env("EXAMPLE_URL", format!("{example_origin}/browser/"))
+        .env("EXAMPLE_WS", &ex.ws_url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -288,4 +320,14 @@ fn the_page_in_a_real_browser() {
         "no screenshot at {}",
         screenshot.display()
     );
+}
+
+/// A process this test started, ended (by its own pid) when the test ends, however.
+struct EndOnDrop(std::process::Child);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

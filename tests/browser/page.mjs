@@ -5,7 +5,8 @@
 // Environment: PLAYWRIGHT_DIR (node_modules holding playwright-core), PAGE_URL (the
 // server's page), TOKEN_PAGE_URL and TOKEN (a server with --auth-token), WORKSPACE (the
 // server's workspace), SCREENSHOT (where to save a picture of the page; one of the
-// permission prompt goes beside it, as NAME-permission.png).
+// permission prompt goes beside it, as NAME-permission.png), EXAMPLE_URL and EXAMPLE_WS
+// (examples/browser served from another origin, and a server that allows it).
 import { createRequire } from "node:module";
 
 const env = (k) => {
@@ -207,6 +208,26 @@ try {
     await prompt("recall");
     const t = await until("the recall", (t) => t.outcome === "completed");
     if (!t.text.includes("hello with a token")) throw new Error(`the conversation was not resumed: ${t.text}`);
+    await context.close();
+  });
+
+  await step("the browser example (examples/browser) answers", async () => {
+    // Served from another origin (the examples folder), allowed by the server.
+    const context = await browser.newContext();
+    page = await context.newPage();
+    await page.goto(env("EXAMPLE_URL"));
+    await page.fill("#url", env("EXAMPLE_WS"));
+    await page.fill("#prompt", "hello from the example");
+    await page.click("#send");
+    await page.waitForFunction(
+      () => document.getElementById("status").textContent.includes("done:"),
+      null,
+      { timeout: WAIT },
+    );
+    const answer = await page.textContent("#answer");
+    const status = await page.textContent("#status");
+    if (!answer.includes("Echo: hello from the example")) throw new Error(`answer: ${answer}`);
+    if (!status.includes("done: completed")) throw new Error(`status: ${status}`);
     await context.close();
   });
 } catch {
