@@ -194,25 +194,21 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
     } else if shared.is_draining() {
         let _ = control_tx.try_send(Control::Drain);
     }
-    let mut session = Session::new(shared, id, link, listing, (control_tx, control_rx));
-    if let Some(c) = conversation {
+    if let Some(c) = &conversation {
         // Its first query goes on with the conversation (`start_child` resumes it).
         log::info!(
             "[{}] resuming conversation {c} from the state directory",
-            session.label
+            label_of(&id)
         );
-        session.claude_session_id = Some(c);
-        session.resumed_conversation = true;
     }
-    session.peer = peer;
-    session.state_dir = shared
-        .state_dir
-        .as_ref()
-        .map(|d| crate::spec::principal_dir(d, &newcomer.principal));
-    session.principal = newcomer.principal.clone();
-    session.limit_key = newcomer.limit_key.clone();
-    session.run();
+    let who = (&newcomer, peer, conversation);
+    Session::new(shared, id, link, listing, (control_tx, control_rx), who).run();
     drop(newcomer);
+}
+
+/// How log lines name session `id`.
+fn label_of(id: &str) -> String {
+    id.chars().take(8).collect()
 }
 
 /// A number for each session, for `places`.
@@ -228,20 +224,24 @@ impl<'a> Session<'a> {
         link: Link,
         listing: Listing,
         (control_tx, control): (Sender<Control>, Receiver<Control>),
+        (newcomer, peer, conversation): (&Newcomer, SocketAddr, Option<String>),
     ) -> Self {
         let now = Instant::now();
         let (n, window) = shared.config.rate_limit;
         Session {
-            label: id.chars().take(8).collect(),
+            label: label_of(&id),
             id,
             shared,
-            peer: link.peer(),
+            peer,
             link: Some(link),
             detached_until: None,
             replay: Replay::new(shared.config.replay_buffer_bytes),
-            principal: String::new(),
-            limit_key: String::new(),
-            state_dir: None,
+            principal: newcomer.principal.clone(),
+            limit_key: newcomer.limit_key.clone(),
+            state_dir: shared
+                .state_dir
+                .as_ref()
+                .map(|d| crate::spec::principal_dir(d, &newcomer.principal)),
             listing,
             control,
             control_tx,
@@ -258,14 +258,14 @@ impl<'a> Session<'a> {
             pending: Pending::default(),
             registry: bounded(MAX_REGISTRY_REQUESTS),
             registry_requests: 0,
-            claude_session_id: None,
+            resumed_conversation: conversation.is_some(),
+            claude_session_id: conversation,
             query: None,
             queries: 0,
             rate: RateWindow::new(n, window),
             last_activity: now,
             next_ping: now + shared.config.ping_interval,
             ending: None,
-            resumed_conversation: false,
             draining: false,
         }
     }
