@@ -206,6 +206,14 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
     drop(newcomer);
 }
 
+/// Keep message `seq` for a client that is not there to take it now.
+fn keep(replay: &mut Replay, seq: u64, msg: &ServerMessage<'_>) {
+    let mut frame = Vec::new();
+    msg.write_frame(seq, &mut frame);
+    crate::metrics::relayed(frame.len());
+    replay.push(seq, &frame);
+}
+
 /// How log lines name session `id`.
 fn label_of(id: &str) -> String {
     id.chars().take(8).collect()
@@ -1058,10 +1066,7 @@ impl<'a> Session<'a> {
         let replay = &mut self.replay;
         let Some(link) = &mut self.link else {
             // Detached: kept for the client to fetch when it reattaches.
-            let mut frame = Vec::new();
-            msg.write_frame(seq, &mut frame);
-            crate::metrics::relayed(frame.len());
-            return replay.push(seq, &frame);
+            return keep(replay, seq, &msg);
         };
         let queued = link.queue_text_with(|out| {
             let start = out.len();
@@ -1071,10 +1076,7 @@ impl<'a> Session<'a> {
         });
         if let Err(e) = queued {
             // Kept all the same: a reattaching client gets it.
-            let mut frame = Vec::new();
-            msg.write_frame(seq, &mut frame);
-            crate::metrics::relayed(frame.len());
-            self.replay.push(seq, &frame);
+            keep(&mut self.replay, seq, &msg);
             self.lose_link(e);
         }
     }
