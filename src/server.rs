@@ -103,7 +103,11 @@ impl ServerHandle {
 }
 
 impl ServerHandle {
-    /// Begin a drain (see the module's doc); [`Server::run`] returns once it is done.
+    /// Begin a drain, as on SIGTERM: new sessions are refused (HTTP 503 `draining`,
+    /// `/ready` 503); sessions without a running query close with 1012 at once and the
+    /// others once their query has ended, for up to `Config::drain_timeout`; then
+    /// [`ServerHandle::shutdown`], whose closes say 1012 too. Children are stopped the way
+    /// that keeps their conversations. [`Server::run`] returns once it is done.
     /// Returns at once; a second call does nothing.
     pub fn drain(&self) {
         let shared = &self.shared;

@@ -1,5 +1,5 @@
 //! Lines of the CLI that are valid JSON but odd (issue 8, item 2): text holding half a
-//! UTF-16 surrogate pair, numbers beyond f64. Each is relayed (lossily, as the README
+//! UTF-16 surrogate pair, numbers beyond f64. Each is relayed (lossily, as docs/protocol.md
 //! says) and, above all, a turn's `result` ends the query whatever it holds.
 
 mod support;

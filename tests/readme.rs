@@ -1,11 +1,23 @@
-//! The README is the protocol reference and the flag reference: hold it to the code.
-//! Every flag `--help` prints is in its flag table, every message type the server
-//! sends or takes has an example, and every error code is listed.
+//! The reference in `docs/` is held to the code: every flag `--help` prints is in the
+//! flag table of `docs/operations.md`, every message type the server sends or takes has
+//! an example in `docs/protocol.md`, and every error code is listed there. The README,
+//! the front page, links to each reference document.
 
 use std::process::Command;
 
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md")
+fn doc(path: &str) -> String {
+    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+/// The flag reference.
+fn operations() -> String {
+    doc("docs/operations.md")
+}
+
+/// The protocol reference.
+fn protocol() -> String {
+    doc("docs/protocol.md")
 }
 
 fn protocol_source() -> String {
@@ -24,13 +36,13 @@ fn quoted_after(source: &str, marker: &str) -> Vec<String> {
 }
 
 #[test]
-fn every_flag_is_in_the_readme_table() {
+fn every_flag_is_in_the_flag_table() {
     let help = Command::new(env!("CARGO_BIN_EXE_claude-ws"))
         .arg("--help")
         .output()
         .expect("run --help");
     let help = String::from_utf8_lossy(&help.stdout).to_string();
-    let readme = readme();
+    let reference = operations();
     let flags: Vec<&str> = help
         .lines()
         .filter_map(|l| l.trim_start().strip_prefix("--"))
@@ -40,16 +52,16 @@ fn every_flag_is_in_the_readme_table() {
     assert!(flags.len() > 30, "{help}");
     for flag in flags {
         assert!(
-            readme.contains(&format!("| `--{flag}` |")),
-            "--{flag} is not in the README's flag table"
+            reference.contains(&format!("| `--{flag}` |")),
+            "--{flag} is not in the flag table of docs/operations.md"
         );
     }
 }
 
 #[test]
-fn every_message_type_has_an_example_in_the_readme() {
+fn every_message_type_has_an_example() {
     let source = protocol_source();
-    let readme = readme();
+    let reference = protocol();
     // Server messages: `ServerMessage::X { .. } => "kind"`.
     let sent: Vec<String> = source
         .lines()
@@ -59,8 +71,8 @@ fn every_message_type_has_an_example_in_the_readme() {
     assert!(sent.len() > 15, "{sent:?}");
     for kind in sent {
         assert!(
-            readme.contains(&format!("{{\"type\":\"{kind}\"")),
-            "no example of the server message {kind} in the README"
+            reference.contains(&format!("{{\"type\":\"{kind}\"")),
+            "no example of the server message {kind} in docs/protocol.md"
         );
     }
     // Client messages: the arms of `parse_client_value`'s `match kind`.
@@ -79,8 +91,8 @@ fn every_message_type_has_an_example_in_the_readme() {
     assert!(taken.len() > 10, "{taken:?}");
     for kind in taken {
         assert!(
-            readme.contains(&format!("{{\"type\":\"{kind}\"")),
-            "no example of the client message {kind} in the README"
+            reference.contains(&format!("{{\"type\":\"{kind}\"")),
+            "no example of the client message {kind} in docs/protocol.md"
         );
     }
 }
@@ -88,7 +100,7 @@ fn every_message_type_has_an_example_in_the_readme() {
 #[test]
 fn every_error_code_is_listed() {
     let source = protocol_source();
-    let readme = readme();
+    let reference = protocol();
     let codes: Vec<String> = source
         .lines()
         .filter(|l| l.contains("ErrorCode::"))
@@ -97,8 +109,26 @@ fn every_error_code_is_listed() {
     assert!(codes.len() > 25, "{codes:?}");
     for code in codes {
         assert!(
-            readme.contains(&format!("`{code}`")),
-            "the error code {code} is not in the README"
+            reference.contains(&format!("`{code}`")),
+            "the error code {code} is not in docs/protocol.md"
         );
+    }
+}
+
+#[test]
+fn the_readme_links_to_every_reference_document() {
+    let readme = doc("README.md");
+    for file in [
+        "docs/protocol.md",
+        "docs/operations.md",
+        "docs/security.md",
+        "docs/performance.md",
+        "docs/design.md",
+    ] {
+        assert!(
+            readme.contains(&format!("]({file})")),
+            "the README does not link to {file}"
+        );
+        assert!(!doc(file).is_empty(), "{file} is empty");
     }
 }

@@ -280,7 +280,7 @@ fn ids(cs: &[Client]) -> Vec<&str> {
 
 /// Sessions and queries per second through nginx, to one instance and to two (the
 /// stand-in CLI answers at once, so this measures the relay, nginx and the server).
-/// `scripts/bench-nginx.sh` runs it; the README quotes its figures.
+/// `scripts/bench-nginx.sh` runs it; docs/operations.md quotes its figures.
 #[test]
 #[ignore]
 fn bench_sessions_and_queries_through_nginx() {
