@@ -12,6 +12,7 @@
 # missing. The report goes to target/autobahn/report/ (index.html to browse).
 #
 # Usage: scripts/autobahn.sh [CASES...]    (default: the cases above, e.g. '6.*' '9.1.1')
+. "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -4,6 +4,7 @@
 # server, not a model). Installs nginx when missing (scripts/install-nginx.sh).
 #
 # Usage: scripts/bench-nginx.sh [SESSIONS] [QUERIES_PER_SESSION]   (defaults 50 20)
+. "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export BENCH_SESSIONS="${1:-50}" BENCH_QUERIES="${2:-20}"

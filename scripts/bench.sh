@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The benchmark of issue 4: claude-ws against websocketd and the raw pipe, on this
+# The relay benchmark: claude-ws against websocketd and the raw pipe, on this
 # machine, printed as one table and written to target/bench/report.md.
+#
+# Usage: scripts/bench.sh [--warm] [bench arguments...]
 #
 #   scripts/bench.sh                 # full run, a few minutes
 #   BENCH_QUICK=1 scripts/bench.sh   # about a minute (fewer events, one run each)
-#   scripts/bench.sh --only relay    # extra arguments go to the bench binary (--help)
-#   scripts/bench.sh --warm          # issue 12 instead: warm children, the real CLI
+#   scripts/bench.sh --only relay    # extra arguments go to the bench binary; its own
+#                                    # options: cargo bench --bench relay -- --help
+#   scripts/bench.sh --warm          # the warm-children benchmark instead, the real CLI
 #                                    # (target/bench/warm.md; BENCH_QUICK=1 works too)
 #
 # It installs what it compares against: Debian's websocketd (apt-get, only if missing)
 # and the native client, our own bench binary (scripts/bench/relay.rs, built here).
 # Every process it starts is ended before it exits.
+. "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -3,6 +3,7 @@
 # against the scripted Messages API from the tests, and claude-ws serves it.
 #
 # Usage: scripts/demo.sh [claude-ws flags...]     e.g. scripts/demo.sh --port 9000 --auth-token x
+# (claude-ws --help, or docs/operations.md, lists the flags.)
 # Flags and the server's environment variables (WEBSOCKET_PORT, CLAUDE_BIN,
 # CLAUDE_WS_AUTH_TOKEN, RUST_LOG, ...) reach claude-ws unchanged; only the CLI's
 # ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY are set, to the scripted API, and HOME, to a
@@ -21,6 +22,7 @@
 # DEMO_BIN_DIR=DIR runs DIR/claude-ws and DIR/examples/mock-api as they are instead of
 # building them in release mode (the tests use it: a build inside `cargo test` would
 # wait for the build directory that cargo holds).
+. "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$PWD"

@@ -6,6 +6,7 @@
 # Does nothing that is already done.
 #
 # Usage: scripts/install-browser.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 
 PLAYWRIGHT_VERSION="1.65.1"

@@ -3,6 +3,7 @@
 # (git-ignored). Does nothing if that version is already there. Prints the binary's path.
 #
 # Usage: scripts/install-claude.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 
 VERSION="2.1.197"

@@ -5,6 +5,7 @@
 # when both are already there. Fails if either cannot be installed.
 #
 # Usage: scripts/install-example-deps.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -5,6 +5,7 @@
 # as the current user, from a generated configuration in a temporary directory).
 #
 # Usage: scripts/install-nginx.sh   (as root, or with sudo available)
+. "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 
 NGINX="${NGINX:-/usr/sbin/nginx}"

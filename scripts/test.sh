@@ -3,6 +3,7 @@
 # the real CLI offline against a scripted model), then runs every test.
 #
 # Usage: scripts/test.sh [cargo test args...]
+. "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
