@@ -118,7 +118,8 @@ pub struct Config {
     pub replay_buffer_bytes: usize,
     /// Where each principal's CLI state (conversations) lives, one directory each
     /// (`CLAUDE_CONFIG_DIR`). Defaults to none: the CLI's own location, shared by all
-    /// (with authentication on, `$HOME/.local/state/claude-ws` is used instead).
+    /// (with authentication on, `$HOME/.local/state/claude-ws` is used instead:
+    /// [`AUTHENTICATED_STATE_DIR`]).
     pub state_dir: Option<PathBuf>,
     /// An operator token: `/sessions` with it lists every principal's sessions.
     /// Defaults to none.
@@ -154,6 +155,10 @@ pub const PERMISSION_MODES: &[&str] = &[
     "dontAsk",
     "auto",
 ];
+
+/// Where children's CLI state goes, under `$HOME`, when authentication is on and no
+/// `state_dir` was named (see [`Config::state_dir`]).
+pub const AUTHENTICATED_STATE_DIR: &str = ".local/state/claude-ws";
 
 impl Default for Config {
     fn default() -> Self {
@@ -200,270 +205,6 @@ impl Default for Config {
     }
 }
 
-/// One flag: its name, environment variable, value name and help line. A `list` flag
-/// may be repeated and takes comma-separated values; given on the command line it
-/// replaces the environment's list.
-struct Flag {
-    name: &'static str,
-    env: &'static str,
-    value: &'static str,
-    list: bool,
-    help: &'static str,
-}
-
-const fn flag(
-    name: &'static str,
-    env: &'static str,
-    value: &'static str,
-    help: &'static str,
-) -> Flag {
-    Flag {
-        name,
-        env,
-        value,
-        list: false,
-        help,
-    }
-}
-
-const fn list(
-    name: &'static str,
-    env: &'static str,
-    value: &'static str,
-    help: &'static str,
-) -> Flag {
-    Flag {
-        list: true,
-        ..flag(name, env, value, help)
-    }
-}
-
-const FLAGS: &[Flag] = &[
-    flag(
-        "host",
-        "WEBSOCKET_HOST",
-        "ADDR",
-        "address to listen on (0.0.0.0 exposes the agent to the network)",
-    ),
-    flag(
-        "port",
-        "WEBSOCKET_PORT",
-        "PORT",
-        "WebSocket port (0 = any free port)",
-    ),
-    flag(
-        "http-port",
-        "HTTP_PORT",
-        "PORT",
-        "side port for /health and /sessions (0 = any free port)",
-    ),
-    flag("claude-bin", "CLAUDE_BIN", "PATH", "the claude executable"),
-    flag(
-        "max-sessions",
-        "MAX_SESSIONS",
-        "N",
-        "most concurrent sessions; more are refused with HTTP 503",
-    ),
-    flag(
-        "session-timeout-minutes",
-        "SESSION_TIMEOUT_MINUTES",
-        "MIN",
-        "close a session idle this long (fractions allowed)",
-    ),
-    flag(
-        "auth-token",
-        "CLAUDE_WS_AUTH_TOKEN",
-        "TOKEN",
-        "require this bearer token (header, ?token= or subprotocol)",
-    ),
-    flag(
-        "jwt-secret",
-        "CLAUDE_WS_JWT_SECRET",
-        "SECRET",
-        "accept HS256 JWTs signed with this secret (exp checked)",
-    ),
-    list(
-        "allowed-origins",
-        "ALLOWED_ORIGINS",
-        "LIST",
-        "browser origins allowed besides the server's own",
-    ),
-    list(
-        "workspace-root",
-        "WORKSPACE_ROOTS",
-        "DIR",
-        "directories a client's cwd must be inside (repeatable)",
-    ),
-    list(
-        "allowed-permission-modes",
-        "ALLOWED_PERMISSION_MODES",
-        "LIST",
-        "permission modes clients may use",
-    ),
-    list(
-        "disallowed-tools",
-        "DISALLOWED_TOOLS",
-        "LIST",
-        "tools always disallowed, on top of the client's list",
-    ),
-    list(
-        "pass-env",
-        "PASS_ENV",
-        "NAME",
-        "extra environment variable passed to children (repeatable)",
-    ),
-    flag(
-        "rate-limit",
-        "RATE_LIMIT",
-        "N/SECS",
-        "queries allowed per session, and per user (else per client address), in a window",
-    ),
-    flag(
-        "max-running",
-        "MAX_RUNNING",
-        "N",
-        "most claude children alive at once; a query needing one more waits its turn",
-    ),
-    flag(
-        "warm-children",
-        "WARM_CHILDREN",
-        "N",
-        "claude children started ahead of need for new sessions' first queries (0 = none)",
-    ),
-    flag(
-        "max-sessions-per-peer",
-        "MAX_SESSIONS_PER_PEER",
-        "N",
-        "most sessions one user (else one client address) may hold",
-    ),
-    flag(
-        "max-message-bytes",
-        "MAX_MESSAGE_BYTES",
-        "BYTES",
-        "largest client message; larger closes with 1009",
-    ),
-    flag(
-        "max-prompt-bytes",
-        "MAX_PROMPT_BYTES",
-        "BYTES",
-        "longest prompt or input text",
-    ),
-    flag(
-        "ping-interval-secs",
-        "PING_INTERVAL_SECS",
-        "SECS",
-        "WebSocket ping interval; a peer silent for two is dropped",
-    ),
-    flag(
-        "interrupt-grace-secs",
-        "INTERRUPT_GRACE_SECS",
-        "SECS",
-        "an interrupt not honoured this fast ends the child's process group",
-    ),
-    flag(
-        "stop-grace-secs",
-        "STOP_GRACE_SECS",
-        "SECS",
-        "wait between closing a child's stdin, SIGTERM and SIGKILL",
-    ),
-    flag(
-        "stall-timeout-secs",
-        "STALL_TIMEOUT_SECS",
-        "SECS",
-        "disconnect a client whose unread output stays above 256 KiB this long",
-    ),
-    flag(
-        "child-idle-secs",
-        "CHILD_IDLE_SECS",
-        "SECS",
-        "stop a session's claude idle this long (0 = never); the next query resumes it",
-    ),
-    flag(
-        "handshake-timeout-secs",
-        "HANDSHAKE_TIMEOUT_SECS",
-        "SECS",
-        "time allowed for the WebSocket handshake",
-    ),
-    flag(
-        "permission-prompts",
-        "PERMISSION_PROMPTS",
-        "BOOL",
-        "ask clients before tools run unless a query's permission_prompts option says no",
-    ),
-    flag(
-        "permission-timeout-secs",
-        "PERMISSION_TIMEOUT_SECS",
-        "SECS",
-        "deny a permission prompt the client has not answered this long",
-    ),
-    flag(
-        "tool-timeout-secs",
-        "TOOL_TIMEOUT_SECS",
-        "SECS",
-        "give a client-defined tool call not answered this long an error result",
-    ),
-    list(
-        "trusted-proxies",
-        "TRUSTED_PROXIES",
-        "CIDR",
-        "proxies whose Forwarded / X-Forwarded-For name the client (repeatable)",
-    ),
-    flag(
-        "queue-timeout-secs",
-        "QUEUE_TIMEOUT_SECS",
-        "SECS",
-        "a query waiting this long for a claude place gets server_busy",
-    ),
-    flag(
-        "reconnect-grace-secs",
-        "RECONNECT_GRACE_SECS",
-        "SECS",
-        "keep a dropped client's session this long for it to reattach (0 = end at once)",
-    ),
-    flag(
-        "replay-buffer-bytes",
-        "REPLAY_BUFFER_BYTES",
-        "BYTES",
-        "recent messages a session keeps for a client that reattaches",
-    ),
-    flag(
-        "state-dir",
-        "STATE_DIR",
-        "DIR",
-        "one CLI state directory per principal under DIR (conversations kept apart)",
-    ),
-    flag(
-        "admin-token",
-        "CLAUDE_WS_ADMIN_TOKEN",
-        "TOKEN",
-        "operator token: /sessions with it lists every principal's sessions",
-    ),
-    flag(
-        "drain-timeout-secs",
-        "DRAIN_TIMEOUT_SECS",
-        "SECS",
-        "on SIGTERM or POST /drain, let running queries finish this long (0 = close at once)",
-    ),
-    flag(
-        "instance-id",
-        "INSTANCE_ID",
-        "HEX",
-        "prefix of this instance's session ids, for a balancer's sticky routing",
-    ),
-    flag(
-        "tool-registry-url",
-        "TOOL_REGISTRY_URL",
-        "URL",
-        "http:// registry where client-defined tools are also stored and listed",
-    ),
-    flag(
-        "log-format",
-        "LOG_FORMAT",
-        "text|json",
-        "log lines as text, or as one JSON object per line for log shippers",
-    ),
-];
-
 /// Most sessions, running children or sessions per peer: far beyond what one machine
 /// serves (each session is a thread), and small enough that nothing computed from it
 /// (file-descriptor counts, connection caps) can overflow.
@@ -491,46 +232,18 @@ enum Rule {
     },
 }
 
-const SECONDS: Rule = Rule::Span {
-    unit: 1,
-    unit_name: "seconds",
-    zero_is_off: false,
-};
-
-/// The rule of each numeric flag (`rate-limit` has two parts, see [`RATE_COUNT`]).
-fn rule(name: &str) -> Rule {
-    let count = |min: usize, max: usize| Rule::Count {
-        min: min as u64,
-        max: max as u64,
-    };
-    match name {
-        "port" | "http-port" => count(0, u16::MAX as usize),
-        "max-sessions" | "max-running" | "max-sessions-per-peer" => count(1, MAX_COUNT),
-        "warm-children" => count(0, MAX_COUNT),
-        "max-message-bytes" => count(1024, MAX_BYTES),
-        "max-prompt-bytes" => count(1, MAX_BYTES),
-        "session-timeout-minutes" => Rule::Span {
-            unit: 60,
-            unit_name: "minutes",
-            zero_is_off: false,
-        },
-        "child-idle-secs" | "reconnect-grace-secs" | "drain-timeout-secs" => Rule::Span {
-            unit: 1,
-            unit_name: "seconds",
-            zero_is_off: true,
-        },
-        "replay-buffer-bytes" => count(0, MAX_BYTES),
-        _ => SECONDS,
-    }
-}
-
-/// The count half of `--rate-limit N/SECS`.
-const RATE_COUNT: Rule = Rule::Count {
-    min: 1,
-    max: MAX_RATE as u64,
-};
-
 impl Rule {
+    /// Whether zero means "off" (a span that allows it).
+    const fn zero_is_off(self) -> bool {
+        matches!(
+            self,
+            Rule::Span {
+                zero_is_off: true,
+                ..
+            }
+        )
+    }
+
     /// What is accepted, for error messages: "a whole number from 1 to 100000".
     fn accepted(self) -> String {
         match self {
@@ -595,6 +308,722 @@ impl Rule {
     }
 }
 
+/// One flag, written once: its name, environment variable, value name and help line,
+/// the `Config` field it sets, how a raw value becomes that field and how the field
+/// reads back (`--help` shows the defaults that way), and what else the field must
+/// satisfy. Flags and [`Config::validate`] both go by this table, so a flag and an
+/// embedder meet the same rules.
+///
+/// How to add a flag: add a field to [`Config`] with its doc ("Defaults to …") and its
+/// default in `Default`, then one row here (its place in the table is its place in
+/// `--help`), and a row in the flag table of `docs/operations.md` (`tests/readme.rs`
+/// checks it). A whole number or a duration takes [`count`] / [`span`] (the bounds
+/// are checked both when parsing and by `validate`); anything else gives its own
+/// `parse` and `show` ([`value`], [`list`]); [`Flag::check`] adds a rule the value
+/// must meet however it was set.
+struct Flag {
+    name: &'static str,
+    env: &'static str,
+    /// The value's name in `--help`: `N`, `SECS`, `DIR`, …
+    value: &'static str,
+    help: &'static str,
+    /// The `Config` field, for errors about a `Config` built in code.
+    field: &'static str,
+    kind: Kind,
+    /// A further rule for the field, checked after every flag is set and by
+    /// [`Config::validate`]: what is wrong, if anything.
+    check: Option<Check>,
+}
+
+/// A rule a field must meet: what is wrong, if anything.
+type Check = fn(&Config) -> Result<(), String>;
+
+/// How a flag's value is read and shown.
+enum Kind {
+    /// A whole number within `rule` (a [`Rule::Count`]).
+    Count {
+        rule: Rule,
+        get: fn(&Config) -> u64,
+        set: fn(&mut Config, u64),
+    },
+    /// A duration within `rule` (a [`Rule::Span`]); `None` is "off" (zero), where the
+    /// rule allows it.
+    Span {
+        rule: Rule,
+        get: fn(&Config) -> Option<Duration>,
+        set: fn(&mut Config, Option<Duration>),
+    },
+    /// One value of any other form.
+    Value {
+        parse: fn(&mut Config, &str) -> Result<(), String>,
+        show: fn(&Config) -> String,
+    },
+    /// A list: the flag may be repeated and takes comma-separated values; given on the
+    /// command line it replaces the environment's list.
+    List {
+        parse: fn(&mut Config, Vec<String>) -> Result<(), String>,
+        show: fn(&Config) -> String,
+    },
+}
+
+impl Flag {
+    /// This flag with a further rule for its field.
+    const fn check(self, check: Check) -> Flag {
+        Flag {
+            check: Some(check),
+            ..self
+        }
+    }
+
+    fn is_list(&self) -> bool {
+        matches!(self.kind, Kind::List { .. })
+    }
+
+    /// The field's current value, as `--help` shows defaults.
+    fn show(&self, c: &Config) -> String {
+        let secs = |d: Duration, unit: u64| (d.as_secs_f64() / unit as f64).to_string();
+        match self.kind {
+            Kind::Count { get, .. } => get(c).to_string(),
+            Kind::Span {
+                rule: Rule::Span { unit, .. },
+                get,
+                ..
+            } => get(c).map_or_else(|| "none".into(), |d| secs(d, unit)),
+            Kind::Span { .. } => String::new(),
+            Kind::Value { show, .. } | Kind::List { show, .. } => show(c),
+        }
+    }
+
+    /// Set the field from one raw value (`values` holds the list items, for a list).
+    fn set(&self, c: &mut Config, values: &[String]) -> Result<(), String> {
+        let last = values.last().map(String::as_str).unwrap_or("");
+        match self.kind {
+            Kind::Count { rule, set, .. } => set(c, rule.count(last)?),
+            Kind::Span { rule, set, .. } => set(c, rule.span(last)?),
+            Kind::Value { parse, .. } => parse(c, last)?,
+            Kind::List { parse, .. } => parse(
+                c,
+                values
+                    .iter()
+                    .flat_map(|v| v.split(','))
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect(),
+            )?,
+        }
+        Ok(())
+    }
+
+    /// The field's bounds, then its further rule.
+    fn validate(&self, c: &Config) -> Result<(), String> {
+        match self.kind {
+            Kind::Count { rule, get, .. } => {
+                let n = get(c);
+                rule.check_count(n)
+                    .map_err(|why| format!("{why}, not {n}"))?;
+            }
+            Kind::Span { rule, get, .. } => {
+                let d = get(c);
+                rule.check_span(d)
+                    .map_err(|why| format!("{why}, not {d:?}"))?;
+            }
+            Kind::Value { .. } | Kind::List { .. } => {}
+        }
+        self.check.map_or(Ok(()), |check| check(c))
+    }
+}
+
+/// A row for a whole-number field: `count!(field, MIN, MAX)`.
+macro_rules! count {
+    ($field:ident, $min:expr, $max:expr) => {
+        Kind::Count {
+            rule: Rule::Count {
+                min: $min as u64,
+                max: $max as u64,
+            },
+            get: |c| c.$field as u64,
+            set: |c, n| c.$field = to_usize(n),
+        }
+    };
+}
+
+/// A row for a duration field: `span!(field, RULE)` for a `Duration` (zero is what
+/// "off" sets, where the rule allows it), `span!(field?, RULE)` for an
+/// `Option<Duration>` (`None` is off).
+macro_rules! span {
+    ($field:ident ?, $rule:expr) => {
+        Kind::Span {
+            rule: $rule,
+            get: |c| c.$field,
+            set: |c, d| c.$field = d,
+        }
+    };
+    ($field:ident, $rule:expr) => {
+        Kind::Span {
+            rule: $rule,
+            get: |c| Some(c.$field).filter(|d| !$rule.zero_is_off() || !d.is_zero()),
+            set: |c, d| c.$field = d.unwrap_or_default(),
+        }
+    };
+}
+
+const fn flag(
+    name: &'static str,
+    env: &'static str,
+    value: &'static str,
+    help: &'static str,
+    field: &'static str,
+    kind: Kind,
+) -> Flag {
+    Flag {
+        name,
+        env,
+        value,
+        help,
+        field,
+        kind,
+        check: None,
+    }
+}
+
+/// A row of another form: `parse` sets the field from the raw value, `show` reads it.
+const fn value(
+    parse: fn(&mut Config, &str) -> Result<(), String>,
+    show: fn(&Config) -> String,
+) -> Kind {
+    Kind::Value { parse, show }
+}
+
+/// A list row: `parse` sets the field from the items.
+const fn list(
+    parse: fn(&mut Config, Vec<String>) -> Result<(), String>,
+    show: fn(&Config) -> String,
+) -> Kind {
+    Kind::List { parse, show }
+}
+
+/// A list as `--help` shows it.
+fn joined(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(",")
+    }
+}
+
+/// Seconds: above 0, at most a year.
+const SECONDS: Rule = Rule::Span {
+    unit: 1,
+    unit_name: "seconds",
+    zero_is_off: false,
+};
+
+/// Seconds, where 0 means off (never, or at once).
+const SECONDS_OR_OFF: Rule = Rule::Span {
+    unit: 1,
+    unit_name: "seconds",
+    zero_is_off: true,
+};
+
+const MINUTES: Rule = Rule::Span {
+    unit: 60,
+    unit_name: "minutes",
+    zero_is_off: false,
+};
+
+/// The ports.
+const PORT: Rule = Rule::Count {
+    min: 0,
+    max: u16::MAX as u64,
+};
+
+/// The count half of `--rate-limit N/SECS`.
+const RATE_COUNT: Rule = Rule::Count {
+    min: 1,
+    max: MAX_RATE as u64,
+};
+
+/// Every flag, in the order `--help` lists them.
+const FLAGS: &[Flag] = &[
+    flag(
+        "host",
+        "WEBSOCKET_HOST",
+        "ADDR",
+        "address to listen on (0.0.0.0 exposes the agent to the network)",
+        "host",
+        value(|c, v| nonempty(v).map(|v| c.host = v), |c| c.host.clone()),
+    )
+    .check(|c| ensure(!c.host.is_empty(), || "must not be empty".into())),
+    flag(
+        "port",
+        "WEBSOCKET_PORT",
+        "PORT",
+        "WebSocket port (0 = any free port)",
+        "port",
+        value(|c, v| port(v).map(|v| c.port = v), |c| c.port.to_string()),
+    ),
+    flag(
+        "http-port",
+        "HTTP_PORT",
+        "PORT",
+        "side port for /health and /sessions (0 = any free port)",
+        "http_port",
+        value(
+            |c, v| port(v).map(|v| c.http_port = v),
+            |c| c.http_port.to_string(),
+        ),
+    )
+    .check(|c| {
+        ensure(c.port == 0 || c.port != c.http_port, || {
+            format!("must differ from the WebSocket port ({})", c.port)
+        })
+    }),
+    flag(
+        "claude-bin",
+        "CLAUDE_BIN",
+        "PATH",
+        "the claude executable",
+        "claude_bin",
+        value(
+            |c, v| nonempty(v).map(|v| c.claude_bin = PathBuf::from(v)),
+            |c| c.claude_bin.display().to_string(),
+        ),
+    )
+    .check(|c| {
+        ensure(!c.claude_bin.as_os_str().is_empty(), || {
+            "must not be empty".into()
+        })
+    }),
+    flag(
+        "max-sessions",
+        "MAX_SESSIONS",
+        "N",
+        "most concurrent sessions; more are refused with HTTP 503",
+        "max_sessions",
+        count!(max_sessions, 1, MAX_COUNT),
+    ),
+    flag(
+        "session-timeout-minutes",
+        "SESSION_TIMEOUT_MINUTES",
+        "MIN",
+        "close a session idle this long (fractions allowed)",
+        "session_timeout",
+        span!(session_timeout, MINUTES),
+    ),
+    flag(
+        "auth-token",
+        "CLAUDE_WS_AUTH_TOKEN",
+        "TOKEN",
+        "require this bearer token (header, ?token= or subprotocol)",
+        "auth_token",
+        value(
+            |c, v| nonempty(v).map(|v| c.auth_token = Some(v)),
+            |_| "none (authentication off)".into(),
+        ),
+    )
+    // An empty secret would let an empty credential through.
+    .check(|c| not_empty(&c.auth_token)),
+    flag(
+        "jwt-secret",
+        "CLAUDE_WS_JWT_SECRET",
+        "SECRET",
+        "accept HS256 JWTs signed with this secret (exp checked)",
+        "jwt_secret",
+        value(
+            |c, v| nonempty(v).map(|v| c.jwt_secret = Some(v)),
+            |_| "none (authentication off)".into(),
+        ),
+    )
+    .check(|c| not_empty(&c.jwt_secret)),
+    flag(
+        "allowed-origins",
+        "ALLOWED_ORIGINS",
+        "LIST",
+        "browser origins allowed besides the server's own",
+        "allowed_origins",
+        list(
+            |c, items| {
+                c.allowed_origins = items;
+                Ok(())
+            },
+            |c| joined(&c.allowed_origins),
+        ),
+    )
+    .check(|c| match c.allowed_origins.iter().find(|o| !is_origin(o)) {
+        Some(bad) => Err(format!(
+            "{bad:?} is not an origin: expected scheme://host[:port], e.g. \
+             https://app.example.com, or *"
+        )),
+        None => Ok(()),
+    }),
+    flag(
+        "workspace-root",
+        "WORKSPACE_ROOTS",
+        "DIR",
+        "directories a client's cwd must be inside (repeatable)",
+        "workspace_roots",
+        list(
+            |c, items| {
+                c.workspace_roots = items
+                    .iter()
+                    .map(|d| {
+                        std::fs::canonicalize(d)
+                            .ok()
+                            .filter(|p| p.is_dir())
+                            .ok_or_else(|| format!("{d:?} is not an existing directory"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(())
+            },
+            |_| "the directory the server starts in".into(),
+        ),
+    )
+    .check(|c| {
+        ensure(!c.workspace_roots.is_empty(), || {
+            "at least one directory is needed".into()
+        })
+    }),
+    flag(
+        "allowed-permission-modes",
+        "ALLOWED_PERMISSION_MODES",
+        "LIST",
+        "permission modes clients may use",
+        "allowed_permission_modes",
+        list(
+            |c, items| {
+                c.allowed_permission_modes = items;
+                Ok(())
+            },
+            |c| joined(&c.allowed_permission_modes),
+        ),
+    )
+    .check(|c| {
+        match c
+            .allowed_permission_modes
+            .iter()
+            .find(|m| !PERMISSION_MODES.contains(&m.as_str()))
+        {
+            Some(bad) => Err(format!(
+                "unknown permission mode {bad:?}; known: {}",
+                PERMISSION_MODES.join(", ")
+            )),
+            None => Ok(()),
+        }
+    }),
+    flag(
+        "disallowed-tools",
+        "DISALLOWED_TOOLS",
+        "LIST",
+        "tools always disallowed, on top of the client's list",
+        "disallowed_tools",
+        list(
+            |c, items| {
+                c.disallowed_tools = items;
+                Ok(())
+            },
+            |c| joined(&c.disallowed_tools),
+        ),
+    ),
+    flag(
+        "pass-env",
+        "PASS_ENV",
+        "NAME",
+        "extra environment variable passed to children (repeatable)",
+        "pass_env",
+        list(
+            |c, items| {
+                c.pass_env = items;
+                Ok(())
+            },
+            |c| joined(&c.pass_env),
+        ),
+    ),
+    flag(
+        "rate-limit",
+        "RATE_LIMIT",
+        "N/SECS",
+        "queries allowed per session, and per user (else per client address), in a window",
+        "rate_limit",
+        value(
+            |c, v| rate_limit(v).map(|v| c.rate_limit = v),
+            |c| format!("{}/{}", c.rate_limit.0, c.rate_limit.1.as_secs_f64()),
+        ),
+    )
+    .check(|c| {
+        let (n, window) = c.rate_limit;
+        RATE_COUNT
+            .check_count(n.into())
+            .map_err(|why| format!("{why}, not {n}"))?;
+        SECONDS
+            .check_span(Some(window))
+            .map_err(|why| format!("{why}, not {:?}", Some(window)))?;
+        Ok(())
+    }),
+    flag(
+        "max-running",
+        "MAX_RUNNING",
+        "N",
+        "most claude children alive at once; a query needing one more waits its turn",
+        "max_running",
+        count!(max_running, 1, MAX_COUNT),
+    ),
+    flag(
+        "warm-children",
+        "WARM_CHILDREN",
+        "N",
+        "claude children started ahead of need for new sessions' first queries (0 = none)",
+        "warm_children",
+        count!(warm_children, 0, MAX_COUNT),
+    )
+    .check(|c| {
+        ensure(c.warm_children <= c.max_running, || {
+            format!(
+                "at most --max-running ({}): each warm child holds one of its places",
+                c.max_running
+            )
+        })
+    }),
+    flag(
+        "max-sessions-per-peer",
+        "MAX_SESSIONS_PER_PEER",
+        "N",
+        "most sessions one user (else one client address) may hold",
+        "max_sessions_per_peer",
+        count!(max_sessions_per_peer, 1, MAX_COUNT),
+    ),
+    flag(
+        "max-message-bytes",
+        "MAX_MESSAGE_BYTES",
+        "BYTES",
+        "largest client message; larger closes with 1009",
+        "max_message_bytes",
+        count!(max_message_bytes, 1024, MAX_BYTES),
+    ),
+    flag(
+        "max-prompt-bytes",
+        "MAX_PROMPT_BYTES",
+        "BYTES",
+        "longest prompt or input text",
+        "max_prompt_bytes",
+        count!(max_prompt_bytes, 1, MAX_BYTES),
+    ),
+    flag(
+        "ping-interval-secs",
+        "PING_INTERVAL_SECS",
+        "SECS",
+        "WebSocket ping interval; a peer silent for two is dropped",
+        "ping_interval",
+        span!(ping_interval, SECONDS),
+    ),
+    flag(
+        "interrupt-grace-secs",
+        "INTERRUPT_GRACE_SECS",
+        "SECS",
+        "an interrupt not honoured this fast ends the child's process group",
+        "interrupt_grace",
+        span!(interrupt_grace, SECONDS),
+    ),
+    flag(
+        "stop-grace-secs",
+        "STOP_GRACE_SECS",
+        "SECS",
+        "wait between closing a child's stdin, SIGTERM and SIGKILL",
+        "stop_grace",
+        span!(stop_grace, SECONDS),
+    ),
+    flag(
+        "stall-timeout-secs",
+        "STALL_TIMEOUT_SECS",
+        "SECS",
+        "disconnect a client whose unread output stays above 256 KiB this long",
+        "stall_timeout",
+        span!(stall_timeout, SECONDS),
+    ),
+    flag(
+        "child-idle-secs",
+        "CHILD_IDLE_SECS",
+        "SECS",
+        "stop a session's claude idle this long (0 = never); the next query resumes it",
+        "child_idle",
+        span!(child_idle?, SECONDS_OR_OFF),
+    ),
+    flag(
+        "handshake-timeout-secs",
+        "HANDSHAKE_TIMEOUT_SECS",
+        "SECS",
+        "time allowed for the WebSocket handshake",
+        "handshake_timeout",
+        span!(handshake_timeout, SECONDS),
+    ),
+    flag(
+        "permission-prompts",
+        "PERMISSION_PROMPTS",
+        "BOOL",
+        "ask clients before tools run unless a query's permission_prompts option says no",
+        "permission_prompts",
+        value(
+            |c, v| boolean(v).map(|v| c.permission_prompts = v),
+            |c| c.permission_prompts.to_string(),
+        ),
+    ),
+    flag(
+        "permission-timeout-secs",
+        "PERMISSION_TIMEOUT_SECS",
+        "SECS",
+        "deny a permission prompt the client has not answered this long",
+        "permission_timeout",
+        span!(permission_timeout, SECONDS),
+    ),
+    flag(
+        "tool-timeout-secs",
+        "TOOL_TIMEOUT_SECS",
+        "SECS",
+        "give a client-defined tool call not answered this long an error result",
+        "tool_timeout",
+        span!(tool_timeout, SECONDS),
+    ),
+    flag(
+        "trusted-proxies",
+        "TRUSTED_PROXIES",
+        "CIDR",
+        "proxies whose Forwarded / X-Forwarded-For name the client (repeatable)",
+        "trusted_proxies",
+        list(
+            |c, items| {
+                c.trusted_proxies = items
+                    .iter()
+                    .map(|c| crate::proxy::Cidr::parse(c))
+                    .collect::<Result<_, _>>()?;
+                Ok(())
+            },
+            |c| {
+                let v: Vec<String> = c.trusted_proxies.iter().map(|c| c.to_string()).collect();
+                joined(&v)
+            },
+        ),
+    ),
+    flag(
+        "queue-timeout-secs",
+        "QUEUE_TIMEOUT_SECS",
+        "SECS",
+        "a query waiting this long for a claude place gets server_busy",
+        "queue_timeout",
+        span!(queue_timeout, SECONDS),
+    ),
+    flag(
+        "reconnect-grace-secs",
+        "RECONNECT_GRACE_SECS",
+        "SECS",
+        "keep a dropped client's session this long for it to reattach (0 = end at once)",
+        "reconnect_grace",
+        span!(reconnect_grace, SECONDS_OR_OFF),
+    ),
+    flag(
+        "replay-buffer-bytes",
+        "REPLAY_BUFFER_BYTES",
+        "BYTES",
+        "recent messages a session keeps for a client that reattaches",
+        "replay_buffer_bytes",
+        count!(replay_buffer_bytes, 0, MAX_BYTES),
+    ),
+    flag(
+        "state-dir",
+        "STATE_DIR",
+        "DIR",
+        "one CLI state directory per principal under DIR (conversations kept apart)",
+        "state_dir",
+        value(
+            |c, v| nonempty(v).map(|v| c.state_dir = Some(PathBuf::from(v))),
+            |c| match &c.state_dir {
+                Some(d) => d.display().to_string(),
+                None => format!(
+                    "none (the CLI's own; with authentication, $HOME/{AUTHENTICATED_STATE_DIR})"
+                ),
+            },
+        ),
+    ),
+    flag(
+        "admin-token",
+        "CLAUDE_WS_ADMIN_TOKEN",
+        "TOKEN",
+        "operator token: /sessions with it lists every principal's sessions",
+        "admin_token",
+        value(
+            |c, v| nonempty(v).map(|v| c.admin_token = Some(v)),
+            |_| "none".into(),
+        ),
+    ),
+    flag(
+        "drain-timeout-secs",
+        "DRAIN_TIMEOUT_SECS",
+        "SECS",
+        "on SIGTERM or POST /drain, let running queries finish this long (0 = close at once)",
+        "drain_timeout",
+        span!(drain_timeout, SECONDS_OR_OFF),
+    ),
+    flag(
+        "instance-id",
+        "INSTANCE_ID",
+        "HEX",
+        "prefix of this instance's session ids, for a balancer's sticky routing",
+        "instance_id",
+        value(
+            |c, v| {
+                c.instance_id = Some(v.trim().to_string());
+                Ok(())
+            },
+            |_| "none (session ids are plain UUIDs)".into(),
+        ),
+    )
+    .check(
+        |c| match c.instance_id.as_deref().filter(|i| !is_instance_id(i)) {
+            Some(id) => Err(format!(
+                "{id:?} is not 1 to 16 lowercase hex digits (it starts session ids)"
+            )),
+            None => Ok(()),
+        },
+    ),
+    flag(
+        "tool-registry-url",
+        "TOOL_REGISTRY_URL",
+        "URL",
+        "http:// registry where client-defined tools are also stored and listed",
+        "tool_registry_url",
+        value(
+            |c, v| {
+                let url = nonempty(v)?;
+                if !url.starts_with("http://") {
+                    return Err("expected an http:// URL, e.g. http://127.0.0.1:9000".into());
+                }
+                c.tool_registry_url = Some(url.trim_end_matches('/').to_string());
+                Ok(())
+            },
+            |c| c.tool_registry_url.clone().unwrap_or_else(|| "none".into()),
+        ),
+    ),
+    flag(
+        "log-format",
+        "LOG_FORMAT",
+        "text|json",
+        "log lines as text, or as one JSON object per line for log shippers",
+        "log_format",
+        value(
+            |c, v| {
+                c.log_format = match v.trim() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err("expected text or json".into()),
+                };
+                Ok(())
+            },
+            |c| match c.log_format {
+                LogFormat::Text => "text".into(),
+                LogFormat::Json => "json".into(),
+            },
+        ),
+    ),
+];
+
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Invocation {
@@ -603,13 +1032,62 @@ pub enum Invocation {
     Version(String),
 }
 
-/// A flag or environment value that cannot be used, with the reason.
+/// A flag, environment value or `Config` field that cannot be used, and why. Each
+/// displays as the one line `claude-ws` prints before it exits with status 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A command-line argument that is not a flag (`stray`).
+    UnexpectedArgument(String),
+    /// A `--name` this server has no flag for.
+    UnknownFlag(String),
+    /// A flag last on the command line, with no value after it.
+    MissingValue(&'static str),
+    /// A flag's or environment variable's value cannot be used. `source` is `--name`
+    /// or the variable's name, `value` the value as errors show it (quoted, or
+    /// `<redacted>` for a secret), `None` when this setting was not given but clashes
+    /// with one that was.
+    BadValue {
+        flag: &'static str,
+        source: String,
+        value: Option<String>,
+        reason: String,
+    },
+    /// A `Config` built in code breaks a rule ([`Config::validate`]): its field, the
+    /// flag that sets it, and why.
+    Invalid {
+        field: &'static str,
+        flag: &'static str,
+        reason: String,
+    },
+}
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::UnexpectedArgument(arg) => {
+                write!(f, "unexpected argument {arg:?} (see --help)")
+            }
+            ConfigError::UnknownFlag(name) => write!(f, "unknown flag --{name} (see --help)"),
+            ConfigError::MissingValue(name) => write!(f, "--{name} needs a value"),
+            ConfigError::BadValue {
+                source,
+                value: Some(value),
+                reason,
+                ..
+            } => write!(f, "{source}={value}: {reason}"),
+            ConfigError::BadValue {
+                source,
+                value: None,
+                reason,
+                ..
+            } => write!(f, "{source}: {reason}"),
+            ConfigError::Invalid {
+                field,
+                flag,
+                reason,
+            } => write!(f, "{field} (--{flag}): {reason}"),
+        }
     }
 }
 
@@ -644,325 +1122,101 @@ impl Config {
                 _ => {}
             }
             let Some(body) = arg.strip_prefix("--") else {
-                return Err(ConfigError(format!(
-                    "unexpected argument {arg:?} (see --help)"
-                )));
+                return Err(ConfigError::UnexpectedArgument(arg));
             };
             let (name, inline) = match body.split_once('=') {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (body, None),
             };
             let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
-                return Err(ConfigError(format!("unknown flag --{name} (see --help)")));
+                return Err(ConfigError::UnknownFlag(name.to_string()));
             };
             let value = match inline {
                 Some(v) => v,
-                None => args
-                    .next()
-                    .ok_or_else(|| ConfigError(format!("--{name} needs a value")))?,
+                None => args.next().ok_or(ConfigError::MissingValue(flag.name))?,
             };
             let entry = raw.entry(flag.name).or_default();
-            if !flag.list || !on_command_line.contains(&flag.name) {
+            if !flag.is_list() || !on_command_line.contains(&flag.name) {
                 entry.0.clear();
                 on_command_line.push(flag.name);
             }
             entry.0.push(value);
             entry.1 = format!("--{name}");
         }
+        // The error about a flag: blame the flag or variable that was given.
+        let bad = |flag: &Flag, reason: String| match raw.get(flag.name) {
+            Some((values, source)) => ConfigError::BadValue {
+                flag: flag.name,
+                source: source.clone(),
+                value: Some(shown(flag.name, values)),
+                reason,
+            },
+            None => ConfigError::BadValue {
+                flag: flag.name,
+                source: format!("--{}", flag.name),
+                value: None,
+                reason,
+            },
+        };
         let mut c = Config::default();
         for flag in FLAGS {
-            let Some((values, source)) = raw.get(flag.name) else {
-                continue;
-            };
-            let shown = shown(flag.name, values);
-            let result = if flag.list {
-                let items: Vec<String> = values
-                    .iter()
-                    .flat_map(|v| v.split(','))
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect();
-                c.set_list(flag.name, items)
-            } else {
-                c.set(flag.name, values.last().map(String::as_str).unwrap_or(""))
-            };
-            result.map_err(|why| ConfigError(format!("{source}={shown}: {why}")))?;
-        }
-        // Settings that hang together badly: blame the flag or variable that was given.
-        c.check().map_err(|(name, why)| match raw.get(name) {
-            Some((values, source)) => {
-                ConfigError(format!("{source}={}: {why}", shown(name, values)))
+            if let Some((values, _)) = raw.get(flag.name) {
+                flag.set(&mut c, values).map_err(|why| bad(flag, why))?;
             }
-            None => ConfigError(format!("--{name}: {why}")),
-        })?;
+        }
+        // Settings that hang together badly.
+        c.check().map_err(|(flag, why)| bad(flag, why))?;
         Ok(Invocation::Run(Box::new(c)))
-    }
-
-    fn set(&mut self, name: &str, v: &str) -> Result<(), String> {
-        // Each conversion checks the flag's rule, so its error names the accepted form.
-        let count = |v: &str| rule(name).count(v);
-        let span = |v: &str| rule(name).span(v);
-        // A span whose rule does not allow "off" is never `None`.
-        let required =
-            |v: &str| span(v)?.ok_or_else(|| format!("expected {}", rule(name).accepted()));
-        match name {
-            "host" => self.host = nonempty(v)?,
-            "port" => self.port = port(v)?,
-            "http-port" => self.http_port = port(v)?,
-            "claude-bin" => self.claude_bin = PathBuf::from(nonempty(v)?),
-            "max-sessions" => self.max_sessions = to_usize(count(v)?),
-            "session-timeout-minutes" => self.session_timeout = required(v)?,
-            "ping-interval-secs" => self.ping_interval = required(v)?,
-            "max-message-bytes" => self.max_message_bytes = to_usize(count(v)?),
-            "interrupt-grace-secs" => self.interrupt_grace = required(v)?,
-            "stop-grace-secs" => self.stop_grace = required(v)?,
-            "stall-timeout-secs" => self.stall_timeout = required(v)?,
-            "handshake-timeout-secs" => self.handshake_timeout = required(v)?,
-            "auth-token" => self.auth_token = Some(nonempty(v)?),
-            "jwt-secret" => self.jwt_secret = Some(nonempty(v)?),
-            "rate-limit" => self.rate_limit = rate_limit(v)?,
-            "max-running" => self.max_running = to_usize(count(v)?),
-            "warm-children" => self.warm_children = to_usize(count(v)?),
-            "max-sessions-per-peer" => self.max_sessions_per_peer = to_usize(count(v)?),
-            "max-prompt-bytes" => self.max_prompt_bytes = to_usize(count(v)?),
-            "child-idle-secs" => self.child_idle = span(v)?,
-            "log-format" => {
-                self.log_format = match v.trim() {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    _ => return Err("expected text or json".into()),
-                }
-            }
-            "permission-prompts" => self.permission_prompts = boolean(v)?,
-            "permission-timeout-secs" => self.permission_timeout = required(v)?,
-            "tool-timeout-secs" => self.tool_timeout = required(v)?,
-            "queue-timeout-secs" => self.queue_timeout = required(v)?,
-            "reconnect-grace-secs" => self.reconnect_grace = span(v)?.unwrap_or_default(),
-            "replay-buffer-bytes" => self.replay_buffer_bytes = to_usize(count(v)?),
-            "state-dir" => self.state_dir = Some(PathBuf::from(nonempty(v)?)),
-            "admin-token" => self.admin_token = Some(nonempty(v)?),
-            "drain-timeout-secs" => self.drain_timeout = span(v)?.unwrap_or_default(),
-            "instance-id" => self.instance_id = Some(v.trim().to_string()),
-            "tool-registry-url" => {
-                let url = nonempty(v)?;
-                if !url.starts_with("http://") {
-                    return Err("expected an http:// URL, e.g. http://127.0.0.1:9000".into());
-                }
-                self.tool_registry_url = Some(url.trim_end_matches('/').to_string())
-            }
-            _ => return Err("no such setting".into()),
-        }
-        Ok(())
-    }
-
-    fn set_list(&mut self, name: &str, items: Vec<String>) -> Result<(), String> {
-        match name {
-            "allowed-origins" => self.allowed_origins = items,
-            "workspace-root" => {
-                self.workspace_roots = items
-                    .iter()
-                    .map(|d| {
-                        std::fs::canonicalize(d)
-                            .ok()
-                            .filter(|p| p.is_dir())
-                            .ok_or_else(|| format!("{d:?} is not an existing directory"))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            // Checked with the rest in `check`.
-            "allowed-permission-modes" => self.allowed_permission_modes = items,
-            "disallowed-tools" => self.disallowed_tools = items,
-            "trusted-proxies" => {
-                self.trusted_proxies = items
-                    .iter()
-                    .map(|c| crate::proxy::Cidr::parse(c))
-                    .collect::<Result<_, _>>()?
-            }
-            "pass-env" => self.pass_env = items,
-            _ => return Err("no such setting".into()),
-        }
-        Ok(())
-    }
-
-    /// The current value of setting `name`, as `--help` shows defaults.
-    fn describe(&self, name: &str) -> String {
-        let secs = |d: Duration| d.as_secs_f64().to_string();
-        let join = |v: &[String]| {
-            if v.is_empty() {
-                "none".to_string()
-            } else {
-                v.join(",")
-            }
-        };
-        match name {
-            "host" => self.host.clone(),
-            "port" => self.port.to_string(),
-            "http-port" => self.http_port.to_string(),
-            "claude-bin" => self.claude_bin.display().to_string(),
-            "max-sessions" => self.max_sessions.to_string(),
-            "session-timeout-minutes" => (self.session_timeout.as_secs_f64() / 60.0).to_string(),
-            "auth-token" | "jwt-secret" => "none (authentication off)".into(),
-            "allowed-origins" => join(&self.allowed_origins),
-            "workspace-root" => "the directory the server starts in".into(),
-            "allowed-permission-modes" => join(&self.allowed_permission_modes),
-            "disallowed-tools" => join(&self.disallowed_tools),
-            "pass-env" => join(&self.pass_env),
-            "rate-limit" => format!("{}/{}", self.rate_limit.0, secs(self.rate_limit.1)),
-            "max-running" => self.max_running.to_string(),
-            "warm-children" => self.warm_children.to_string(),
-            "max-sessions-per-peer" => self.max_sessions_per_peer.to_string(),
-            "max-message-bytes" => self.max_message_bytes.to_string(),
-            "max-prompt-bytes" => self.max_prompt_bytes.to_string(),
-            "ping-interval-secs" => secs(self.ping_interval),
-            "interrupt-grace-secs" => secs(self.interrupt_grace),
-            "stop-grace-secs" => secs(self.stop_grace),
-            "stall-timeout-secs" => secs(self.stall_timeout),
-            "handshake-timeout-secs" => secs(self.handshake_timeout),
-            "child-idle-secs" => self.child_idle.map(secs).unwrap_or_else(|| "none".into()),
-            "permission-prompts" => self.permission_prompts.to_string(),
-            "permission-timeout-secs" => secs(self.permission_timeout),
-            "tool-timeout-secs" => secs(self.tool_timeout),
-            "tool-registry-url" => self
-                .tool_registry_url
-                .clone()
-                .unwrap_or_else(|| "none".into()),
-            "drain-timeout-secs" => secs(self.drain_timeout),
-            "instance-id" => "none (session ids are plain UUIDs)".into(),
-            "log-format" => match self.log_format {
-                LogFormat::Text => "text".into(),
-                LogFormat::Json => "json".into(),
-            },
-            "trusted-proxies" => {
-                let v: Vec<String> = self.trusted_proxies.iter().map(|c| c.to_string()).collect();
-                join(&v)
-            }
-            "queue-timeout-secs" => secs(self.queue_timeout),
-            "reconnect-grace-secs" => secs(self.reconnect_grace),
-            "replay-buffer-bytes" => self.replay_buffer_bytes.to_string(),
-            "state-dir" => match &self.state_dir {
-                Some(d) => d.display().to_string(),
-                None => {
-                    "none (the CLI's own; with authentication, $HOME/.local/state/claude-ws)".into()
-                }
-            },
-            "admin-token" => "none".into(),
-            _ => String::new(),
-        }
     }
 
     /// Check every setting is within its bounds (the same ones the flags have) and
     /// that they hang together. [`Server::bind`](crate::Server::bind) calls this, so a
     /// `Config` built in code meets the same rules as one built from flags.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check()
-            .map_err(|(flag, why)| ConfigError(format!("{} (--{flag}): {why}", field_name(flag))))
+        self.check().map_err(|(flag, reason)| ConfigError::Invalid {
+            field: flag.field,
+            flag: flag.name,
+            reason,
+        })
     }
 
-    /// The first setting out of bounds: (its flag's name, what is wrong).
-    fn check(&self) -> Result<(), (&'static str, String)> {
-        let counts: [(&'static str, usize); 8] = [
-            ("replay-buffer-bytes", self.replay_buffer_bytes),
-            ("max-sessions", self.max_sessions),
-            ("max-running", self.max_running),
-            ("warm-children", self.warm_children),
-            ("max-sessions-per-peer", self.max_sessions_per_peer),
-            ("max-message-bytes", self.max_message_bytes),
-            ("max-prompt-bytes", self.max_prompt_bytes),
-            ("rate-limit", self.rate_limit.0 as usize),
-        ];
-        for (flag, n) in counts {
-            let rule = if flag == "rate-limit" {
-                RATE_COUNT
-            } else {
-                rule(flag)
-            };
-            rule.check_count(n as u64)
-                .map_err(|why| (flag, format!("{why}, not {n}")))?;
-        }
-        let spans: [(&'static str, Option<Duration>); 13] = [
-            ("permission-timeout-secs", Some(self.permission_timeout)),
-            ("tool-timeout-secs", Some(self.tool_timeout)),
-            ("queue-timeout-secs", Some(self.queue_timeout)),
-            (
-                "reconnect-grace-secs",
-                Some(self.reconnect_grace).filter(|d| !d.is_zero()),
-            ),
-            (
-                "drain-timeout-secs",
-                Some(self.drain_timeout).filter(|d| !d.is_zero()),
-            ),
-            ("session-timeout-minutes", Some(self.session_timeout)),
-            ("ping-interval-secs", Some(self.ping_interval)),
-            ("interrupt-grace-secs", Some(self.interrupt_grace)),
-            ("stop-grace-secs", Some(self.stop_grace)),
-            ("stall-timeout-secs", Some(self.stall_timeout)),
-            ("handshake-timeout-secs", Some(self.handshake_timeout)),
-            ("child-idle-secs", self.child_idle),
-            ("rate-limit", Some(self.rate_limit.1)),
-        ];
-        for (flag, d) in spans {
-            rule(flag)
-                .check_span(d)
-                .map_err(|why| (flag, format!("{why}, not {d:?}")))?;
-        }
-        if self.warm_children > self.max_running {
-            return Err((
-                "warm-children",
-                format!(
-                    "at most --max-running ({}): each warm child holds one of its places",
-                    self.max_running
-                ),
-            ));
-        }
-        if self.port != 0 && self.port == self.http_port {
-            return Err((
-                "http-port",
-                format!("must differ from the WebSocket port ({})", self.port),
-            ));
-        }
-        if self.host.is_empty() {
-            return Err(("host", "must not be empty".into()));
-        }
-        if self.claude_bin.as_os_str().is_empty() {
-            return Err(("claude-bin", "must not be empty".into()));
-        }
-        // An empty secret would let an empty credential through.
-        if self.auth_token.as_deref() == Some("") {
-            return Err(("auth-token", "must not be empty".into()));
-        }
-        if self.jwt_secret.as_deref() == Some("") {
-            return Err(("jwt-secret", "must not be empty".into()));
-        }
-        if let Some(bad) = self.allowed_origins.iter().find(|o| !is_origin(o)) {
-            return Err((
-                "allowed-origins",
-                format!("{bad:?} is not an origin: expected scheme://host[:port], e.g. https://app.example.com, or *"),
-            ));
-        }
-        if let Some(id) = self.instance_id.as_deref().filter(|i| !is_instance_id(i)) {
-            return Err((
-                "instance-id",
-                format!("{id:?} is not 1 to 16 lowercase hex digits (it starts session ids)"),
-            ));
-        }
-        if self.workspace_roots.is_empty() {
-            return Err(("workspace-root", "at least one directory is needed".into()));
-        }
-        if let Some(bad) = self
-            .allowed_permission_modes
+    /// The first setting that breaks its rules: its flag, and what is wrong.
+    fn check(&self) -> Result<(), (&'static Flag, String)> {
+        FLAGS
             .iter()
-            .find(|m| !PERMISSION_MODES.contains(&m.as_str()))
-        {
-            return Err((
-                "allowed-permission-modes",
-                format!(
-                    "unknown permission mode {bad:?}; known: {}",
-                    PERMISSION_MODES.join(", ")
-                ),
-            ));
-        }
-        Ok(())
+            .try_for_each(|flag| flag.validate(self).map_err(|why| (flag, why)))
     }
+
+    /// Where each principal's CLI state goes: [`Config::state_dir`] when set; else,
+    /// with authentication on (`authenticated`), `$HOME/.local/state/claude-ws`, as
+    /// several principals must be kept apart even when no directory was named; else
+    /// none (the CLI's own location).
+    pub(crate) fn state_dir_or_default(
+        &self,
+        home: Option<&str>,
+        authenticated: bool,
+    ) -> Option<PathBuf> {
+        self.state_dir.clone().or_else(|| {
+            authenticated
+                .then(|| home.map(|h| PathBuf::from(h).join(AUTHENTICATED_STATE_DIR)))
+                .flatten()
+        })
+    }
+}
+
+/// `Ok` when `ok`, else the reason.
+fn ensure(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(why())
+    }
+}
+
+/// A secret, when given, is not empty: an empty one would let an empty credential
+/// through.
+fn not_empty(secret: &Option<String>) -> Result<(), String> {
+    ensure(secret.as_deref() != Some(""), || "must not be empty".into())
 }
 
 /// 1 to 16 of `0-9a-f`: session ids stay hex digits and dashes (what a reattach's
@@ -976,18 +1230,6 @@ fn boolean(v: &str) -> Result<bool, String> {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err("expected true or false".into()),
-    }
-}
-
-/// The `Config` field a flag sets, for errors about a `Config` built in code.
-fn field_name(flag: &str) -> String {
-    match flag {
-        "session-timeout-minutes" => "session_timeout".into(),
-        "workspace-root" => "workspace_roots".into(),
-        f => f
-            .trim_end_matches("-secs")
-            .trim_end_matches("-minutes")
-            .replace('-', "_"),
     }
 }
 
@@ -1039,7 +1281,7 @@ fn nonempty(v: &str) -> Result<String, String> {
 }
 
 fn port(v: &str) -> Result<u16, String> {
-    let n = rule("port")
+    let n = PORT
         .count(v)
         .map_err(|why| format!("{why} (0 = any free port)"))?;
     u16::try_from(n).map_err(|_| "expected a port from 0 to 65535".into())
@@ -1079,7 +1321,7 @@ fn help() -> String {
             f.help,
             "",
             f.env,
-            d.describe(f.name)
+            f.show(&d)
         ));
     }
     s.push_str(
@@ -1100,7 +1342,7 @@ mod tests {
         let d = Config::default();
         for flag in FLAGS {
             assert!(
-                !d.describe(flag.name).is_empty(),
+                !flag.show(&d).is_empty(),
                 "--{} has no default shown",
                 flag.name
             );
@@ -1135,9 +1377,9 @@ mod tests {
     #[test]
     fn bad_values_name_their_source() {
         let e = run(&["--port", "x"], &[]).unwrap_err();
-        assert!(e.0.starts_with("--port="), "{e}");
+        assert!(e.to_string().starts_with("--port="), "{e}");
         let e = run(&[], &[("MAX_SESSIONS", "-1")]).unwrap_err();
-        assert!(e.0.starts_with("MAX_SESSIONS="), "{e}");
+        assert!(e.to_string().starts_with("MAX_SESSIONS="), "{e}");
         assert!(run(&["--nope"], &[]).is_err());
         assert!(run(&["--port"], &[]).is_err());
         assert!(run(&["stray"], &[]).is_err());
@@ -1210,7 +1452,8 @@ mod tests {
         assert_eq!(c.warm_children, 2);
         let e = run(&["--max-running=2"], &[("WARM_CHILDREN", "3")]).unwrap_err();
         assert!(
-            e.0.starts_with("WARM_CHILDREN=\"3\": at most --max-running (2)"),
+            e.to_string()
+                .starts_with("WARM_CHILDREN=\"3\": at most --max-running (2)"),
             "{e}"
         );
         assert!(run(&["--warm-children=-1"], &[]).is_err());
@@ -1219,13 +1462,46 @@ mod tests {
             warm_children: 2,
             ..Config::default()
         };
-        assert!(c.validate().unwrap_err().0.contains("warm_children"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("warm_children"));
     }
 
     #[test]
     fn secrets_never_appear_in_errors() {
         let e = run(&["--auth-token="], &[]).unwrap_err();
-        assert!(e.0.contains("<redacted>"), "{e}");
+        assert!(e.to_string().contains("<redacted>"), "{e}");
+    }
+
+    #[test]
+    fn every_flag_has_one_row() {
+        for (i, f) in FLAGS.iter().enumerate() {
+            for g in &FLAGS[i + 1..] {
+                assert_ne!(f.name, g.name);
+                assert_ne!(f.env, g.env);
+                assert_ne!(f.field, g.field);
+            }
+        }
+    }
+
+    /// A number or duration given to a flag reads back from the field the row names:
+    /// its `get` and `set` are the same field.
+    #[test]
+    fn numbers_and_durations_read_back_from_their_field() {
+        for f in FLAGS {
+            let given = match f.kind {
+                Kind::Count {
+                    rule: Rule::Count { min, .. },
+                    ..
+                } => min.max(1).to_string(),
+                Kind::Span { .. } => "7".to_string(),
+                _ => continue,
+            };
+            let c = run(&[&format!("--{}={given}", f.name)], &[]).unwrap();
+            assert_eq!(f.show(&c), given, "--{}", f.name);
+        }
     }
 
     #[test]

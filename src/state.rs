@@ -46,14 +46,9 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, child_env: Vec<(String, String)>, ws_addr: SocketAddr) -> Shared {
         let (n, window) = config.rate_limit;
-        let state_dir = config.state_dir.clone().or_else(|| {
-            // With authentication there are several principals: keep them apart even
-            // when no directory was named.
-            let home = child_env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| v);
-            crate::auth::enabled(&config)
-                .then(|| home.map(|h| PathBuf::from(h).join(".local/state/claude-ws")))
-                .flatten()
-        });
+        let home = child_env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| v);
+        let state_dir =
+            config.state_dir_or_default(home.map(String::as_str), crate::auth::enabled(&config));
         let places = Places::new(config.max_running);
         let reaper = Reaper::default();
         let warm = Warm::new(
