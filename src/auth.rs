@@ -61,7 +61,7 @@ pub fn parse_upgrade<B>(req: &tungstenite::http::Request<B>) -> Result<Upgrade, 
     let host = Host::parse(host).ok_or_else(|| {
         format!(
             "Host {:?} is not a host and port",
-            crate::protocol::truncate(&host_text, 100)
+            crate::util::truncate(&host_text, 100)
         )
     })?;
     let origin = single_header(req, "Origin")?.map(str::to_string);
@@ -397,7 +397,7 @@ pub fn check_origin(
     if bound.ip().is_loopback() && !upgrade.host.is_loopback() {
         return Err(format!(
             "Host {:?} is not this loopback server",
-            crate::protocol::truncate(&upgrade.host_text, 100)
+            crate::util::truncate(&upgrade.host_text, 100)
         ));
     }
     let Some(text) = &upgrade.origin else {
@@ -421,13 +421,13 @@ pub fn check_origin(
     } else {
         Err(format!(
             "Origin {:?} is not allowed",
-            crate::protocol::truncate(text, 100)
+            crate::util::truncate(text, 100)
         ))
     }
 }
 
 fn now_unix() -> u64 {
-    crate::registry::now_unix()
+    crate::util::now_unix()
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use serde_json::Value;
 
-use crate::registry::lock;
+use crate::util::lock;
 use crate::sys::{self, ExitWatch, Signal};
 
 /// How many stdout chunks may wait for the session.
@@ -134,6 +134,29 @@ pub struct Child {
     stderr_tail: Arc<Mutex<Vec<u8>>>,
     readers: Vec<thread::JoinHandle<()>>,
     ended: Option<Ending>,
+}
+
+/// How a child ended: [`Child::exit_report`].
+pub struct ExitReport {
+    /// `None`: it closed its stdout but has not exited (yet).
+    pub status: Option<ExitStatus>,
+    stderr_tail: String,
+}
+
+impl ExitReport {
+    /// `"{who} exited ({status}){when}"`, or `"{who} closed its output{when}"` while it
+    /// has not exited, then the last `tail` characters of its stderr, if it wrote any.
+    pub fn sentence(&self, who: &str, when: &str, tail: usize) -> String {
+        let mut s = match self.status {
+            Some(status) => format!("{who} exited ({status}){when}"),
+            None => format!("{who} closed its output{when}"),
+        };
+        if !self.stderr_tail.is_empty() {
+            s.push_str("; its stderr ends with: ");
+            s.push_str(crate::util::last_chars(&self.stderr_tail, tail));
+        }
+        s
+    }
 }
 
 impl Child {
@@ -284,6 +307,15 @@ impl Child {
             .map(|t| t.clone())
             .unwrap_or_default();
         String::from_utf8_lossy(&tail).trim().to_string()
+    }
+
+    /// How the child ended, for a log line or a client's error: its exit status, if it
+    /// has exited (reaps it; never blocks), and the tail of its stderr.
+    pub fn exit_report(&mut self) -> ExitReport {
+        ExitReport {
+            status: self.try_wait(),
+            stderr_tail: self.stderr_tail(),
+        }
     }
 
     /// The exit status, if the child has exited (reaps it). Never blocks. After

@@ -16,7 +16,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::json::{self, find_newline, Declined, Raw, Scanner};
-use crate::protocol::{truncate, ClientError, ErrorCode, ServerMessage, Setting};
+use crate::protocol::{ClientError, ErrorCode, ServerMessage, Setting};
+use crate::util::truncate;
 
 // ---- writing: the child's stdin and argv ----------------------------------------
 

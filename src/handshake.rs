@@ -19,10 +19,8 @@ use tungstenite::http::{HeaderValue, StatusCode};
 use crate::auth;
 use crate::protocol::{http_error_body, ErrorCode};
 use crate::registry::{AttachRefusal, Control, Slot, SlotRefusal};
+use crate::protocol::WS_PATH;
 use crate::state::Shared;
-
-/// The only path that upgrades.
-pub const WS_PATH: &str = "/ws";
 
 /// What a successful handshake hands on.
 pub enum Admission {

@@ -78,6 +78,7 @@ mod state;
 mod sys;
 mod tool_registry;
 mod tools;
+mod util;
 mod warm;
 mod web;
 

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use crate::registry::lock;
+use crate::util::lock;
 use std::time::{Duration, Instant};
 
 /// At most `max` events in any `window`.

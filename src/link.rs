@@ -40,9 +40,9 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::handshake::WS_PATH;
+use crate::protocol::WS_PATH;
 use crate::protocol::Closing;
-use crate::registry::lock;
+use crate::util::lock;
 use crate::sys::{self, Watch};
 
 /// tungstenite's read buffer, which every session holds (it grows for a larger frame,

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::protocol::{ErrorCode, QueryOutcome};
-use crate::registry::lock;
+use crate::util::lock;
 use crate::state::Shared;
 
 /// The Content-Type of [`render`]'s text.

@@ -22,7 +22,8 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use crate::registry::{lock, Control};
+use crate::registry::Control;
+use crate::util::lock;
 
 /// Holds one place; gives it back (or hands it on to the first in the queue) when
 /// dropped.

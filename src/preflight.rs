@@ -127,7 +127,7 @@ fn probe(bin: &Path, env: &[(String, String)], limit: Duration) -> Result<String
             "{} --version failed ({}): {}",
             bin.display(),
             o.status,
-            crate::protocol::truncate(String::from_utf8_lossy(&o.stderr).trim(), 500)
+            crate::util::truncate(String::from_utf8_lossy(&o.stderr).trim(), 500)
         )),
         Ok(Err(e)) => Err(format!("cannot read {} --version: {e}", bin.display())),
         Err(_) => {

@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 
 pub use crate::json::Raw;
 
+/// The only path that upgrades to the WebSocket.
+pub const WS_PATH: &str = "/ws";
+
 /// A stable, machine-readable reason carried by every `error` message.
 ///
 /// The string forms never change once released; clients may match on them.
@@ -605,7 +608,7 @@ pub fn parse_client_value(value: Value) -> Result<ClientMessage, ClientError> {
                 "unknown message type {:?}; expected query, interrupt, input, ping, batch, \
                  permission_response, define_tool, get_tools, tool_result, set_permission_mode, \
                  set_model, set_max_thinking_tokens or end_session",
-                truncate(other, 64)
+                crate::util::truncate(other, 64)
             ),
         )),
     }
@@ -618,14 +621,6 @@ fn fields<T: serde::de::DeserializeOwned>(value: Value, kind: &str) -> Result<T,
             format!("bad \"{kind}\" message: {e}"),
         )
     })
-}
-
-/// At most `max` characters of `s`, for echoing client or child text in errors.
-pub fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 /// What the server can do, announced in `connection_established`.
@@ -1046,9 +1041,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "hé");
-        assert_eq!(truncate("hi", 10), "hi");
-    }
 }

@@ -5,15 +5,15 @@
 //! a panic) gives its slot back.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
 use crate::link::Link;
+use crate::util::lock;
 
 /// What a session is doing, as `/sessions` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -274,49 +274,6 @@ impl Registry {
     }
 }
 
-/// Lock, recovering from a poisoned mutex: the data (counters, rows) stays valid even
-/// if a session thread panicked while holding it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A random version-4 UUID from the kernel's random source.
-pub fn new_session_id() -> String {
-    let mut b = [0u8; 16];
-    let filled = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok();
-    if !filled {
-        // No /dev/urandom: fall back to time and a counter; unique, not secret.
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b[..8].copy_from_slice(&(t as u64).to_le_bytes());
-        b[8..].copy_from_slice(&(COUNTER.fetch_add(1, Ordering::SeqCst) as u64).to_le_bytes());
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,13 +295,5 @@ mod tests {
         assert!(r.reserve("1.1.1.1", 2, 1).is_ok());
         drop(b);
         assert_eq!(r.reserved.load(Ordering::SeqCst), 0);
-    }
-
-    #[test]
-    fn session_ids_look_like_uuids_and_differ() {
-        let a = new_session_id();
-        assert_eq!(a.len(), 36);
-        assert_eq!(&a[14..15], "4");
-        assert_ne!(a, new_session_id());
     }
 }

@@ -236,7 +236,7 @@ impl Server {
         format!(
             "ready ws=ws://{}{} http=http://{}",
             self.ws_addr(),
-            handshake::WS_PATH,
+            crate::protocol::WS_PATH,
             self.http_addr
         )
     }

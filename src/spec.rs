@@ -157,7 +157,7 @@ pub fn permission_mode<'a>(config: &Config, mode: &'a str) -> Result<&'a str, Cl
             ErrorCode::InvalidOption,
             format!(
                 "unknown permission_mode {:?}; known: {}",
-                crate::protocol::truncate(mode, 64),
+                crate::util::truncate(mode, 64),
                 crate::config::PERMISSION_MODES.join(", ")
             ),
         ));
@@ -257,7 +257,7 @@ fn push_list(
                 ErrorCode::InvalidOption,
                 format!(
                     "{field} entries must be tool names, not {:?}",
-                    crate::protocol::truncate(v, 64)
+                    crate::util::truncate(v, 64)
                 ),
             ));
         }
@@ -273,7 +273,7 @@ fn value<'a>(v: &'a str, field: &str) -> Result<&'a str, ClientError> {
             ErrorCode::InvalidOption,
             format!(
                 "{field} must be a short name without spaces, not {:?}",
-                crate::protocol::truncate(v, 64)
+                crate::util::truncate(v, 64)
             ),
         ));
     }

@@ -104,7 +104,7 @@ pub fn parse_definition(tool: Value) -> Result<Tool, ClientError> {
     if let Some(extra) = tool.keys().next() {
         return Err(invalid(format!(
             "define_tool: unknown field \"tool.{}\"",
-            crate::protocol::truncate(extra, 64)
+            crate::util::truncate(extra, 64)
         )));
     }
     if input_schema.to_string().len() > MAX_SCHEMA_BYTES {
@@ -165,7 +165,7 @@ fn from_parameters(parameters: Value) -> Result<Value, ClientError> {
         let Value::Object(mut spec) = spec else {
             return Err(invalid(format!(
                 "define_tool: parameter {:?} must be an object such as {{\"type\": \"string\"}}",
-                crate::protocol::truncate(&name, 64)
+                crate::util::truncate(&name, 64)
             )));
         };
         match spec.remove("required") {
@@ -174,7 +174,7 @@ fn from_parameters(parameters: Value) -> Result<Value, ClientError> {
             Some(_) => {
                 return Err(invalid(format!(
                     "define_tool: parameter {:?}: \"required\" must be true or false",
-                    crate::protocol::truncate(&name, 64)
+                    crate::util::truncate(&name, 64)
                 )))
             }
         }
@@ -184,7 +184,7 @@ fn from_parameters(parameters: Value) -> Result<Value, ClientError> {
         {
             return Err(invalid(format!(
                 "define_tool: parameter {:?}: \"type\" must be a JSON Schema type name",
-                crate::protocol::truncate(&name, 64)
+                crate::util::truncate(&name, 64)
             )));
         }
         properties.insert(name, Value::Object(spec));

@@ -34,8 +34,7 @@ use crate::cli;
 use crate::config::Config;
 use crate::places::{ChildSlot, Places, ToPool};
 use crate::protocol::QueryOptions;
-use crate::registry::lock;
-use crate::session::last_chars;
+use crate::util::lock;
 use crate::spec;
 use crate::tools::Tools;
 
@@ -368,16 +367,11 @@ impl Warm {
             }
         }
         let mut w = pool.waiting.remove(i);
-        let status = w.child.try_wait();
-        let tail = w.child.stderr_tail();
-        let mut why = match status {
-            Some(s) => format!("warm claude pid={pid} exited ({s}) while waiting"),
-            None => format!("warm claude pid={pid} closed its output while waiting"),
-        };
-        if !tail.is_empty() {
-            why.push_str("; its stderr ends with: ");
-            why.push_str(last_chars(&tail, 500));
-        }
+        let why = w.child.exit_report().sentence(
+            &format!("warm claude pid={pid}"),
+            " while waiting",
+            500,
+        );
         let early = !w.initialised;
         drop(pool);
         self.reap(w, &why);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::handshake::WS_PATH;
+use crate::protocol::WS_PATH;
 use crate::protocol::{http_error_body, ErrorCode};
 use crate::state::Shared;
 
@@ -231,7 +231,7 @@ fn request_line(head: &[u8]) -> Option<(&str, &str)> {
 }
 
 fn request_target(head: &[u8]) -> Option<&str> {
-    request_line(head).map(|(_, t)| crate::protocol::truncate(t, 200))
+    request_line(head).map(|(_, t)| crate::util::truncate(t, 200))
 }
 
 /// Write the answer (headers only for HEAD), close for writing, and linger briefly so

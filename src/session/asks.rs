@@ -159,7 +159,7 @@ impl Session<'_> {
                 ErrorCode::UnknownRequest,
                 format!(
                     "no permission request {:?} is waiting (unknown, answered already, or timed out)",
-                    crate::protocol::truncate(request_id, 64)
+                    crate::util::truncate(request_id, 64)
                 ),
             )),
         }
@@ -175,7 +175,7 @@ impl Session<'_> {
                 ErrorCode::UnknownRequest,
                 format!(
                     "no tool call {:?} is waiting (unknown, answered already, or timed out)",
-                    crate::protocol::truncate(call_id, 64)
+                    crate::util::truncate(call_id, 64)
                 ),
             )),
         }

@@ -44,12 +44,13 @@ use asks::{with_settings, MAX_REGISTRY_REQUESTS};
 
 use crate::places::{Acquired, ChildSlot};
 use crate::query::{Query, Step};
-use crate::registry::{new_session_id, now_unix, Control, Listing, SessionInfo, SessionState};
+use crate::registry::{Control, Listing, SessionInfo, SessionState};
 use crate::replay::Replay;
 use crate::spec;
 use crate::state::Shared;
 use crate::tool_registry;
 use crate::tools::Tools;
+use crate::util::{new_session_id, now_unix};
 
 /// Child stdout chunks (each up to 256 KiB of lines) handled in one go before the loop
 /// looks at the client again.
@@ -866,10 +867,9 @@ impl<'a> Session<'a> {
             return;
         };
         // Its reader reports the end once the child has exited: this does not wait.
-        let status = live.child.try_wait();
-        let tail = live.child.stderr_tail();
+        let report = live.child.exit_report();
         let pid = live.child.pid();
-        match status {
+        match report.status {
             Some(s) => log::info!("[{}] claude pid={pid} exited ({s})", self.label),
             None => log::info!("[{}] claude pid={pid} closed stdout", self.label),
         }
@@ -877,14 +877,7 @@ impl<'a> Session<'a> {
         let Some(q) = &self.query else { return };
         let outcome = q.child_gone();
         if outcome == QueryOutcome::Error {
-            let mut message = match status {
-                Some(status) => format!("claude exited ({status}) before the query finished"),
-                None => "claude closed its output before the query finished".to_string(),
-            };
-            if !tail.is_empty() {
-                message.push_str("; its stderr ends with: ");
-                message.push_str(last_chars(&tail, 1000));
-            }
+            let message = report.sentence("claude", " before the query finished", 1000);
             self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
         }
         self.end_query(outcome);
@@ -1209,14 +1202,5 @@ impl<'a> Session<'a> {
         self.stop_child();
         log::info!("[{}] session closed", self.label);
         drop(self.listing);
-    }
-}
-
-/// The last `n` characters of `s`.
-pub(crate) fn last_chars(s: &str, n: usize) -> &str {
-    let count = s.chars().count();
-    match s.char_indices().nth(count.saturating_sub(n)) {
-        Some((i, _)) => &s[i..],
-        None => s,
     }
 }
