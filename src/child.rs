@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use serde_json::Value;
 
-use crate::util::lock;
 use crate::sys::{self, ExitWatch, Signal};
+use crate::util::lock;
 
 /// How many stdout chunks may wait for the session.
 const EVENT_QUEUE: usize = 2;

@@ -17,9 +17,9 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::auth;
+use crate::protocol::WS_PATH;
 use crate::protocol::{http_error_body, ErrorCode};
 use crate::registry::{AttachRefusal, Control, Slot, SlotRefusal};
-use crate::protocol::WS_PATH;
 use crate::state::Shared;
 
 /// What a successful handshake hands on.

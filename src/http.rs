@@ -96,7 +96,7 @@ fn route(req: &Request, shared: &Arc<Shared>) -> (u16, String) {
     let path = req.url().split('?').next().unwrap_or("");
     match (req.method(), path) {
         (Method::Get, "/health") => (200, health(shared).to_string()),
-        (Method::Get, "/metrics") => (200, crate::metrics::render(shared)),
+        (Method::Get, "/metrics") => (200, crate::metrics::render(&gauges(shared))),
         (Method::Get, "/ready") => match unready(shared) {
             None => (200, json!({"ready": true}).to_string()),
             Some(reason) => (503, json!({"ready": false, "reason": reason}).to_string()),
@@ -166,7 +166,7 @@ fn drain(req: &Request, shared: &Arc<Shared>) -> (u16, String) {
                 "drain asked for on the side port by {:?}",
                 req.remote_addr()
             );
-            crate::server::ServerHandle::new(shared.clone()).drain();
+            crate::handle::ServerHandle::new(shared.clone()).drain();
             (202, json!({"status": "draining"}).to_string())
         }
         _ => {
@@ -211,4 +211,25 @@ pub(crate) fn health(shared: &Shared) -> serde_json::Value {
         v["reason"] = reason.into();
     }
     v
+}
+
+/// The gauges `/metrics` reports, read from the same counts as `/health`.
+fn gauges(shared: &Shared) -> crate::metrics::Gauges {
+    let r = &shared.registry;
+    let warm = shared.warm.health();
+    crate::metrics::Gauges {
+        sessions: r.session_count(),
+        detached: r.detached_count(),
+        running: r.running_count(),
+        children: shared.places.used(),
+        queued: shared.places.queued(),
+        warm: crate::metrics::WarmGauges {
+            target: warm.target,
+            ready: warm.ready,
+            starting: warm.starting,
+            failing: warm.failing,
+            started: warm.started,
+            taken: warm.taken,
+        },
+    }
 }

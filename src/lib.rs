@@ -56,6 +56,7 @@ mod auth;
 mod child;
 mod cli;
 pub mod config;
+mod handle;
 mod handshake;
 mod http;
 mod json;
@@ -83,7 +84,8 @@ mod warm;
 mod web;
 
 pub use config::{Config, ConfigError, Invocation};
-pub use server::{Error, Server, ServerHandle};
+pub use handle::ServerHandle;
+pub use server::{Error, Server};
 
 #[doc(hidden)] // for examples/autobahn-echo.rs only: not part of the embed API
 pub use link::serve_echo;

@@ -40,10 +40,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::protocol::WS_PATH;
 use crate::protocol::Closing;
-use crate::util::lock;
+use crate::protocol::WS_PATH;
 use crate::sys::{self, Watch};
+use crate::util::lock;
 
 /// tungstenite's read buffer, which every session holds (it grows for a larger frame,
 /// read from memory this much at a time).

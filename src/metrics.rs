@@ -5,8 +5,9 @@
 //! - Counters and histograms: process-wide atomics, bumped where the thing happens
 //!   (each a call into this file, one relaxed atomic add or a few). The hot one, a
 //!   message relayed to a client, costs two adds.
-//! - Gauges (sessions, children, the queue): read from [`Shared`] when scraped, from
-//!   the same counts `/health` reports, so nothing has to keep them in step.
+//! - Gauges (sessions, children, the queue): [`Gauges`], read by the side port
+//!   (`http.rs`) from the same counts `/health` reports when scraped, so nothing has to
+//!   keep them in step.
 //!
 //! Label values come from small fixed sets: query outcomes (`query_end`'s), error
 //! codes (the `code` of `error` messages), refusal reasons (the `code` of a refused
@@ -24,7 +25,6 @@ use std::time::Duration;
 
 use crate::protocol::{ErrorCode, QueryOutcome};
 use crate::util::lock;
-use crate::state::Shared;
 
 /// The Content-Type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -197,11 +197,30 @@ fn labelled<'v>(
     }
 }
 
-/// Everything, as the text `/metrics` answers.
-pub fn render(shared: &Shared) -> String {
+/// The gauges of one server, read by the side port when `/metrics` is scraped.
+pub struct Gauges {
+    pub sessions: usize,
+    pub detached: usize,
+    pub running: usize,
+    pub children: usize,
+    pub queued: usize,
+    pub warm: WarmGauges,
+}
+
+/// The warm pool's numbers (`warm.rs`).
+pub struct WarmGauges {
+    pub target: usize,
+    pub ready: usize,
+    pub starting: usize,
+    pub failing: bool,
+    pub started: u64,
+    pub taken: u64,
+}
+
+/// Everything, as the text `/metrics` answers: these gauges and the process's counters.
+pub fn render(gauges: &Gauges) -> String {
     let mut out = String::with_capacity(4096);
-    let r = &shared.registry;
-    let (sessions, detached) = (r.session_count(), r.detached_count());
+    let (sessions, detached) = (gauges.sessions, gauges.detached);
     labelled(
         &mut out,
         "claude_ws_sessions",
@@ -218,7 +237,7 @@ pub fn render(shared: &Shared) -> String {
         "claude_ws_queries_running",
         "gauge",
         "Queries between their query_start and query_end.",
-        r.running_count() as u64,
+        gauges.running as u64,
     );
     labelled(
         &mut out,
@@ -241,7 +260,7 @@ pub fn render(shared: &Shared) -> String {
         "claude_ws_children",
         "gauge",
         "claude children holding a --max-running place: running, or being stopped.",
-        shared.places.used() as u64,
+        gauges.children as u64,
     );
     single(
         &mut out,
@@ -260,9 +279,9 @@ pub fn render(shared: &Shared) -> String {
         "claude_ws_queue_length",
         "gauge",
         "Queries waiting for a --max-running place.",
-        shared.places.queued() as u64,
+        gauges.queued as u64,
     );
-    let warm = shared.warm.health();
+    let warm = &gauges.warm;
     single(
         &mut out,
         "claude_ws_warm_children_target",

@@ -1040,5 +1040,4 @@ mod tests {
             "the generator should also produce valid frames"
         );
     }
-
 }

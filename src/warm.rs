@@ -34,9 +34,9 @@ use crate::cli;
 use crate::config::Config;
 use crate::places::{ChildSlot, Places, ToPool};
 use crate::protocol::QueryOptions;
-use crate::util::lock;
 use crate::spec;
 use crate::tools::Tools;
+use crate::util::lock;
 
 /// The wait before the first retry after a warm child died early (or failed to start).
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
