@@ -25,6 +25,8 @@ impl ServerHandle {
     pub fn shutdown(&self) {
         if self.shared.begin_shutdown() {
             log::info!("shutting down");
+            // A drain waiting for sessions to end stops waiting.
+            self.shared.registry.wake();
             // Wake the accept loop, blocked in accept(2).
             let _ = TcpStream::connect_timeout(
                 &wake_addr(self.shared.ws_addr()),
@@ -71,29 +73,22 @@ impl ServerHandle {
     fn await_drain(&self, deadline: Instant) {
         let started = Instant::now();
         let r = &self.shared.registry;
-        loop {
-            if self.shared.is_shutting_down() {
-                return; // cut short by `shutdown`
-            }
-            let left = r.session_count();
-            if left == 0 {
-                log::info!(
-                    "drain: every session has ended after {:.1} s",
-                    started.elapsed().as_secs_f64()
-                );
-                break;
-            }
-            if Instant::now() >= deadline {
-                log::warn!(
-                    "drain: the timeout (--drain-timeout-secs) passed with {left} sessions \
-                     left, {} of them running a query: interrupting those, closing every \
-                     client with 1012",
-                    r.running_count()
-                );
-                break;
-            }
-            // Sessions tell nobody when they end; their count is cheap to read.
-            thread::sleep(Duration::from_millis(50));
+        let left = r.wait_until_empty(deadline, || self.shared.is_shutting_down());
+        if self.shared.is_shutting_down() {
+            return; // cut short by `shutdown`
+        }
+        if left == 0 {
+            log::info!(
+                "drain: every session has ended after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        } else {
+            log::warn!(
+                "drain: the timeout (--drain-timeout-secs) passed with {left} sessions \
+                 left, {} of them running a query: interrupting those, closing every \
+                 client with 1012",
+                r.running_count()
+            );
         }
         self.shutdown();
     }

@@ -15,12 +15,13 @@
 //! |---|---|---|
 //! | accept loop (1) | `accept(2)` | woken by a connection to itself at shutdown |
 //! | handshake (1 per new connection) | socket reads | `--handshake-timeout-secs` in all; at most `--max-sessions` + 64 at once |
-//! | session (1 per session) | one `select!` with a timeout | never on a socket (non-blocking) or a pipe (stdin goes through a queue, `try_send`) |
+//! | session (1 per session) | one `select!` with a timeout | never on a socket (non-blocking; a connection it lets go of lingers on a thread of its own) or a pipe (stdin goes through a queue, `try_send`); only once the session ends, up to 1 s for its last close frame |
 //! | socket watcher (1) | `epoll_wait` | tells sessions with `try_send` into a channel of 1 |
 //! | child stdout reader (1 per child) | pipe reads; sending a chunk to its session | channel of 2 chunks: the back-pressure on the child; drains and discards once the session lets go |
 //! | child stderr drain (1 per child) | pipe reads | keeps the last 4 KiB |
 //! | child stdin writer (1 per child) | its queue; pipe writes | queue of 64 lines, filled with `try_send` |
 //! | spawner (1) | its queue of spawns | a session waits for its own fork and exec only |
+//! | linger (1 per connection a live session lets go of: detached, or taken over) | socket reads, to let the close frame reach the peer | 200 ms |
 //! | reaper (1 per stopping child) | the child's pidfd, with the stop ladder's deadlines | one per `--max-running` place |
 //! | tool-registry request (≤ 4 per session) | one HTTP exchange | 3 s |
 //! | side port (4 workers + tiny_http's accept thread): `/health`, `/sessions`, `/metrics` | requests | `/health` never waits for the start-up check |
@@ -33,7 +34,9 @@
 //! 5 s), and the child's stdout reader, the one thread that does wait for its session,
 //! is waited for by nobody but the reaper, which lets go of the channel first. A session
 //! never waits for another session: places are handed on through a channel of one that
-//! is only written with `try_send`. Shutdown and the reaper wait with deadlines.
+//! is only written with `try_send`. Shutdown and the reaper wait with deadlines; shutdown
+//! and a drain are woken by the last connection or session to end (condition
+//! variables), not by polling.
 //!
 //! Embedding:
 //! ```no_run

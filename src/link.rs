@@ -678,6 +678,31 @@ impl Link {
     }
 }
 
+impl Link {
+    /// [`Link::finish`] on a short-lived thread of its own, for a session that goes on
+    /// without this connection (detached, or taken over): the session's thread does
+    /// not wait for the peer. Done here, at once, if no thread can be started.
+    pub fn finish_elsewhere(mut self, limit: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel::<Link>();
+        let spawned = thread::Builder::new()
+            .name("linger".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                if let Ok(mut link) = rx.recv() {
+                    link.finish(limit);
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                if let Err(mut back) = tx.send(self) {
+                    back.0.finish(limit);
+                }
+            }
+            Err(_) => self.finish(limit),
+        }
+    }
+}
+
 impl Drop for Link {
     /// However the session ends (`finish`, or a panic), the watcher forgets the socket
     /// and the socket is shut so the peer learns at once.

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
@@ -105,6 +105,8 @@ pub struct Registry {
     per_peer: Mutex<HashMap<String, usize>>,
     reserved: AtomicUsize,
     started: Instant,
+    /// Notified when a session is unlisted, and by [`Registry::wake`].
+    changed: Condvar,
 }
 
 impl Default for Registry {
@@ -114,6 +116,7 @@ impl Default for Registry {
             per_peer: Mutex::new(HashMap::new()),
             reserved: AtomicUsize::new(0),
             started: Instant::now(),
+            changed: Condvar::new(),
         }
     }
 }
@@ -162,6 +165,7 @@ impl Listing {
 impl Drop for Listing {
     fn drop(&mut self) {
         lock(&self.registry.sessions).remove(&self.id);
+        self.registry.changed.notify_all();
     }
 }
 
@@ -257,6 +261,32 @@ impl Registry {
 
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().as_secs()
+    }
+
+    /// Wait until no session is listed, `deadline` passes, or `cut_short` says so
+    /// (checked whenever [`Registry::wake`] is called); returns the sessions left.
+    /// Woken by each session that ends, not polled.
+    pub fn wait_until_empty(&self, deadline: Instant, cut_short: impl Fn() -> bool) -> usize {
+        let mut sessions = lock(&self.sessions);
+        loop {
+            let now = Instant::now();
+            if sessions.is_empty() || now >= deadline || cut_short() {
+                return sessions.len();
+            }
+            // Sessions are removed and `cut_short` is set before the notification,
+            // which takes this lock: no wake-up is lost between the check and the wait.
+            sessions = self
+                .changed
+                .wait_timeout(sessions, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Wake [`Registry::wait_until_empty`] to check its `cut_short`.
+    pub fn wake(&self) {
+        let _guard = lock(&self.sessions);
+        self.changed.notify_all();
     }
 
     /// Tell every session the server is shutting down.

@@ -16,7 +16,6 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -173,14 +172,14 @@ impl Server {
             // Connections still in their handshake hold a thread but no session slot
             // yet: bound them too, or idle sockets could exhaust threads.
             let cap = self.shared.config.max_sessions + HANDSHAKE_HEADROOM;
-            if self.shared.connections.load(Ordering::SeqCst) >= cap {
+            if self.shared.connections.count() >= cap {
                 log::debug!("{cap} connections open; refusing one at once");
                 refuse_busy(tcp);
                 continue;
             }
             next_id += 1;
             let shared = self.shared.clone();
-            shared.connections.fetch_add(1, Ordering::SeqCst);
+            shared.connections.enter();
             let guard = ConnectionGuard(shared.clone());
             let spawned = thread::Builder::new()
                 .name(format!("conn-{next_id}"))
@@ -197,12 +196,16 @@ impl Server {
         self.shared.warm.stop();
         let config = &self.shared.config;
         let deadline = Instant::now() + config.stop_grace * 2 + Duration::from_secs(3);
-        while self.shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            // Sessions listed after the broadcast see the flag themselves.
-            self.shared.registry.broadcast_shutdown();
-            thread::sleep(Duration::from_millis(20));
-        }
-        let left = self.shared.connections.load(Ordering::SeqCst);
+        // The last connection to end wakes this wait. Sessions listed after the broadcast
+        // see the flag themselves; the broadcast is repeated now and then for a session
+        // whose control channel was full (`try_send` dropped the message).
+        let registry = &self.shared.registry;
+        let left = self
+            .shared
+            .connections
+            .wait_gone(deadline, Duration::from_millis(100), || {
+                registry.broadcast_shutdown()
+            });
         if left > 0 {
             log::warn!("{left} connections still open at the shutdown deadline");
         }
@@ -253,7 +256,7 @@ struct ConnectionGuard(Arc<Shared>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        self.0.connections.leave();
     }
 }
 

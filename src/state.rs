@@ -6,14 +6,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Instant;
 
 use crate::child::Reaper;
 use crate::config::Config;
 use crate::limits::PeerRates;
 use crate::places::Places;
 use crate::registry::Registry;
+use crate::util::lock;
 use crate::warm::Warm;
 
 /// State every thread of the server shares.
@@ -37,7 +39,7 @@ pub struct Shared {
     /// with 1012 once their query is over.
     draining: AtomicBool,
     /// Connections with a thread of their own (in their handshake or session).
-    pub connections: AtomicUsize,
+    pub connections: Connections,
     ws_addr: SocketAddr,
     /// `claude --version`, filled once by the start-up check (`preflight.rs`).
     pub claude_version: OnceLock<Result<String, String>>,
@@ -69,7 +71,7 @@ impl Shared {
             config,
             shutting_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
+            connections: Connections::default(),
             ws_addr,
             claude_version: OnceLock::new(),
         }
@@ -96,5 +98,59 @@ impl Shared {
     /// The WebSocket listener's address.
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws_addr
+    }
+}
+
+/// How many connections have a thread of their own, and a wait for them all to be gone
+/// (shutdown), woken by the last one to leave rather than polled.
+#[derive(Default)]
+pub struct Connections {
+    open: Mutex<usize>,
+    left: Condvar,
+}
+
+impl Connections {
+    pub fn count(&self) -> usize {
+        *lock(&self.open)
+    }
+
+    pub fn enter(&self) {
+        *lock(&self.open) += 1;
+    }
+
+    pub fn leave(&self) {
+        let mut open = lock(&self.open);
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            self.left.notify_all();
+        }
+    }
+
+    /// Wait until no connection is open, or `deadline`; returns how many are still
+    /// open. `every` runs at least every `tick` while it waits.
+    pub fn wait_gone(
+        &self,
+        deadline: Instant,
+        tick: std::time::Duration,
+        mut every: impl FnMut(),
+    ) -> usize {
+        let mut open = lock(&self.open);
+        loop {
+            let now = Instant::now();
+            if *open == 0 || now >= deadline {
+                return *open;
+            }
+            let wait = tick.min(deadline - now);
+            open = self
+                .left
+                .wait_timeout(open, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            if *open > 0 {
+                drop(open);
+                every();
+                open = lock(&self.open);
+            }
+        }
     }
 }

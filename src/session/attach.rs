@@ -58,7 +58,7 @@ impl Session<'_> {
             if matches!(why, Lost::Stalled) {
                 link.close(Closing::NotReading);
             }
-            link.finish(Duration::from_millis(200));
+            link.finish_elsewhere(Duration::from_millis(200));
         }
         if grace.is_zero() {
             log::info!("[{}] {reason}; no reconnect grace", self.label);
@@ -79,7 +79,7 @@ impl Session<'_> {
             // The same client twice (it reconnected before the old connection was
             // seen to drop): the newer one wins.
             old.close(Closing::Replaced);
-            old.finish(Duration::from_millis(200));
+            old.finish_elsewhere(Duration::from_millis(200));
         }
         log::info!(
             "[{}] client reattached, peer {}, after seq {last_seq}",
