@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::sandbox::Mode as SandboxMode;
+
 /// Everything the server can be told. Build one with `Config::default()` and change
 /// fields, or with [`Config::from_args`].
 #[derive(Debug, Clone)]
@@ -131,6 +133,17 @@ pub struct Config {
     /// reattach to the instance that holds the session (see `deploy/nginx.conf`).
     /// Defaults to none: session ids are plain UUIDs.
     pub instance_id: Option<String>,
+    /// Whether each child runs in a bubblewrap sandbox (`sandbox.rs`): `Auto` is
+    /// bubblewrap when authentication is on, off otherwise. Defaults to `Auto`.
+    pub sandbox: SandboxMode,
+    /// The `bwrap` executable for the sandbox. Defaults to `bwrap`, looked up on PATH.
+    pub bwrap: PathBuf,
+    /// With the sandbox on, one workspace (the roots themselves) for every principal
+    /// instead of one each under every root. Defaults to false.
+    pub shared_workspace: bool,
+    /// Files the secrets were read from (`--jwt-secret-file` …): hidden from
+    /// sandboxed children. Defaults to none.
+    pub secret_files: Vec<PathBuf>,
     /// How the `claude-ws` command writes its log lines. An embedder sets up its own
     /// logger; the server does not read this. Defaults to [`LogFormat::Text`].
     pub log_format: LogFormat,
@@ -196,6 +209,10 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             instance_id: None,
             log_format: LogFormat::Text,
+            sandbox: SandboxMode::Auto,
+            bwrap: PathBuf::from("bwrap"),
+            shared_workspace: false,
+            secret_files: Vec::new(),
         }
     }
 }
@@ -455,6 +472,42 @@ const FLAGS: &[Flag] = &[
         "TOOL_REGISTRY_URL",
         "URL",
         "http:// registry where client-defined tools are also stored and listed",
+    ),
+    flag(
+        "jwt-secret-file",
+        "CLAUDE_WS_JWT_SECRET_FILE",
+        "FILE",
+        "read the JWT secret from FILE (not on the command line, where /proc shows it)",
+    ),
+    flag(
+        "auth-token-file",
+        "CLAUDE_WS_AUTH_TOKEN_FILE",
+        "FILE",
+        "read the bearer token from FILE",
+    ),
+    flag(
+        "admin-token-file",
+        "CLAUDE_WS_ADMIN_TOKEN_FILE",
+        "FILE",
+        "read the admin token from FILE",
+    ),
+    flag(
+        "sandbox",
+        "SANDBOX",
+        "auto|bubblewrap|off",
+        "run each claude child in a bubblewrap sandbox (auto: when authentication is on)",
+    ),
+    flag(
+        "bwrap",
+        "CLAUDE_WS_BWRAP",
+        "PATH",
+        "the bubblewrap executable for --sandbox",
+    ),
+    flag(
+        "shared-workspace",
+        "SHARED_WORKSPACE",
+        "BOOL",
+        "with the sandbox, one workspace for everybody instead of one per principal",
     ),
     flag(
         "log-format",
@@ -743,6 +796,22 @@ impl Config {
             "admin-token" => self.admin_token = Some(nonempty(v)?),
             "drain-timeout-secs" => self.drain_timeout = span(v)?.unwrap_or_default(),
             "instance-id" => self.instance_id = Some(v.trim().to_string()),
+            "jwt-secret-file" | "auth-token-file" | "admin-token-file" => {
+                let secret = self.read_secret(v)?;
+                let slot = match name {
+                    "jwt-secret-file" => &mut self.jwt_secret,
+                    "auth-token-file" => &mut self.auth_token,
+                    _ => &mut self.admin_token,
+                };
+                if slot.is_some() {
+                    let plain = name.trim_end_matches("-file");
+                    return Err(format!("--{plain} is set too: give one of the two"));
+                }
+                *slot = Some(secret);
+            }
+            "sandbox" => self.sandbox = SandboxMode::parse(v)?,
+            "bwrap" => self.bwrap = PathBuf::from(nonempty(v)?),
+            "shared-workspace" => self.shared_workspace = boolean(v)?,
             "tool-registry-url" => {
                 let url = nonempty(v)?;
                 if !url.starts_with("http://") {
@@ -753,6 +822,19 @@ impl Config {
             _ => return Err("no such setting".into()),
         }
         Ok(())
+    }
+
+    /// The secret in `file`, without its line ending; the file is remembered (the
+    /// sandbox hides it).
+    fn read_secret(&mut self, file: &str) -> Result<String, String> {
+        let text = std::fs::read_to_string(nonempty(file)?)
+            .map_err(|e| format!("cannot read {file}: {e}"))?;
+        let secret = text.trim_end_matches(['\n', '\r']);
+        if secret.is_empty() {
+            return Err(format!("{file} is empty"));
+        }
+        self.secret_files.push(PathBuf::from(file));
+        Ok(secret.to_string())
     }
 
     fn set_list(&mut self, name: &str, items: Vec<String>) -> Result<(), String> {
@@ -846,6 +928,10 @@ impl Config {
                 }
             },
             "admin-token" => "none".into(),
+            "jwt-secret-file" | "auth-token-file" | "admin-token-file" => "none".into(),
+            "sandbox" => self.sandbox.as_str().into(),
+            "bwrap" => self.bwrap.display().to_string(),
+            "shared-workspace" => self.shared_workspace.to_string(),
             _ => String::new(),
         }
     }
@@ -965,6 +1051,18 @@ impl Config {
     }
 }
 
+/// The secret flags given on command line `args` (which other local users can read
+/// in /proc), for a start-up warning.
+pub fn secrets_on_command_line(args: &[String]) -> Vec<&'static str> {
+    ["--jwt-secret", "--auth-token", "--admin-token"]
+        .into_iter()
+        .filter(|f| {
+            args.iter()
+                .any(|a| a == f || a.strip_prefix(f).is_some_and(|r| r.starts_with('=')))
+        })
+        .collect()
+}
+
 /// 1 to 16 of `0-9a-f`: session ids stay hex digits and dashes (what a reattach's
 /// `session_id` and the state directory's file names accept).
 fn is_instance_id(id: &str) -> bool {
@@ -1023,7 +1121,7 @@ fn is_origin(o: &str) -> bool {
 
 /// A flag's value as errors show it: quoted, or `<redacted>` for a secret.
 fn shown(name: &str, values: &[String]) -> String {
-    if name.contains("token") || name.contains("secret") {
+    if (name.contains("token") || name.contains("secret")) && !name.ends_with("-file") {
         "<redacted>".to_string()
     } else {
         format!("{:?}", values.join(","))

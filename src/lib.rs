@@ -70,6 +70,7 @@ mod proxy;
 mod query;
 mod registry;
 mod replay;
+mod sandbox;
 mod server;
 mod session;
 mod spec;
@@ -80,6 +81,7 @@ mod tool_registry;
 mod tools;
 mod warm;
 mod web;
+mod workspace;
 
 pub use config::{Config, ConfigError, Invocation};
 pub use server::{Error, Server, ServerHandle};

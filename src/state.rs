@@ -41,16 +41,23 @@ pub struct Shared {
     ws_addr: SocketAddr,
     /// `claude --version`, filled once by the start-up check (`preflight.rs`).
     pub claude_version: OnceLock<Result<String, String>>,
+    /// The sandbox children run in (`sandbox.rs`); `None`: off.
+    pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
 }
 
 impl Shared {
-    pub fn new(config: Config, child_env: Vec<(String, String)>, ws_addr: SocketAddr) -> Shared {
+    pub fn new(
+        config: Config,
+        child_env: Vec<(String, String)>,
+        ws_addr: SocketAddr,
+        sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+    ) -> Shared {
         let (n, window) = config.rate_limit;
         let state_dir = config.state_dir.clone().or_else(|| {
             // With authentication there are several principals: keep them apart even
-            // when no directory was named.
+            // when no directory was named (a sandbox, too, keeps each to its own).
             let home = child_env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| v);
-            crate::auth::enabled(&config)
+            (crate::auth::enabled(&config) || sandbox.is_some())
                 .then(|| home.map(|h| PathBuf::from(h).join(".local/state/claude-ws")))
                 .flatten()
         });
@@ -77,6 +84,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             ws_addr,
             claude_version: OnceLock::new(),
+            sandbox,
         }
     }
 

@@ -133,6 +133,7 @@ pub fn default_spec(
         child_env,
         &QueryOptions::default(),
         &Tools::default(),
+        &config.workspace_roots,
     )
     .map_err(|e| format!("the default options give no child: {e}"))
 }
