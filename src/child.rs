@@ -66,6 +66,8 @@ pub struct ChildSpec {
     pub cwd: Option<PathBuf>,
     /// The complete environment; nothing of the server's own is inherited.
     pub env: Vec<(String, String)>,
+    /// The sandbox it runs in (`sandbox.rs`), if any: `spawn` then starts bwrap.
+    pub sandbox: Option<crate::sandbox::Jail>,
 }
 
 /// Something the child's stdout produced.
@@ -134,6 +136,8 @@ pub struct Child {
     stderr_tail: Arc<Mutex<Vec<u8>>>,
     readers: Vec<thread::JoinHandle<()>>,
     ended: Option<Ending>,
+    /// Whether `pid` is the outer bwrap of a sandbox (see [`signal`]).
+    sandboxed: bool,
 }
 
 /// How a child ended: [`Child::exit_report`].
@@ -164,9 +168,20 @@ impl Child {
     /// session in log lines and thread names.
     pub fn spawn(spec: &ChildSpec, label: &str) -> Result<Child, SpawnError> {
         let asked = Instant::now();
-        let mut cmd = Command::new(&spec.program);
-        cmd.args(&spec.args)
-            .env_clear()
+        let mut cmd = match &spec.sandbox {
+            Some(jail) => {
+                let (bwrap, args) = jail.command(&spec.args, spec.cwd.as_deref());
+                let mut cmd = Command::new(bwrap);
+                cmd.args(args);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(&spec.program);
+                cmd.args(&spec.args);
+                cmd
+            }
+        };
+        cmd.env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -207,7 +222,9 @@ impl Child {
                     });
                 }
             };
-        log::info!("[{label}] started claude pid={pid}");
+        let sandboxed = spec.sandbox.is_some();
+        let within = if sandboxed { " (in its sandbox)" } else { "" };
+        log::info!("[{label}] started claude pid={pid}{within}");
         crate::metrics::child_started();
         if let Err(e) = sys::grow_pipe(&stdout, STDOUT_PIPE) {
             log::debug!("[{label}] stdout pipe keeps its size: {e}");
@@ -249,7 +266,7 @@ impl Child {
             match t {
                 Ok(h) => readers.push(h),
                 Err(source) => {
-                    let _ = sys::signal_group(pid, Signal::Kill);
+                    signal(pid, sandboxed, Signal::Kill);
                     let _ = proc.wait();
                     return Err(SpawnError {
                         program: spec.program.clone(),
@@ -267,6 +284,7 @@ impl Child {
             stderr_tail,
             readers,
             ended: None,
+            sandboxed,
         })
     }
 
@@ -361,7 +379,7 @@ impl Child {
             Ending::Exited(s)
         } else {
             log::info!("[{label}] claude pid={pid} still running {grace:?} after stdin closed; SIGTERM to its group");
-            let _ = sys::signal_group(pid, Signal::Term);
+            signal(pid, self.sandboxed, Signal::Term);
             if let Some(s) = self.wait_for(grace) {
                 log::info!("[{label}] claude pid={pid} ended by SIGTERM ({s})");
                 Ending::Terminated(s)
@@ -386,7 +404,7 @@ impl Child {
         }
         let pid = self.pid;
         self.events = crossbeam_channel::never();
-        let _ = sys::signal_group(pid, Signal::Term);
+        signal(pid, self.sandboxed, Signal::Term);
         let ending = match self.wait_for(KILL_GRACE) {
             Some(s) => Ending::Terminated(s),
             None => self.kill_group_and_reap(),
@@ -399,7 +417,7 @@ impl Child {
     }
 
     fn kill_group_and_reap(&mut self) -> Ending {
-        let _ = sys::signal_group(self.pid, Signal::Kill);
+        signal(self.pid, self.sandboxed, Signal::Kill);
         let _ = self.proc.kill();
         match self.proc.wait() {
             Ok(s) => Ending::Killed(s),
@@ -448,6 +466,23 @@ impl Drop for Child {
             self.kill("drop");
         }
     }
+}
+
+/// Send `sig` to the process group of child `pid`. For a sandboxed child (`pid` is the
+/// outer bwrap, alone in its group) the sandbox's own group, led by its init, gets it
+/// too; SIGTERM goes to that group only, so claude inside can finish while the outer
+/// bwrap waits for it (sandbox.rs explains why). Before the init exists, or once it is
+/// gone, the outer bwrap's group gets SIGTERM: its end kills the sandbox.
+fn signal(pid: u32, sandboxed: bool, sig: Signal) {
+    if sandboxed {
+        if let Some(init) = crate::sandbox::init_of(pid) {
+            let _ = sys::signal_group(init, sig);
+            if sig == Signal::Term {
+                return;
+            }
+        }
+    }
+    let _ = sys::signal_group(pid, sig);
 }
 
 /// Start `cmd` from the one thread that starts every child. PR_SET_PDEATHSIG (see

@@ -132,9 +132,50 @@ pub struct Config {
     /// reattach to the instance that holds the session (see `deploy/nginx.conf`).
     /// Defaults to none: session ids are plain UUIDs.
     pub instance_id: Option<String>,
+    /// Whether each child runs in a bubblewrap sandbox (`sandbox.rs`): `Auto` is
+    /// bubblewrap when authentication is on, off otherwise. Defaults to `Auto`.
+    pub sandbox: SandboxMode,
+    /// The `bwrap` executable for the sandbox. Defaults to `bwrap`, looked up on PATH.
+    pub bwrap: PathBuf,
+    /// With the sandbox on, one workspace (the roots themselves) for every principal
+    /// instead of one each under every root. Defaults to false.
+    pub shared_workspace: bool,
+    /// Files the secrets were read from (`--jwt-secret-file` …): hidden from
+    /// sandboxed children. Defaults to none.
+    pub secret_files: Vec<PathBuf>,
     /// How the `claude-ws` command writes its log lines. An embedder sets up its own
     /// logger; the server does not read this. Defaults to [`LogFormat::Text`].
     pub log_format: LogFormat,
+}
+
+/// `--sandbox`: whether children run in a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Bubblewrap when authentication is on (several principals), off otherwise.
+    Auto,
+    /// Always bubblewrap.
+    Bubblewrap,
+    /// Never: children run with the server's own view of the machine.
+    Off,
+}
+
+impl SandboxMode {
+    pub fn parse(v: &str) -> Result<SandboxMode, String> {
+        match v.trim() {
+            "auto" => Ok(SandboxMode::Auto),
+            "bubblewrap" | "bwrap" => Ok(SandboxMode::Bubblewrap),
+            "off" => Ok(SandboxMode::Off),
+            _ => Err("expected auto, bubblewrap or off".into()),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxMode::Auto => "auto",
+            SandboxMode::Bubblewrap => "bubblewrap",
+            SandboxMode::Off => "off",
+        }
+    }
 }
 
 /// How log lines are written.
@@ -201,6 +242,10 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             instance_id: None,
             log_format: LogFormat::Text,
+            sandbox: SandboxMode::Auto,
+            bwrap: PathBuf::from("bwrap"),
+            shared_workspace: false,
+            secret_files: Vec::new(),
         }
     }
 }
@@ -1002,6 +1047,72 @@ const FLAGS: &[Flag] = &[
         ),
     ),
     flag(
+        "jwt-secret-file",
+        "CLAUDE_WS_JWT_SECRET_FILE",
+        "FILE",
+        "read the JWT secret from FILE (not on the command line, where /proc shows it)",
+        "jwt_secret",
+        value(
+            |c, v| secret_from_file(c, v, "jwt-secret", |c| &mut c.jwt_secret),
+            |_| "none".into(),
+        ),
+    ),
+    flag(
+        "auth-token-file",
+        "CLAUDE_WS_AUTH_TOKEN_FILE",
+        "FILE",
+        "read the bearer token from FILE",
+        "auth_token",
+        value(
+            |c, v| secret_from_file(c, v, "auth-token", |c| &mut c.auth_token),
+            |_| "none".into(),
+        ),
+    ),
+    flag(
+        "admin-token-file",
+        "CLAUDE_WS_ADMIN_TOKEN_FILE",
+        "FILE",
+        "read the admin token from FILE",
+        "admin_token",
+        value(
+            |c, v| secret_from_file(c, v, "admin-token", |c| &mut c.admin_token),
+            |_| "none".into(),
+        ),
+    ),
+    flag(
+        "sandbox",
+        "SANDBOX",
+        "auto|bubblewrap|off",
+        "run each claude child in a bubblewrap sandbox (auto: when authentication is on)",
+        "sandbox",
+        value(
+            |c, v| SandboxMode::parse(v).map(|m| c.sandbox = m),
+            |c| c.sandbox.as_str().into(),
+        ),
+    ),
+    flag(
+        "bwrap",
+        "CLAUDE_WS_BWRAP",
+        "PATH",
+        "the bubblewrap executable for --sandbox",
+        "bwrap",
+        value(
+            |c, v| nonempty(v).map(|v| c.bwrap = PathBuf::from(v)),
+            |c| c.bwrap.display().to_string(),
+        ),
+    ),
+    flag(
+        "shared-workspace",
+        "SHARED_WORKSPACE",
+        "BOOL",
+        "with the sandbox, one workspace for everybody instead of one per principal",
+        "shared_workspace",
+        value(
+            |c, v| boolean(v).map(|v| c.shared_workspace = v),
+            |c| c.shared_workspace.to_string(),
+        ),
+    ),
+    flag(
         "log-format",
         "LOG_FORMAT",
         "text|json",
@@ -1219,6 +1330,41 @@ fn not_empty(secret: &Option<String>) -> Result<(), String> {
     ensure(secret.as_deref() != Some(""), || "must not be empty".into())
 }
 
+/// `--NAME-file`: the secret in `file`, without its line ending, into the field `slot`
+/// picks (refused when `--NAME` set it too); the file is remembered, for the sandbox
+/// hides it.
+fn secret_from_file(
+    c: &mut Config,
+    file: &str,
+    plain: &str,
+    slot: fn(&mut Config) -> &mut Option<String>,
+) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(nonempty(file)?).map_err(|e| format!("cannot read {file}: {e}"))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("{file} is empty"));
+    }
+    if slot(c).is_some() {
+        return Err(format!("--{plain} is set too: give one of the two"));
+    }
+    *slot(c) = Some(secret.to_string());
+    c.secret_files.push(PathBuf::from(file));
+    Ok(())
+}
+
+/// The secret flags given on command line `args` (which other local users can read
+/// in /proc), for a start-up warning.
+pub fn secrets_on_command_line(args: &[String]) -> Vec<&'static str> {
+    ["--jwt-secret", "--auth-token", "--admin-token"]
+        .into_iter()
+        .filter(|f| {
+            args.iter()
+                .any(|a| a == f || a.strip_prefix(f).is_some_and(|r| r.starts_with('=')))
+        })
+        .collect()
+}
+
 /// 1 to 16 of `0-9a-f`: session ids stay hex digits and dashes (what a reattach's
 /// `session_id` and the state directory's file names accept).
 fn is_instance_id(id: &str) -> bool {
@@ -1265,7 +1411,7 @@ fn is_origin(o: &str) -> bool {
 
 /// A flag's value as errors show it: quoted, or `<redacted>` for a secret.
 fn shown(name: &str, values: &[String]) -> String {
-    if name.contains("token") || name.contains("secret") {
+    if (name.contains("token") || name.contains("secret")) && !name.ends_with("-file") {
         "<redacted>".to_string()
     } else {
         format!("{:?}", values.join(","))
@@ -1481,7 +1627,10 @@ mod tests {
             for g in &FLAGS[i + 1..] {
                 assert_ne!(f.name, g.name);
                 assert_ne!(f.env, g.env);
-                assert_ne!(f.field, g.field);
+                // A `--NAME-file` row sets the same field as `--NAME`, by design.
+                if !f.name.ends_with("-file") && !g.name.ends_with("-file") {
+                    assert_ne!(f.field, g.field);
+                }
             }
         }
     }

@@ -205,6 +205,7 @@ pub(crate) fn health(shared: &Shared) -> serde_json::Value {
         "queued_queries": shared.places.queued(),
         "detached_sessions": r.detached_count(),
         "warm": shared.warm.health(),
+        "sandbox": if shared.sandbox.is_some() { "bubblewrap" } else { "off" },
         "claude": claude,
     });
     if let Some(reason) = problem {

@@ -74,6 +74,7 @@ mod proxy;
 mod query;
 mod registry;
 mod replay;
+mod sandbox;
 mod server;
 mod session;
 mod spec;
@@ -85,6 +86,7 @@ mod tools;
 mod util;
 mod warm;
 mod web;
+mod workspace;
 
 pub use config::{Config, ConfigError, Invocation};
 pub use handle::ServerHandle;

@@ -26,6 +26,13 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for flag in claude_ws::config::secrets_on_command_line(&args) {
+        log::warn!(
+            "{flag} was given on the command line, where every local user can read it \
+             (/proc/PID/cmdline): use {flag}-file or its environment variable instead"
+        );
+    }
     let server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {

@@ -52,6 +52,8 @@ const SESSION_STACK: usize = 256 * 1024;
 pub enum Error {
     /// The configuration is inconsistent.
     Config(crate::config::ConfigError),
+    /// The sandbox was asked for (or implied by authentication) and cannot be had.
+    Sandbox(String),
     /// A listener could not be bound.
     Bind {
         addr: String,
@@ -63,6 +65,7 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::Config(e) => write!(f, "bad configuration: {e}"),
+            Error::Sandbox(e) => write!(f, "refusing to start: {e}"),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
         }
     }
@@ -82,6 +85,8 @@ impl Server {
     /// Check the config and bind both listeners (port 0 picks a free port).
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate().map_err(Error::Config)?;
+        let sandbox = crate::sandbox::prepare(&config).map_err(Error::Sandbox)?;
+        crate::sandbox::announce(&config, sandbox.as_deref());
         // Each session holds one socket, and a live child three pipes; children outlive
         // queries, so count them per session too.
         let want = (config.max_sessions as u64) * 4 + 256;
@@ -112,7 +117,14 @@ impl Server {
             source: std::io::Error::other("not an IP listener"),
         })?;
         let child_env = spec::child_env(std::env::vars(), &config.pass_env);
-        let shared = Arc::new(Shared::new(config, child_env, ws_addr));
+        let shared = Arc::new(Shared::new(config, child_env, ws_addr, sandbox));
+        if shared.sandbox.is_some() && shared.state_dir.is_none() {
+            return Err(Error::Sandbox(
+                "the sandbox needs a state directory for each principal: set --state-dir \
+                 (or HOME)"
+                    .into(),
+            ));
+        }
         Ok(Server {
             listener,
             http: Arc::new(http),

@@ -58,12 +58,14 @@ pub fn child_env(
 /// Build the spec for a query's options. `env` is the allow-listed environment
 /// computed once at start-up.
 /// `tools` are the session's client-defined tools: the child then gets our SDK MCP
-/// server, and the tools are allowed without a prompt.
+/// server, and the tools are allowed without a prompt. `roots`: the workspace roots
+/// of the principal (`workspace::roots`), the first the default cwd.
 pub fn build(
     config: &Config,
     env: &[(String, String)],
     options: &QueryOptions,
     tools: &Tools,
+    roots: &[PathBuf],
 ) -> Result<ChildSpec, ClientError> {
     let mut args: Vec<String> = BASE_ARGS.iter().map(|s| s.to_string()).collect();
 
@@ -129,14 +131,15 @@ pub fn build(
         args.push("--include-partial-messages".into());
     }
     let cwd = match &options.cwd {
-        Some(dir) => Some(confine_cwd(dir, &config.workspace_roots)?),
-        None => config.workspace_roots.first().cloned(),
+        Some(dir) => Some(confine_cwd(dir, roots)?),
+        None => roots.first().cloned(),
     };
     Ok(ChildSpec {
         program: config.claude_bin.clone(),
         args,
         cwd,
         env: env.to_vec(),
+        sandbox: None,
     })
 }
 
@@ -397,7 +400,7 @@ mod tests {
             include_partial_messages: Some(true),
             ..Default::default()
         };
-        let s = build(&c, &[], &o, &Tools::default()).unwrap();
+        let s = build(&c, &[], &o, &Tools::default(), &c.workspace_roots).unwrap();
         assert_eq!(&s.args[..7], BASE_ARGS);
         for want in [
             "--model=m1",
@@ -429,7 +432,9 @@ mod tests {
             },
         ] {
             assert_eq!(
-                build(&c, &[], &bad, &Tools::default()).unwrap_err().code,
+                build(&c, &[], &bad, &Tools::default(), &c.workspace_roots)
+                    .unwrap_err()
+                    .code,
                 ErrorCode::InvalidOption
             );
         }
@@ -438,7 +443,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            build(&c, &[], &bypass, &Tools::default()).unwrap_err().code,
+            build(&c, &[], &bypass, &Tools::default(), &c.workspace_roots)
+                .unwrap_err()
+                .code,
             ErrorCode::PermissionModeNotAllowed
         );
     }
@@ -451,7 +458,10 @@ mod tests {
             resume: Some("old".into()),
             ..Default::default()
         };
-        let s = resuming(&build(&c, &[], &o, &Tools::default()).unwrap(), "new");
+        let s = resuming(
+            &build(&c, &[], &o, &Tools::default(), &c.workspace_roots).unwrap(),
+            "new",
+        );
         assert!(!s
             .args
             .iter()
@@ -471,7 +481,7 @@ mod tests {
             permission_prompts: Some(true),
             ..Default::default()
         };
-        let s = build(&c, &[], &o, &tools).unwrap();
+        let s = build(&c, &[], &o, &tools, &c.workspace_roots).unwrap();
         assert!(has_client_tools(&s));
         let at = s.args.iter().position(|a| a == "--allowedTools").unwrap();
         assert_eq!(&s.args[at + 1..at + 3], ["Write", "mcp__ws__Fmt"]);
@@ -480,7 +490,14 @@ mod tests {
             .contains(&"--permission-prompt-tool=stdio".to_string()));
         // The server's default applies when the query does not say.
         c.permission_prompts = true;
-        let s = build(&c, &[], &QueryOptions::default(), &Tools::default()).unwrap();
+        let s = build(
+            &c,
+            &[],
+            &QueryOptions::default(),
+            &Tools::default(),
+            &c.workspace_roots,
+        )
+        .unwrap();
         assert!(s
             .args
             .contains(&"--permission-prompt-tool=stdio".to_string()));
@@ -489,7 +506,7 @@ mod tests {
             permission_prompts: Some(false),
             ..Default::default()
         };
-        let s = build(&c, &[], &no, &Tools::default()).unwrap();
+        let s = build(&c, &[], &no, &Tools::default(), &c.workspace_roots).unwrap();
         assert!(!s
             .args
             .iter()

@@ -43,14 +43,25 @@ pub struct Shared {
     ws_addr: SocketAddr,
     /// `claude --version`, filled once by the start-up check (`preflight.rs`).
     pub claude_version: OnceLock<Result<String, String>>,
+    /// The sandbox children run in (`sandbox.rs`); `None`: off.
+    pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
 }
 
 impl Shared {
-    pub fn new(config: Config, child_env: Vec<(String, String)>, ws_addr: SocketAddr) -> Shared {
+    pub fn new(
+        config: Config,
+        child_env: Vec<(String, String)>,
+        ws_addr: SocketAddr,
+        sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+    ) -> Shared {
         let (n, window) = config.rate_limit;
         let home = child_env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| v);
-        let state_dir =
-            config.state_dir_or_default(home.map(String::as_str), crate::auth::enabled(&config));
+        // With authentication there are several principals: keep them apart even when
+        // no directory was named (a sandbox, too, keeps each to its own).
+        let state_dir = config.state_dir_or_default(
+            home.map(String::as_str),
+            crate::auth::enabled(&config) || sandbox.is_some(),
+        );
         let places = Places::new(config.max_running);
         let reaper = Reaper::default();
         let warm = Warm::new(
@@ -74,6 +85,7 @@ impl Shared {
             connections: Connections::default(),
             ws_addr,
             claude_version: OnceLock::new(),
+            sandbox,
         }
     }
 

@@ -132,6 +132,7 @@ pub fn default_spec(
         child_env,
         &QueryOptions::default(),
         &Tools::default(),
+        &config.workspace_roots,
     )
     .map_err(|e| format!("the default options give no child: {e}"))
 }

@@ -17,6 +17,8 @@ const FLOORS: &[&[&str]] = &[
     // The wire format and the settings.
     &["protocol", "config"],
     &["metrics", "tools", "query", "limits", "auth"],
+    // The bubblewrap sandbox a child is started in.
+    &["sandbox"],
     // The two ends: the child process and the client socket; the CLI's stream-json.
     &["pending", "cli", "tool_registry", "child", "link"],
     &["registry", "spec"],
@@ -24,7 +26,7 @@ const FLOORS: &[&[&str]] = &[
     &["warm"],
     // What every thread shares.
     &["state"],
-    &["handle", "preflight", "handshake"],
+    &["handle", "preflight", "handshake", "workspace"],
     &["session"],
     // The side port, plain HTTP on the WebSocket port, the accept loop.
     &["http"],

@@ -100,12 +100,7 @@ impl Session<'_> {
                 // the next query with the same options keeps it.
                 if self.last_spec.is_some() {
                     let options = with_settings(self.last_options.clone(), &self.settings);
-                    if let Ok(spec) = spec::build(
-                        &self.shared.config,
-                        &self.shared.child_env,
-                        &options,
-                        &self.tools,
-                    ) {
+                    if let Ok(spec) = self.spec_for(&options) {
                         self.last_spec = Some(spec);
                         self.last_options = options;
                     }

@@ -557,15 +557,17 @@ impl<'a> Session<'a> {
     }
 
     /// The spec of a child for `options`: the policy's checks, and the principal's
-    /// own CLI state directory.
+    /// own CLI state directory, workspace and sandbox.
     fn spec_for(&self, options: &QueryOptions) -> Result<ChildSpec, ClientError> {
         let config = &self.shared.config;
-        let mut spec = spec::build(config, &self.shared.child_env, options, &self.tools)?;
+        let roots = crate::workspace::roots(self.shared, &self.principal)?;
+        let mut spec = spec::build(config, &self.shared.child_env, options, &self.tools, &roots)?;
         if let Some(dir) = &self.state_dir {
             spec.env.retain(|(k, _)| k != "CLAUDE_CONFIG_DIR");
             spec.env
                 .push(("CLAUDE_CONFIG_DIR".into(), dir.display().to_string()));
         }
+        crate::workspace::enclose(self.shared, &mut spec, self.state_dir.as_deref(), &roots)?;
         Ok(spec)
     }
 

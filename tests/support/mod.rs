@@ -325,6 +325,14 @@ impl TestServer {
         v.as_array().expect("a list").clone()
     }
 
+    /// SIGKILL the server (nothing of its own shutdown runs) and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
     /// SIGTERM the server and wait for it to exit.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate().expect("server exits after SIGTERM")
