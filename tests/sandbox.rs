@@ -262,7 +262,7 @@ fn a_sandboxed_child_is_stopped_interrupted_evicted_and_reaped() {
 
     // Stopped while a tool runs: closing stdin does not end the turn, so the ladder
     // goes on to SIGTERM, which reaches claude and the tool inside the sandbox.
-    bob.send(json!({"type": "query", "prompt": "bash sleep 300",
+    bob.send(json!({"type": "query", "prompt": "bash tail -f /dev/null",
                     "options": {"allowed_tools": ["Bash"]}}));
     let mut outer = 0;
     let sleeping = eventually(WAIT, || {
@@ -271,7 +271,7 @@ fn a_sandboxed_child_is_stopped_interrupted_evicted_and_reaped() {
         let found = pids.map(|p| p as u32).find(|&p| {
             descendants(p)
                 .iter()
-                .any(|d| cmdline(*d).starts_with("sleep 300"))
+                .any(|d| cmdline(*d).starts_with("tail -f /dev/null"))
         });
         outer = found.unwrap_or(0);
         found.is_some()
@@ -303,13 +303,13 @@ fn a_server_killed_with_sigkill_leaves_no_sandboxed_process() {
     let api = MockApi::start();
     let (mut s, _secrets) = two_user_server(&api, &[]);
     let mut alice = login(&s, SECRET, "alice");
-    alice.send(json!({"type": "query", "prompt": "bash sleep 300",
+    alice.send(json!({"type": "query", "prompt": "bash tail -f /dev/null",
                       "options": {"allowed_tools": ["Bash"]}}));
     let server = s.pid();
     assert!(
         eventually(WAIT, || descendants(server)
             .iter()
-            .any(|p| cmdline(*p).starts_with("sleep 300"))),
+            .any(|p| cmdline(*p).starts_with("tail -f /dev/null"))),
         "the tool never ran"
     );
     let all = descendants(server);
