@@ -192,6 +192,18 @@ fn a_client_defined_tool_is_called_and_its_result_reaches_the_model() {
     assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
     assert!(api_tool_result(&api).contains("**hi**"));
     assert!(assistant_text(&msgs).contains("Done: **hi**"), "{msgs:?}");
+    // Offered to the model directly, not deferred behind tool search (newer CLIs defer
+    // MCP tools unless the server entry says `alwaysLoad`): the first request already
+    // names it.
+    let first = &api.requests()[0];
+    let offered: Vec<&str> = first["tools"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        offered.contains(&"mcp__ws__CustomFormatter"),
+        "tools offered to the model: {offered:?}"
+    );
 }
 
 #[test]

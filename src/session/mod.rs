@@ -839,6 +839,7 @@ impl<'a> Session<'a> {
             CliEvent::ControlResponse { request_id, error } => {
                 self.on_control_response(&request_id, error)
             }
+            CliEvent::CancelRequest { request_id } => self.on_cancel_request(&request_id),
             CliEvent::Internal => {}
             CliEvent::Invalid(text) => self.send_error(ClientError::new(
                 ErrorCode::ClaudeOutputInvalid,
