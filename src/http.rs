@@ -207,6 +207,7 @@ pub(crate) fn health(shared: &Shared) -> serde_json::Value {
         "warm": shared.warm.health(),
         "claude": claude,
     });
+    v["claude"]["features"] = shared.features.health();
     if let Some(reason) = problem {
         v["reason"] = reason.into();
     }

@@ -56,6 +56,7 @@ mod auth;
 mod child;
 mod cli;
 pub mod config;
+mod features;
 mod handshake;
 mod http;
 mod json;

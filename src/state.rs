@@ -41,6 +41,8 @@ pub struct Shared {
     ws_addr: SocketAddr,
     /// `claude --version`, filled once by the start-up check (`preflight.rs`).
     pub claude_version: OnceLock<Result<String, String>>,
+    /// What that CLI offers (`features.rs`): its `--help` flags, its first `system/init`.
+    pub features: crate::features::Detected,
 }
 
 impl Shared {
@@ -77,6 +79,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             ws_addr,
             claude_version: OnceLock::new(),
+            features: Default::default(),
         }
     }
 

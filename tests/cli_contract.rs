@@ -510,7 +510,10 @@ fn resume_continues_the_session_in_a_new_process() {
     let lines = lost.turn();
     let result = lines.last().expect("turn() ends with a result");
     if result["subtype"] == "success" {
-        assert_eq!(result["result"], "History: remember me | recall | recall again");
+        assert_eq!(
+            result["result"],
+            "History: remember me | recall | recall again"
+        );
         assert!(lost.close_and_wait().success());
         return;
     }

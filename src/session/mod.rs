@@ -799,6 +799,7 @@ impl<'a> Session<'a> {
                 message,
             } => {
                 self.learn_claude_session(session_id);
+                self.shared.features.learn_init(&message);
                 self.send(message);
                 if let Some(q) = &mut self.query {
                     let step = q.turn_started(Instant::now());
