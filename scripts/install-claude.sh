@@ -1,20 +1,38 @@
 #!/usr/bin/env bash
-# Installs the pinned Claude Code CLI that the tests drive, into <repo>/.claude-cli/
-# (git-ignored). Does nothing if that version is already there. Prints the binary's path.
+# Installs a Claude Code CLI that the tests drive. With no argument: the pinned (newest
+# supported) version, into <repo>/.claude-cli/. With VERSION: that version beside it, into
+# <repo>/.claude-cli/VERSION/ (e.g. the oldest supported, 2.1.197, for CI's second pass).
+# Both are git-ignored. Does nothing if that version is already there. Prints the
+# binary's path (and nothing else on stdout).
 #
-# Usage: scripts/install-claude.sh
+# Usage: scripts/install-claude.sh [VERSION]
 . "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"
 set -euo pipefail
 
-VERSION="2.1.197"
-PACKAGE="@anthropic-ai/claude-code@${VERSION}"
+PINNED="2.1.332"
+# The oldest version the protocol tests still run against (docs/cli-versions.md).
+OLDEST="2.1.197"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PREFIX="$REPO/.claude-cli"
+VERSION="${1:-$PINNED}"
+case "$VERSION" in
+    oldest) VERSION="$OLDEST" ;;
+    [0-9]*.[0-9]*.[0-9]*) ;;
+    *)
+        echo "error: '$VERSION' is not a version (like $PINNED) or 'oldest'" >&2
+        exit 2
+        ;;
+esac
+PACKAGE="@anthropic-ai/claude-code@${VERSION}"
+if [ "$VERSION" = "$PINNED" ]; then
+    PREFIX="$REPO/.claude-cli"
+else
+    PREFIX="$REPO/.claude-cli/$VERSION"
+fi
 CLAUDE="$PREFIX/node_modules/.bin/claude"
 
 installed_version() {
-    # `claude --version` prints e.g. "2.1.197 (Claude Code)".
+    # `claude --version` prints e.g. "2.1.332 (Claude Code)".
     "$CLAUDE" --version 2>/dev/null | awk '{print $1; exit}' || true
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs the pinned Claude Code CLI when it is missing (tests drive
-# the real CLI offline against a scripted model), then runs every test.
+# the real CLI offline against a scripted model), then runs every test. CLAUDE_WS_TEST_CLAUDE
+# picks another CLI (CI sets it for its pass on the oldest supported version).
 #
 # Usage: scripts/test.sh [cargo test args...]
 . "$(dirname "${BASH_SOURCE[0]}")/lib/usage.sh" "$@"

@@ -140,7 +140,11 @@ pub enum CliEvent<'a> {
         request_id: String,
         error: Option<String>,
     },
-    /// Meant for the server only (answers to our control requests, echoes of user text).
+    /// `control_cancel_request`: the CLI withdraws a control request it asked (newer
+    /// CLIs; e.g. a permission prompt that no longer needs an answer).
+    CancelRequest { request_id: String },
+    /// Meant for the server only (answers to our control requests, echoes of user text,
+    /// `keep_alive`).
     Internal,
     /// A line that is not a JSON object and not recognisably a `result` (lossily
     /// decoded, at most 200 characters).
@@ -417,6 +421,12 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
             }
         }
         "keep_alive" => CliEvent::Internal,
+        "control_cancel_request" => match line.get("request_id").and_then(Value::as_str) {
+            Some(id) => CliEvent::CancelRequest {
+                request_id: id.to_string(),
+            },
+            None => CliEvent::Internal,
+        },
         other => {
             let subtype = if other.is_empty() {
                 "cli_untyped".to_string()
@@ -465,6 +475,24 @@ mod tests {
             other => panic!("nothing to send: {other:?}"),
         };
         serde_json::from_str(&m.to_frame(1)).unwrap()
+    }
+
+    /// Lines newer CLIs write (2.1.332) are never relayed as errors nor dropped
+    /// silently where they matter: `keep_alive` is the server's, a cancel is an event.
+    #[test]
+    fn newer_cli_lines_translate() {
+        let mut all = events(
+            b"{\"type\":\"keep_alive\"}\n\
+              {\"type\":\"control_cancel_request\",\"request_id\":\"r1\"}\n\
+              {\"type\":\"control_cancel_request\"}\n",
+        );
+        assert!(matches!(all.next(), Some(CliEvent::Internal)));
+        match all.next() {
+            Some(CliEvent::CancelRequest { request_id }) => assert_eq!(request_id, "r1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(all.next(), Some(CliEvent::Internal)));
+        assert!(all.next().is_none());
     }
 
     /// Every line of the real transcripts translates without loss of the parts a

@@ -208,6 +208,7 @@ pub(crate) fn health(shared: &Shared) -> serde_json::Value {
         "sandbox": if shared.sandbox.is_some() { "bubblewrap" } else { "off" },
         "claude": claude,
     });
+    v["claude"]["features"] = shared.features.health();
     if let Some(reason) = problem {
         v["reason"] = reason.into();
     }

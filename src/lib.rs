@@ -59,6 +59,7 @@ mod auth;
 mod child;
 mod cli;
 pub mod config;
+mod features;
 mod handle;
 mod handshake;
 mod http;

@@ -147,6 +147,13 @@ impl Pending {
         Some((w.id, json!({"mcp_response": result})))
     }
 
+    /// Take the question `id` without answering it: the CLI withdrew it
+    /// (`control_cancel_request`). What it was, or `None` if no such question waits.
+    pub fn withdraw(&mut self, id: &str) -> Option<Ask> {
+        let i = self.waiting.iter().position(|w| w.id == id)?;
+        Some(self.waiting.remove(i).ask)
+    }
+
     /// Answer for the client every question whose deadline has passed (`now`), or
     /// all of them (`None`): the CLI's responses.
     pub fn refuse(&mut self, now: Option<Instant>, why: Unanswered) -> Vec<(String, Value)> {
@@ -180,6 +187,20 @@ mod tests {
 
     fn ask(p: &mut Pending, id: &str, ask: Ask, deadline: Instant) {
         p.add(id.into(), ask, deadline, ServerMessage::Pong {}, 1);
+    }
+
+    #[test]
+    fn a_withdrawn_question_is_gone_unanswered() {
+        let now = Instant::now();
+        let mut p = Pending::default();
+        ask(&mut p, "a", Ask::Permission { input: json!({}) }, now);
+        ask(&mut p, "b", Ask::ToolCall { id: json!(7) }, now);
+        assert!(matches!(p.withdraw("b"), Some(Ask::ToolCall { .. })));
+        assert!(p.withdraw("b").is_none());
+        assert!(p.answer_tool_call("b", json!("late"), false).is_none());
+        assert!(matches!(p.withdraw("a"), Some(Ask::Permission { .. })));
+        assert!(p.is_empty());
+        assert!(p.refuse(None, Unanswered::ClientGone).is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use crate::features::HelpFlags;
 use crate::state::Shared;
 use crate::sys;
 
@@ -55,14 +56,36 @@ pub fn start(shared: &Arc<Shared>) {
         .spawn(move || {
             let shared = for_probe;
             let bin = &shared.config.claude_bin;
-            let answer = probe(bin, &shared.child_env, PROBE_LIMIT);
-            match &answer {
-                Ok(version) => log::info!("claude at {}: {version}", bin.display()),
-                Err(why) => log::error!(
-                    "claude cannot run: {why}; install Claude Code or set --claude-bin \
-                     (CLAUDE_BIN) to its path"
+            let answer = probe(bin, &shared.child_env, "--version", PROBE_LIMIT);
+            let help = match &answer {
+                Ok(version) => {
+                    log::info!("claude at {}: {version}", bin.display());
+                    probe(bin, &shared.child_env, "--help", PROBE_LIMIT)
+                        .map(|text| HelpFlags::parse(&text))
+                }
+                Err(why) => {
+                    log::error!(
+                        "claude cannot run: {why}; install Claude Code or set --claude-bin \
+                         (CLAUDE_BIN) to its path"
+                    );
+                    Err(why.clone())
+                }
+            };
+            // Before the version: readiness waits for the version, so the features are
+            // known by the time a client is let in.
+            match &help {
+                Ok(f) => log::info!(
+                    "claude offers {} flags; parked spares {}",
+                    f.len(),
+                    if shared.features.parked_spares_in(f) {
+                        "on"
+                    } else {
+                        "off (no --await-claim in --help)"
+                    }
                 ),
+                Err(why) => log::warn!("cannot read claude --help: {why}"),
             }
+            let _ = shared.features.help.set(help);
             let _ = shared.claude_version.set(answer);
         });
     if let Err(e) = spawned {
@@ -91,11 +114,17 @@ fn has_credentials(env: &[(String, String)]) -> bool {
         .any(|d| d.join(".credentials.json").is_file())
 }
 
-/// `BIN --version` with the children's environment: its output, or why it failed.
-/// After `limit` the probe's process group is killed (by its pid: the group is its own).
-fn probe(bin: &Path, env: &[(String, String)], limit: Duration) -> Result<String, String> {
+/// `BIN ARG` (`--version`, `--help`) with the children's environment: its output, or
+/// why it failed. After `limit` the probe's process group is killed (by its pid: the
+/// group is its own).
+fn probe(
+    bin: &Path,
+    env: &[(String, String)],
+    arg: &str,
+    limit: Duration,
+) -> Result<String, String> {
     let mut cmd = Command::new(bin);
-    cmd.arg("--version")
+    cmd.arg(arg)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -117,23 +146,23 @@ fn probe(bin: &Path, env: &[(String, String)], limit: Duration) -> Result<String
         });
     if let Err(e) = waiter {
         let _ = sys::signal_group(pid, sys::Signal::Kill);
-        return Err(format!("cannot wait for {} --version: {e}", bin.display()));
+        return Err(format!("cannot wait for {} {arg}: {e}", bin.display()));
     }
     match rx.recv_timeout(limit) {
         Ok(Ok(o)) if o.status.success() => {
             Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
         }
         Ok(Ok(o)) => Err(format!(
-            "{} --version failed ({}): {}",
+            "{} {arg} failed ({}): {}",
             bin.display(),
             o.status,
             crate::util::truncate(String::from_utf8_lossy(&o.stderr).trim(), 500)
         )),
-        Ok(Err(e)) => Err(format!("cannot read {} --version: {e}", bin.display())),
+        Ok(Err(e)) => Err(format!("cannot read {} {arg}: {e}", bin.display())),
         Err(_) => {
             let _ = sys::signal_group(pid, sys::Signal::Kill);
             Err(format!(
-                "{} --version did not answer within {} s",
+                "{} {arg} did not answer within {} s",
                 bin.display(),
                 limit.as_secs()
             ))
@@ -176,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_missing_binary_is_reported_at_once() {
-        let e = probe(Path::new("/no/such/claude"), &[], PROBE_LIMIT).unwrap_err();
+        let e = probe(Path::new("/no/such/claude"), &[], "--version", PROBE_LIMIT).unwrap_err();
         assert!(e.contains("cannot run /no/such/claude"), "{e}");
     }
 }

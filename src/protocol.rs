@@ -739,6 +739,16 @@ pub enum ServerMessage<'a> {
         name: String,
         input: Value,
     },
+    /// The CLI withdrew a `permission_request` it had asked (`control_cancel_request`):
+    /// no `permission_response` is wanted for `request_id` any more.
+    PermissionCancelled {
+        request_id: String,
+    },
+    /// The CLI withdrew a `tool_call` (`control_cancel_request`): no `tool_result` is
+    /// wanted for `call_id` any more.
+    ToolCallCancelled {
+        call_id: String,
+    },
     /// A live setting took effect (`applied`: `live`, or `next_query` when no child runs).
     SettingsUpdated {
         setting: &'static str,
@@ -771,6 +781,8 @@ impl ServerMessage<'_> {
             ServerMessage::ToolDefined { .. } => "tool_defined",
             ServerMessage::ToolsList { .. } => "tools_list",
             ServerMessage::ToolCall { .. } => "tool_call",
+            ServerMessage::PermissionCancelled { .. } => "permission_cancelled",
+            ServerMessage::ToolCallCancelled { .. } => "tool_call_cancelled",
             ServerMessage::SettingsUpdated { .. } => "settings_updated",
             ServerMessage::Pong {} => "pong",
             ServerMessage::Error { .. } => "error",

@@ -45,6 +45,8 @@ pub struct Shared {
     pub claude_version: OnceLock<Result<String, String>>,
     /// The sandbox children run in (`sandbox.rs`); `None`: off.
     pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+    /// What that CLI offers (`features.rs`): its `--help` flags, its first `system/init`.
+    pub features: crate::features::Detected,
 }
 
 impl Shared {
@@ -86,6 +88,7 @@ impl Shared {
             ws_addr,
             claude_version: OnceLock::new(),
             sandbox,
+            features: Default::default(),
         }
     }
 

@@ -252,9 +252,14 @@ impl Tools {
     }
 }
 
-/// `--mcp-config`'s value for a child with client tools.
+/// `--mcp-config`'s value for a child with client tools. `alwaysLoad` keeps the tools
+/// out of tool search on CLIs that defer MCP tools behind it (2.1.332 offers the model
+/// `ToolSearch` instead of `mcp__ws__<name>` without it); older CLIs (2.1.197, checked)
+/// accept the key and change nothing, so one entry serves every supported version
+/// (docs/cli-versions.md).
 pub fn mcp_config() -> String {
-    json!({"mcpServers": {MCP_SERVER: {"type": "sdk", "name": MCP_SERVER}}}).to_string()
+    json!({"mcpServers": {MCP_SERVER: {"type": "sdk", "name": MCP_SERVER, "alwaysLoad": true}}})
+        .to_string()
 }
 
 /// What an `mcp_message` asks of us.

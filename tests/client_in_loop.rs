@@ -192,6 +192,18 @@ fn a_client_defined_tool_is_called_and_its_result_reaches_the_model() {
     assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
     assert!(api_tool_result(&api).contains("**hi**"));
     assert!(assistant_text(&msgs).contains("Done: **hi**"), "{msgs:?}");
+    // Offered to the model directly, not deferred behind tool search (newer CLIs defer
+    // MCP tools unless the server entry says `alwaysLoad`): the first request already
+    // names it.
+    let first = &api.requests()[0];
+    let offered: Vec<&str> = first["tools"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        offered.contains(&"mcp__ws__CustomFormatter"),
+        "tools offered to the model: {offered:?}"
+    );
 }
 
 #[test]
@@ -411,6 +423,33 @@ fn a_question_of_a_child_that_died_cannot_be_answered() {
     assert_eq!(only(&msgs, "error")["code"], "claude_exited", "{msgs:?}");
     assert_eq!(only(&msgs, "query_end")["outcome"], "error");
     c.send(json!({"type": "permission_response", "request_id": "perm-1", "behavior": "allow"}));
+    assert_eq!(c.recv()["data"]["code"], "unknown_request");
+}
+
+/// Stand-in CLI (the real 2.1.332 withdraws a prompt only at an interrupt, when the
+/// server has answered it already): a question the CLI withdraws is withdrawn from the
+/// client, and an answer sent after that names no waiting request.
+#[test]
+fn a_question_the_cli_withdraws_is_withdrawn_from_the_client() {
+    let s = ServerOptions::fake().start();
+    let mut c = s.connect();
+    c.send(json!({"type": "define_tool", "tool": {"name": "Fmt", "input_schema": {"type": "object", "properties": {}}}}));
+    assert_eq!(c.recv()["type"], "tool_defined");
+    c.send(json!({"type": "query", "prompt": "ask-then-cancel", "options": {"permission_prompts": true}}));
+    let msgs = c.until("query_end");
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    let kinds = types(&msgs);
+    let at = |k: &str| kinds.iter().position(|t| t == k).unwrap_or(usize::MAX);
+    assert!(
+        at("permission_request") < at("permission_cancelled"),
+        "{kinds:?}"
+    );
+    assert!(at("tool_call") < at("tool_call_cancelled"), "{kinds:?}");
+    assert_eq!(only(&msgs, "permission_cancelled")["request_id"], "perm-1");
+    assert_eq!(only(&msgs, "tool_call_cancelled")["call_id"], "mcp-1");
+    c.send(json!({"type": "permission_response", "request_id": "perm-1", "behavior": "allow"}));
+    assert_eq!(c.recv()["data"]["code"], "unknown_request");
+    c.send(json!({"type": "tool_result", "call_id": "mcp-1", "content": "late"}));
     assert_eq!(c.recv()["data"]["code"], "unknown_request");
 }
 

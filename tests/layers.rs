@@ -16,7 +16,7 @@ const FLOORS: &[&[&str]] = &[
     &["util", "sys", "json", "proxy", "replay"],
     // The wire format and the settings.
     &["protocol", "config"],
-    &["metrics", "tools", "query", "limits", "auth"],
+    &["metrics", "tools", "query", "limits", "auth", "features"],
     // The bubblewrap sandbox a child is started in.
     &["sandbox"],
     // The two ends: the child process and the client socket; the CLI's stream-json.

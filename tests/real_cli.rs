@@ -55,6 +55,20 @@ fn hello() {
         .as_str()
         .unwrap()
         .contains("Claude Code"));
+    // What the CLI offers, asked of it (docs/cli-versions.md), and the paths in use.
+    let features = &health["claude"]["features"];
+    assert_eq!(features["help"]["status"], "ok", "{features}");
+    assert!(features["help"]["flags"].as_u64() > Some(20), "{features}");
+    assert_eq!(
+        features["init"]["tool_search"],
+        init["data"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("ToolSearch"))),
+        "{features}"
+    );
+    assert!(features["init"]["capabilities"].is_array(), "{features}");
+    assert_eq!(features["paths"]["client_tools"], "always_load");
+    assert_eq!(features["paths"]["warm"], "initialize_ahead");
 }
 
 #[test]

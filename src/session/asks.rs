@@ -84,6 +84,26 @@ impl Session<'_> {
         }
     }
 
+    /// The CLI withdrew a question it asked (`control_cancel_request`): tell the client
+    /// it need not answer, the same way it was asked. A question answered already, or
+    /// a request that never reached the client, needs nothing.
+    pub(super) fn on_cancel_request(&mut self, request_id: &str) {
+        let message = match self.pending.withdraw(request_id) {
+            Some(Ask::Permission { .. }) => ServerMessage::PermissionCancelled {
+                request_id: request_id.to_string(),
+            },
+            Some(Ask::ToolCall { .. }) => ServerMessage::ToolCallCancelled {
+                call_id: request_id.to_string(),
+            },
+            None => {
+                log::debug!("[{}] the CLI cancelled {request_id}", self.label);
+                return;
+            }
+        };
+        log::info!("[{}] the CLI withdrew {request_id}", self.label);
+        self.send(message);
+    }
+
     /// The CLI answered a control request of ours (only live settings wait for one).
     pub(super) fn on_control_response(&mut self, request_id: &str, error: Option<String>) {
         let Some(i) = self

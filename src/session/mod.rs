@@ -802,6 +802,7 @@ impl<'a> Session<'a> {
                 message,
             } => {
                 self.learn_claude_session(session_id);
+                self.shared.features.learn_init(&message);
                 self.send(message);
                 if let Some(q) = &mut self.query {
                     let step = q.turn_started(Instant::now());
@@ -842,6 +843,7 @@ impl<'a> Session<'a> {
             CliEvent::ControlResponse { request_id, error } => {
                 self.on_control_response(&request_id, error)
             }
+            CliEvent::CancelRequest { request_id } => self.on_cancel_request(&request_id),
             CliEvent::Internal => {}
             CliEvent::Invalid(text) => self.send_error(ClientError::new(
                 ErrorCode::ClaudeOutputInvalid,

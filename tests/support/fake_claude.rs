@@ -163,6 +163,10 @@ enum Mode {
     /// `ask-then-exit`: asks `can_use_tool` (as with `--permission-prompt-tool stdio`),
     /// then exits 4 without waiting for the answer.
     AskThenExit,
+    /// `ask-then-cancel`: asks `can_use_tool` (`perm-1`) and calls the client tool `Fmt`
+    /// (`mcp-1`), then withdraws both with `control_cancel_request` (the shape 2.1.332
+    /// writes for a prompt pending at an interrupt) and ends the turn.
+    AskThenCancel,
     /// `mcp-unknown`: calls an MCP tool `Nope` of the `ws` server, waits for the
     /// answer and says it.
     McpUnknown,
@@ -209,6 +213,7 @@ impl Mode {
             ("deaf", 0, ..) => Mode::Deaf,
             ("deaf-turns", 0, ..) => Mode::DeafTurns,
             ("ask-then-exit", 0, ..) => Mode::AskThenExit,
+            ("ask-then-cancel", 0, ..) => Mode::AskThenCancel,
             ("mcp-unknown", 0, ..) => Mode::McpUnknown,
             ("ignore-signals", 0, ..) => Mode::IgnoreSignals,
             ("stubborn", 0, ..) => Mode::Stubborn,
@@ -426,6 +431,20 @@ impl Fake {
                         "input": {"command": "ls"}, "tool_use_id": "toolu_fake",
                         "permission_suggestions": []}}));
                 std::process::exit(4)
+            }
+            Mode::AskThenCancel => {
+                self.emit(&json!({"type": "control_request", "request_id": "perm-1",
+                    "request": {"subtype": "can_use_tool", "tool_name": "Bash",
+                        "input": {"command": "ls"}, "tool_use_id": "toolu_fake",
+                        "permission_suggestions": []}}));
+                self.emit(&json!({"type": "control_request", "request_id": "mcp-1",
+                    "request": {"subtype": "mcp_message", "server_name": "ws",
+                        "message": {"method": "tools/call", "params": {"name": "Fmt",
+                            "arguments": {}}, "jsonrpc": "2.0", "id": 6}}}));
+                for id in ["perm-1", "mcp-1"] {
+                    self.emit(&json!({"type": "control_cancel_request", "request_id": id}));
+                }
+                self.say("withdrawn".into())
             }
             Mode::McpUnknown => {
                 self.emit(&json!({"type": "control_request", "request_id": "mcp-1",
