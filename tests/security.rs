@@ -299,6 +299,9 @@ fn child_environment_is_the_allow_list_and_operator_tools_are_always_disallowed(
         .env("OTHER_VAR", "kept-back")
         .env("CLAUDE_WS_AUTH_TOKEN", TOKEN)
         .args(&["--pass-env=EXTRA_VAR", "--disallowed-tools=Bash,WebFetch"])
+        // The server's own allow-list, unsandboxed: a sandbox adds TMPDIR and PWD
+        // (tests/sandbox.rs checks what a sandboxed child sees).
+        .arg("--sandbox=off")
         .start();
     let mut c = s
         .try_connect(&format!("{}?token={TOKEN}", s.ws_url), &[])
