@@ -90,6 +90,10 @@ impl Jail {
         let s = &self.sandbox;
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&std::ffi::OsStr]| a.extend(parts.iter().map(|p| p.into()));
+        // A private /tmp first: what is bound below may live under /tmp (a checkout
+        // in /tmp holding the claude install, a state directory or workspace there),
+        // and a later mount shows through an earlier one, not the other way round.
+        push(&["--tmpfs".as_ref(), "/tmp".as_ref()]);
         for dir in &s.read_only {
             push(&["--ro-bind".as_ref(), dir.as_ref(), dir.as_ref()]);
         }
@@ -101,8 +105,6 @@ impl Jail {
         }
         push(&["--proc".as_ref(), "/proc".as_ref()]);
         push(&["--dev".as_ref(), "/dev".as_ref()]);
-        push(&["--tmpfs".as_ref(), "/tmp".as_ref()]);
-        // After /tmp, so a state directory or workspace under /tmp shows through it.
         for dir in std::iter::once(&self.home).chain(&self.workspaces) {
             push(&["--bind".as_ref(), dir.as_ref(), dir.as_ref()]);
         }

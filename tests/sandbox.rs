@@ -482,3 +482,22 @@ fn a_sandboxed_child_ignoring_signals_is_killed_whole() {
         assert!(!pid_alive(p), "{p} ({}) outlived the stop", cmdline(p));
     }
 }
+
+/// The claude install may live under /tmp (a checkout there): the sandbox's private
+/// /tmp must not hide it.
+#[test]
+fn a_claude_installed_under_tmp_runs_in_the_sandbox() {
+    let dir = TempDir::new("claude-under-tmp");
+    let copy = dir.path().join("bin").join("claude");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(fake_claude(), &copy).unwrap();
+    assert!(copy.starts_with(std::env::temp_dir()), "{copy:?}");
+    let s = ServerOptions::fake()
+        .arg("--sandbox=bubblewrap")
+        .arg(&format!("--claude-bin={}", copy.display()))
+        .start();
+    assert_eq!(s.get("/health").1["sandbox"], "bubblewrap");
+    let mut c = s.connect();
+    let msgs = c.query("hi", json!({}));
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+}
