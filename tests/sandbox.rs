@@ -22,15 +22,7 @@ const ADMIN: &str = "admin-token-NEVER-SEEN-INSIDE";
 const SERVER_ENV: &str = "server-env-NEVER-SEEN-INSIDE";
 
 fn jwt(secret: &str, user: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    support::jwt::make_jwt(
-        secret.as_bytes(),
-        &json!({"sub": user, "exp": exp}).to_string(),
-    )
+    support::jwt::user_jwt(secret, user)
 }
 
 /// Connect as JWT user `user` and read `connection_established`.

@@ -12,15 +12,7 @@ use support::*;
 const SECRET: &str = "sessions-test-secret";
 
 fn jwt(sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    support::jwt::make_jwt(
-        SECRET.as_bytes(),
-        &json!({"sub": sub, "exp": exp}).to_string(),
-    )
+    support::jwt::user_jwt(SECRET, sub)
 }
 
 /// Connect with `?token=` (and more query) and read `connection_established`.

@@ -26,3 +26,29 @@ pub fn make_jwt(secret: &[u8], claims: &str) -> String {
     mac.update(format!("{h}.{p}").as_bytes());
     format!("{h}.{p}.{}", b64url(&mac.finalize().into_bytes()))
 }
+
+/// A token for user `sub`, signed with `secret`, valid for an hour.
+pub fn user_jwt(secret: &str, sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+        + 3600;
+    let claims = format!(r#"{{"sub":{},"exp":{exp}}}"#, escape_json(sub));
+    make_jwt(secret.as_bytes(), &claims)
+}
+
+/// `s` as a JSON string literal (the tests' subjects are plain, but be exact).
+fn escape_json(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
