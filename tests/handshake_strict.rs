@@ -75,6 +75,14 @@ fn assert_bad_request(s: &TestServer, target: &str, headers: &[(&str, &str)]) {
     assert_eq!(body["code"], "bad_request", "{headers:?}: {body}");
 }
 
+/// The session an accepted upgrade opened has closed (its raw client is gone). Its
+/// listing comes a little after the 101, so "no sessions" alone could be seen before
+/// it was listed: wait for its end in the log first.
+fn accepted_session_is_gone(s: &TestServer) {
+    assert!(s.logged("session closed"), "{}", s.logs());
+    assert!(eventually(WAIT, || s.get("/health").1["sessions"] == 0));
+}
+
 /// Nothing was started for any refused request.
 fn assert_no_session(s: &TestServer) {
     let (_, health) = s.get("/health");
@@ -90,7 +98,7 @@ fn two_host_fields_are_a_bad_request() {
     let host = s.ws_authority();
     // The same request with one Host is accepted, so the refusal is about the repeat.
     assert_eq!(raw_upgrade(&s, "/ws", &[("Host", &host)]).0, 101);
-    assert!(eventually(WAIT, || s.get("/health").1["sessions"] == 0));
+    accepted_session_is_gone(&s);
     assert_bad_request(&s, "/ws", &[("Host", &host), ("Host", &host)]);
     assert_bad_request(&s, "/ws", &[("Host", &host), ("Host", "evil.example")]);
     assert_bad_request(&s, "/ws", &[("Host", "evil.example"), ("Host", &host)]);
@@ -110,7 +118,7 @@ fn two_origin_fields_are_a_bad_request() {
         raw_upgrade(&s, "/ws", &[("Host", &host), ("Origin", &own)]).0,
         101
     );
-    assert!(eventually(WAIT, || s.get("/health").1["sessions"] == 0));
+    accepted_session_is_gone(&s);
     assert_bad_request(
         &s,
         "/ws",
@@ -138,7 +146,7 @@ fn two_authorization_fields_are_a_bad_request() {
         raw_upgrade(&s, "/ws", &[("Host", &host), ("Authorization", &bearer)]).0,
         101
     );
-    assert!(eventually(WAIT, || s.get("/health").1["sessions"] == 0));
+    accepted_session_is_gone(&s);
     assert_bad_request(
         &s,
         "/ws",
@@ -179,7 +187,7 @@ fn a_token_in_two_carriers_is_a_bad_request_even_when_equal() {
         h.extend(headers);
         assert_eq!(raw_upgrade(&s, target, &h).0, 101, "{target} {h:?}");
     }
-    assert!(eventually(WAIT, || s.get("/health").1["sessions"] == 0));
+    accepted_session_is_gone(&s);
     // Header and query.
     assert_bad_request(&s, &query, &[("Host", &host), ("Authorization", &bearer)]);
     // Header and subprotocol.
