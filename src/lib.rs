@@ -89,7 +89,7 @@ mod warm;
 mod web;
 mod workspace;
 
-pub use config::{Config, ConfigError, Invocation};
+pub use config::{Config, ConfigError, Invocation, Timeouts};
 pub use handle::ServerHandle;
 pub use server::{Error, Server};
 

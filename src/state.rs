@@ -71,7 +71,7 @@ impl Shared {
             crate::warm::default_spec(&config, &child_env, state_dir.is_some()),
             places.clone(),
             reaper.clone(),
-            config.stop_grace,
+            config.timeouts.stop_grace,
         );
         Shared {
             places,

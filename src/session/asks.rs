@@ -38,7 +38,7 @@ impl Session<'_> {
                         .unwrap_or_else(|| json!([])),
                 };
                 log::info!("[{}] permission prompt {id}", self.label);
-                let deadline = now + config.permission_timeout;
+                let deadline = now + config.timeouts.permission_timeout;
                 self.pending.add(
                     id.to_string(),
                     Ask::Permission { input },
@@ -68,7 +68,7 @@ impl Session<'_> {
                             name,
                             input,
                         };
-                        let deadline = now + config.tool_timeout;
+                        let deadline = now + config.timeouts.tool_timeout;
                         self.pending.add(
                             id.to_string(),
                             Ask::ToolCall { id: rpc },

@@ -53,7 +53,7 @@ impl Session<'_> {
             Lost::HeartbeatTimeout => "no answer to pings".into(),
             Lost::Stalled => "client stopped reading".into(),
         };
-        let grace = self.shared.config.reconnect_grace;
+        let grace = self.shared.config.timeouts.reconnect_grace;
         if let Some(mut link) = self.link.take() {
             if matches!(why, Lost::Stalled) {
                 link.close(Closing::NotReading);

@@ -273,7 +273,7 @@ impl<'a> Session<'a> {
             queries: 0,
             rate: RateWindow::new(n, window),
             last_activity: now,
-            next_ping: now + shared.config.ping_interval,
+            next_ping: now + shared.config.timeouts.ping_interval,
             ending: None,
             draining: false,
         }
@@ -465,7 +465,7 @@ impl<'a> Session<'a> {
         self.send(ServerMessage::QueryStart {
             prompt: prompt.content(),
         });
-        self.query = Some(Query::new(config.interrupt_grace));
+        self.query = Some(Query::new(config.timeouts.interrupt_grace));
         let (queries, cwd) = (
             self.queries,
             spec.cwd.as_ref().map(|p| p.display().to_string()),
@@ -510,7 +510,7 @@ impl<'a> Session<'a> {
                     prompt,
                     spec,
                     inputs: Vec::new(),
-                    deadline: Instant::now() + config.queue_timeout,
+                    deadline: Instant::now() + config.timeouts.queue_timeout,
                     position,
                 });
                 self.listing.update(|i| i.state = SessionState::Queued);
@@ -910,7 +910,7 @@ impl<'a> Session<'a> {
 
     /// Stop the child the way that keeps its conversation (close stdin, then escalate).
     fn stop_child(&mut self) {
-        self.stop_child_with(Stop::Graceful(self.shared.config.stop_grace));
+        self.stop_child_with(Stop::Graceful(self.shared.config.timeouts.stop_grace));
     }
 
     fn end_query(&mut self, outcome: QueryOutcome) {
@@ -954,7 +954,7 @@ impl<'a> Session<'a> {
         let config = &self.shared.config;
         let mut next = self.next_ping;
         if self.query.is_none() {
-            next = next.min(self.last_activity + config.session_timeout);
+            next = next.min(self.last_activity + config.timeouts.session_timeout);
         }
         if let Some(d) = self.query.as_ref().and_then(Query::deadline) {
             next = next.min(d);
@@ -962,7 +962,8 @@ impl<'a> Session<'a> {
         if let Some(d) = self.pending.deadline() {
             next = next.min(d);
         }
-        if let (Some(idle), Some(c), None) = (config.child_idle, &self.child, &self.query) {
+        if let (Some(idle), Some(c), None) = (config.timeouts.child_idle, &self.child, &self.query)
+        {
             next = next.min(c.idle_since + idle);
         }
         if let Some(q) = &self.queued {
@@ -974,7 +975,10 @@ impl<'a> Session<'a> {
         if let Some(link) = self.link.as_ref().filter(|l| l.pending() > 0) {
             // (Room in the socket wakes the session through `inbound`; this is the
             // deadline of a client that reads nothing.)
-            let left = config.stall_timeout.saturating_sub(link.stalled_for());
+            let left = config
+                .timeouts
+                .stall_timeout
+                .saturating_sub(link.stalled_for());
             next = next.min(Instant::now() + left);
         }
         next
@@ -983,9 +987,9 @@ impl<'a> Session<'a> {
     fn on_timers(&mut self, now: Instant) {
         let config = &self.shared.config;
         if now >= self.next_ping {
-            self.next_ping = now + config.ping_interval;
+            self.next_ping = now + config.timeouts.ping_interval;
             if let Some(link) = &mut self.link {
-                if now.duration_since(link.last_heard) > config.ping_interval * 2 {
+                if now.duration_since(link.last_heard) > config.timeouts.ping_interval * 2 {
                     return self.lose(Lost::HeartbeatTimeout);
                 }
                 if link.ping().is_err() {
@@ -996,7 +1000,7 @@ impl<'a> Session<'a> {
         if self.detached_until.is_some_and(|d| now >= d) {
             return self.end(End::GraceExpired);
         }
-        if self.query.is_none() && now >= self.last_activity + config.session_timeout {
+        if self.query.is_none() && now >= self.last_activity + config.timeouts.session_timeout {
             return self.end(End::IdleTimeout);
         }
         if self.queued.as_ref().is_some_and(|q| now >= q.deadline) {
@@ -1007,7 +1011,7 @@ impl<'a> Session<'a> {
                 format!(
                     "no claude place came free within {} s: all {} are busy \
                      (--max-running, --queue-timeout-secs); try again later",
-                    config.queue_timeout.as_secs_f64(),
+                    config.timeouts.queue_timeout.as_secs_f64(),
                     config.max_running
                 ),
             ));
@@ -1020,7 +1024,7 @@ impl<'a> Session<'a> {
             log::warn!(
                 "[{}] interrupt not honoured within {:?}; ending claude's process group",
                 self.label,
-                config.interrupt_grace
+                config.timeouts.interrupt_grace
             );
             self.stop_child_with(Stop::Now);
             self.end_query(QueryOutcome::Interrupted);
@@ -1030,7 +1034,7 @@ impl<'a> Session<'a> {
             .as_ref()
             .filter(|_| self.query.is_none())
             .map(|c| now.saturating_duration_since(c.idle_since));
-        if let (Some(idle), Some(idle_for)) = (config.child_idle, idle_for) {
+        if let (Some(idle), Some(idle_for)) = (config.timeouts.child_idle, idle_for) {
             if idle_for >= idle {
                 log::info!(
                     "[{}] claude idle for {idle:?}; stopping it until the next query",
@@ -1042,12 +1046,12 @@ impl<'a> Session<'a> {
         if let Some(link) = self
             .link
             .as_ref()
-            .filter(|l| l.stalled_for() >= config.stall_timeout)
+            .filter(|l| l.stalled_for() >= config.timeouts.stall_timeout)
         {
             log::warn!(
                 "[{}] client kept its backlog above the high-water mark for {:?} ({} bytes waiting); disconnecting",
                 self.label,
-                config.stall_timeout,
+                config.timeouts.stall_timeout,
                 link.pending()
             );
             self.lose(Lost::Stalled);
