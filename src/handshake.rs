@@ -251,7 +251,7 @@ fn reattach_params(query: Option<&str>) -> Result<Option<(String, u64)>, String>
             None => Ok(None),
         };
     };
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+    if !crate::util::is_session_id(id) {
         return Err("session_id must be the session_id of connection_established".into());
     }
     let seq = match seq {

@@ -199,12 +199,7 @@ pub fn principal_dir(state_dir: &Path, principal: &str) -> PathBuf {
 /// Where the conversation of a server session id is recorded, under a principal's
 /// directory.
 fn conversation_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
-    let safe = !session_id.is_empty()
-        && session_id.len() <= 64
-        && session_id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'-');
-    safe.then(|| dir.join("claude-ws-sessions").join(session_id))
+    crate::util::is_session_id(session_id).then(|| dir.join("claude-ws-sessions").join(session_id))
 }
 
 /// Remember that server session `session_id` holds CLI conversation `conversation`.
