@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender, TryRecvError};
 use serde::Serialize;
 
-use crate::child::{Child, ChildEvent, ChildSpec, Reaper, Stop};
+use crate::child::{Child, ChildEvent, Reaper, Stop};
 use crate::cli;
 use crate::config::Config;
 use crate::places::{ChildSlot, Places, ToPool};
 use crate::protocol::QueryOptions;
-use crate::spec;
+use crate::spec::{self, ChildPlan};
 use crate::tools::Tools;
 use crate::util::lock;
 
@@ -53,7 +53,7 @@ pub struct Warm {
     target: usize,
     /// The spec every warm child is started with; a session's query must give exactly
     /// this spec to take one.
-    spec: Option<ChildSpec>,
+    spec: Option<ChildPlan>,
     places: Arc<Places>,
     reaper: Reaper,
     stop_grace: Duration,
@@ -117,7 +117,7 @@ pub fn default_spec(
     config: &Config,
     child_env: &[(String, String)],
     per_principal_state: bool,
-) -> Result<ChildSpec, String> {
+) -> Result<ChildPlan, String> {
     if per_principal_state {
         // Each principal's child gets its own CLAUDE_CONFIG_DIR, which the CLI reads
         // at start: no child started ahead of a session could serve it.
@@ -142,7 +142,7 @@ impl Warm {
     /// the reason given). Nothing starts before [`Warm::start`].
     pub fn new(
         target: usize,
-        spec: Result<ChildSpec, String>,
+        spec: Result<ChildPlan, String>,
         places: Arc<Places>,
         reaper: Reaper,
         stop_grace: Duration,
@@ -191,7 +191,7 @@ impl Warm {
     /// A warm child for a session's first query, if `spec` is the one warm children
     /// were started with and one is waiting. It has been sent `initialize`; its place
     /// comes with it. The pool starts a replacement.
-    pub fn take(&self, spec: &ChildSpec) -> Option<(Child, ChildSlot)> {
+    pub fn take(&self, spec: &ChildPlan) -> Option<(Child, ChildSlot)> {
         if self.spec.as_ref() != Some(spec) {
             return None;
         }
@@ -319,9 +319,9 @@ impl Warm {
             let Some(slot) = self.places.try_acquire_warm() else {
                 return; // `places` says Freed when one comes free
             };
-            match Child::spawn(spec, LABEL) {
+            match Child::spawn(&spec.spec(), LABEL) {
                 Ok(child) => {
-                    let _ = child.send_line(&cli::initialize(false));
+                    let _ = child.send_line(&cli::initialize(spec.client_tools));
                     let mut pool = lock(&self.inner);
                     pool.started += 1;
                     let w = Waiting {

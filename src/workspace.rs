@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::child::ChildSpec;
 use crate::protocol::{ClientError, ErrorCode};
 use crate::spec;
 use crate::state::Shared;
@@ -37,7 +36,7 @@ pub fn roots(shared: &Shared, principal: &str) -> Result<Vec<PathBuf>, ClientErr
 /// may write its state directory and its workspaces.
 pub fn enclose(
     shared: &Shared,
-    spec: &mut ChildSpec,
+    spec: &mut spec::ChildPlan,
     state_dir: Option<&Path>,
     roots: &[PathBuf],
 ) -> Result<(), ClientError> {

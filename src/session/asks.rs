@@ -118,10 +118,10 @@ impl Session<'_> {
             None => {
                 // The live child now runs as a child built with the new setting would:
                 // the next query with the same options keeps it.
-                if self.last_spec.is_some() {
+                if self.last_plan.is_some() {
                     let options = with_settings(self.last_options.clone(), &self.settings);
                     if let Ok(spec) = self.spec_for(&options) {
-                        self.last_spec = Some(spec);
+                        self.last_plan = Some(spec);
                         self.last_options = options;
                     }
                 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 use tungstenite::Message;
 
-use crate::child::{Child, ChildEvent, ChildSpec, Stop, Undelivered};
+use crate::child::{Child, ChildEvent, Stop, Undelivered};
 use crate::cli;
 use crate::cli::CliEvent;
 use crate::handshake::Newcomer;
@@ -46,7 +46,7 @@ use crate::places::{Acquired, ChildSlot};
 use crate::query::{Query, Step};
 use crate::registry::{Control, Listing, SessionInfo, SessionState};
 use crate::replay::Replay;
-use crate::spec;
+use crate::spec::{self, ChildPlan};
 use crate::state::Shared;
 use crate::tool_registry;
 use crate::tools::Tools;
@@ -82,7 +82,7 @@ enum Lost {
 /// A query waiting for a `--max-running` place.
 struct Queued {
     prompt: Prompt,
-    spec: ChildSpec,
+    spec: ChildPlan,
     /// `input` sent while it waited, written after the prompt.
     inputs: Vec<Prompt>,
     deadline: Instant,
@@ -128,10 +128,10 @@ pub struct Session<'a> {
     queued: Option<Queued>,
     seq: u64,
     child: Option<LiveChild>,
-    /// The spec the last child was built from (before any `--resume` was added). It
+    /// The plan the last child was built from (before it was made to resume). It
     /// outlives that child: the next query's options are compared with it to decide
     /// whether the conversation goes on.
-    last_spec: Option<ChildSpec>,
+    last_plan: Option<ChildPlan>,
     /// The options the last child was built from, with the live settings applied.
     last_options: QueryOptions,
     /// Settings changed during the session (`set_model`, …): they apply to every later
@@ -259,7 +259,7 @@ impl<'a> Session<'a> {
             queued: None,
             seq: 0,
             child: None,
-            last_spec: None,
+            last_plan: None,
             last_options: QueryOptions::default(),
             settings: QueryOptions::default(),
             settings_sent: Vec::new(),
@@ -483,7 +483,7 @@ impl<'a> Session<'a> {
         // among --max-running. (A child being stopped keeps its place until it is
         // reaped: a restart needs a place of its own.)
         if self.child.is_some() {
-            if self.last_spec.as_ref() == Some(&spec) {
+            if self.last_plan.as_ref() == Some(&spec) {
                 self.shared
                     .places
                     .set_idle(self.number, false, &self.control_tx);
@@ -521,7 +521,7 @@ impl<'a> Session<'a> {
     }
 
     /// Start the child for the running query in `slot`, and give it the prompt.
-    fn launch(&mut self, spec: ChildSpec, slot: ChildSlot, prompt: &Prompt, inputs: Vec<Prompt>) {
+    fn launch(&mut self, spec: ChildPlan, slot: ChildSlot, prompt: &Prompt, inputs: Vec<Prompt>) {
         match self.start_child(spec, slot) {
             Ok(()) => self.begin(prompt, inputs),
             Err(e) => {
@@ -558,7 +558,7 @@ impl<'a> Session<'a> {
 
     /// The spec of a child for `options`: the policy's checks, and the principal's
     /// own CLI state directory, workspace and sandbox.
-    fn spec_for(&self, options: &QueryOptions) -> Result<ChildSpec, ClientError> {
+    fn spec_for(&self, options: &QueryOptions) -> Result<ChildPlan, ClientError> {
         let config = &self.shared.config;
         let roots = crate::workspace::roots(self.shared, &self.principal)?;
         let mut spec = spec::build(config, &self.shared.child_env, options, &self.tools, &roots)?;
@@ -590,34 +590,34 @@ impl<'a> Session<'a> {
         options
     }
 
-    /// Start a child built from `spec`, holding `slot` for as long as it lives.
-    fn start_child(&mut self, spec: ChildSpec, slot: ChildSlot) -> Result<(), ClientError> {
+    /// Start a child built from `plan`, holding `slot` for as long as it lives.
+    fn start_child(&mut self, plan: ChildPlan, slot: ChildSlot) -> Result<(), ClientError> {
         // Continue this session's conversation, unless the client has just asked for
         // a specific one (new options with `resume` or `continue_conversation`), or for
         // another directory: the CLI keeps conversations per directory and cannot
         // resume one elsewhere, so a new cwd starts a new conversation.
-        let new_options = self.last_spec.as_ref() != Some(&spec);
-        let asked_for_own = spec::picks_conversation(&spec) && new_options;
+        let new_options = self.last_plan.as_ref() != Some(&plan);
+        let asked_for_own = plan.picks_conversation() && new_options;
         let moved = self
-            .last_spec
+            .last_plan
             .as_ref()
-            .is_some_and(|last| last.cwd != spec.cwd);
-        let argv = match &self.claude_session_id {
-            Some(id) if !asked_for_own && !moved => spec::resuming(&spec, id),
-            _ => spec.clone(),
+            .is_some_and(|last| last.cwd != plan.cwd);
+        let run = match &self.claude_session_id {
+            Some(id) if !asked_for_own && !moved => plan.resuming(id),
+            _ => plan.clone(),
         };
-        let child = Child::spawn(&argv, &self.label).map_err(|e| {
+        let child = Child::spawn(&run.spec(), &self.label).map_err(|e| {
             log::warn!("[{}] {e}", self.label);
             ClientError::new(ErrorCode::ClaudeSpawnFailed, e.to_string())
         })?;
-        let _ = child.send_line(&cli::initialize(spec::has_client_tools(&spec)));
-        self.adopt(child, slot, spec);
+        let _ = child.send_line(&cli::initialize(plan.client_tools));
+        self.adopt(child, slot, plan);
         Ok(())
     }
 
     /// A warm child (`warm.rs`) for this query, if the session has no conversation
     /// yet (a warm child cannot resume one) and `spec` is the one warm children have.
-    fn take_warm(&mut self, spec: &ChildSpec) -> bool {
+    fn take_warm(&mut self, spec: &ChildPlan) -> bool {
         if self.claude_session_id.is_some() {
             return false;
         }
@@ -630,7 +630,7 @@ impl<'a> Session<'a> {
     }
 
     /// Make `child` (already sent `initialize`) the session's own.
-    fn adopt(&mut self, child: Child, slot: ChildSlot, spec: ChildSpec) {
+    fn adopt(&mut self, child: Child, slot: ChildSlot, spec: ChildPlan) {
         self.listing.update(|i| i.child_pid = Some(child.pid()));
         self.child = Some(LiveChild {
             child,
@@ -638,7 +638,7 @@ impl<'a> Session<'a> {
             echoes: false,
             idle_since: Instant::now(),
         });
-        self.last_spec = Some(spec);
+        self.last_plan = Some(spec);
     }
 
     /// Write a user message to the child for the running query.
