@@ -82,10 +82,31 @@ async function prompt(text) {
   await page.press("#prompt", "Enter");
 }
 
+// What the scripted model echoes back ("Echo: " + the prompt), as Markdown.
+const MARKDOWN = [
+  "markdown", "", "# Heading One", "", "Some **bold**, *slanted* and `inline()` text, a [link](https://example.com/doc).", "",
+  "- one", "- two", "", "1. first", "2. second", "", "| name | value |", "|---|---|", "| a | 1 |", "",
+  "```rust", "fn main() {", "    let answer = 42;", "}", "```", "",
+].join("\n");
+// Hostile Markdown and HTML: none of it may run or link to script.
+const HOSTILE = [
+  "hostile", "", "<script>window.__pwned = 'script'</script>", "",
+  "<img src=x onerror=\"window.__pwned='img'\">", "",
+  "<iframe src=\"javascript:parent.__pwned='iframe'\"></iframe>", "",
+  "[click me](javascript:window.__pwned='link') and [again](JaVaScRiPt:window.__pwned='link2')", "",
+  "<a href=\"javascript:window.__pwned='a'\">bad link</a> <svg onload=\"window.__pwned='svg'\"></svg>", "",
+  "![pic](javascript:window.__pwned='img2') <details open ontoggle=\"window.__pwned='toggle'\">x</details>", "",
+  "<math><mi xlink:href=\"javascript:window.__pwned='math'\">m</mi></math> [data](data:text/html,<script>x</script>)", "",
+].join("\n");
+// Screenshots beside SCREENSHOT: NAME-<what>.png.
+const shot = (what) => env("SCREENSHOT").replace(/\.png$/, `-${what}.png`);
+let SCRIPTS = 0;
+
 const connected = () => page.waitForSelector('#status[data-state="connected"]', { timeout: WAIT });
 
 try {
   const context = await browser.newContext({ viewport: { width: 1100, height: 820 } });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"]);
   page = await context.newPage();
   page.on("pageerror", (e) => { failed = true; console.log("page error:", e.message); });
   page.on("console", (m) => { if (m.type() === "error") console.log("console:", m.text()); });
@@ -93,6 +114,9 @@ try {
   await step("the page loads and connects to /ws on its own origin", async () => {
     await page.goto(env("PAGE_URL"));
     await connected();
+    SCRIPTS = await page.evaluate(() => document.scripts.length);
+    const libs = await page.evaluate(() => [typeof window.marked, typeof window.DOMPurify, typeof window.hljs]);
+    if (libs.join() !== "object,function,object") throw new Error(`the libraries did not load: ${libs}`);
   });
 
   await step("a prompt (Enter sends) streams its answer in", async () => {
@@ -106,6 +130,69 @@ try {
     if (!/\$\d+\.\d{4}/.test(done.footer) || !/\d+\.\d s/.test(done.footer)) {
       throw new Error(`no cost and duration in the footer: ${done.footer}`);
     }
+  });
+
+  await step("Markdown in an answer is rendered: headings, emphasis, lists, tables, links, code", async () => {
+    await page.fill("#prompt", MARKDOWN);
+    await page.press("#prompt", "Enter");
+    await until("the Markdown answer", (t) => t.outcome === "completed");
+    const md = page.locator(".turn:last-child .text.md");
+    const seen = await md.evaluate((el) => ({
+      h1: el.querySelector("h1")?.textContent,
+      strong: el.querySelector("strong")?.textContent,
+      em: el.querySelector("em")?.textContent,
+      code: el.querySelector("p code")?.textContent,
+      link: el.querySelector("a")?.getAttribute("href"),
+      target: el.querySelector("a")?.getAttribute("target"),
+      ul: el.querySelectorAll("ul > li").length,
+      ol: el.querySelectorAll("ol > li").length,
+      th: [...el.querySelectorAll("table th")].map((e) => e.textContent),
+      td: [...el.querySelectorAll("table td")].map((e) => e.textContent),
+      lang: el.querySelector(".codeblock .lang")?.textContent,
+      keyword: el.querySelector(".codeblock pre code .hljs-keyword")?.textContent,
+      block: el.querySelector(".codeblock pre")?.textContent,
+      copy: !!el.querySelector(".codeblock button.copy"),
+    }));
+    const want = { h1: "Heading One", strong: "bold", em: "slanted", code: "inline()", link: "https://example.com/doc",
+      target: "_blank", ul: 2, ol: 2, th: ["name", "value"], td: ["a", "1"], lang: "rust", keyword: "fn", copy: true };
+    for (const [k, v] of Object.entries(want)) {
+      if (JSON.stringify(seen[k]) !== JSON.stringify(v)) throw new Error(`${k}: ${JSON.stringify(seen[k])}, wanted ${JSON.stringify(v)} (all: ${JSON.stringify(seen)})`);
+    }
+    if (!seen.block.includes("fn main() {")) throw new Error(`code block: ${seen.block}`);
+    // The copy button puts the block's text on the clipboard.
+    await md.locator(".codeblock button.copy").click();
+    await page.waitForFunction(() => document.querySelector(".turn:last-child .codeblock button.copy").textContent === "Copied", null, { timeout: WAIT });
+    const copied = await page.evaluate(() => navigator.clipboard.readText());
+    if (copied !== seen.block) throw new Error(`copied ${JSON.stringify(copied)}, the block is ${JSON.stringify(seen.block)}`);
+    await md.screenshot({ path: shot("markdown") });
+  });
+
+  await step("hostile model output runs no script and renders no javascript: link", async () => {
+    await page.fill("#prompt", HOSTILE);
+    await page.press("#prompt", "Enter");
+    await until("the hostile answer", (t) => t.outcome === "completed");
+    await page.waitForTimeout(300); // an onerror or onload would have run by now
+    const seen = await page.evaluate(() => {
+      const md = document.querySelector(".turn:last-child .text.md");
+      const all = [...md.querySelectorAll("*")];
+      return {
+        pwned: window.__pwned ?? null,
+        tags: [...new Set(all.map((e) => e.tagName.toLowerCase()))],
+        handlers: all.flatMap((e) => [...e.attributes].map((a) => a.name)).filter((n) => n.startsWith("on")),
+        hrefs: [...md.querySelectorAll("[href], [src], [action], [formaction]")].map((e) => e.getAttribute("href") || e.getAttribute("src") || "?"),
+        text: md.textContent,
+        scripts: document.scripts.length,
+      };
+    });
+    if (seen.pwned !== null) throw new Error(`a script ran: ${seen.pwned}`);
+    for (const bad of ["script", "img", "iframe", "svg", "details", "object", "embed", "form", "style", "math"]) {
+      if (seen.tags.includes(bad)) throw new Error(`a <${bad}> was rendered: ${JSON.stringify(seen)}`);
+    }
+    if (seen.handlers.length) throw new Error(`event handler attributes: ${seen.handlers}`);
+    if (seen.hrefs.some((h) => !/^(https?:|mailto:|#)/i.test(h))) throw new Error(`a dangerous link: ${seen.hrefs}`);
+    // Raw HTML is shown as text, not dropped silently.
+    if (!seen.text.includes("<script>window.__pwned")) throw new Error(`raw HTML not shown as text: ${seen.text}`);
+    if (seen.scripts !== SCRIPTS) throw new Error(`the page has ${seen.scripts} scripts, it loaded with ${SCRIPTS}`);
   });
 
   await step("Stop interrupts a slow answer", async () => {
