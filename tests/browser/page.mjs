@@ -8,6 +8,9 @@
 // permission prompt goes beside it, as NAME-permission.png), EXAMPLE_URL and EXAMPLE_WS
 // (examples/browser served from another origin, and a server that allows it).
 import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
+
+const read = (path) => { try { return readFileSync(path, "utf8"); } catch (e) { return `(${e.code})`; } };
 
 const env = (k) => {
   const v = process.env[k];
@@ -221,10 +224,66 @@ try {
     const tool = page.locator(".turn:last-child details.tool[data-tool=Write]");
     await tool.locator("summary").click();
     const result = await tool.locator(".result pre").textContent();
-    const input = await tool.locator("pre.input").textContent();
-    if (!input.includes("from-page.txt")) throw new Error(`tool input not shown: ${input}`);
+    // The content as a code block with its language, the path above it.
+    const body = await tool.locator(".body").textContent();
+    const input = await tool.locator(".codeblock pre.input").textContent();
+    if (!body.includes("from-page.txt")) throw new Error(`the path is not shown: ${body}`);
+    if (input !== "written by the page") throw new Error(`the content is not shown as code: ${input}`);
     if (!result || !result.trim()) throw new Error("tool result not shown");
     if (await tool.locator(".badge.ok").count() !== 1) throw new Error("tool not marked done");
+  });
+
+  // The rows of the last turn's (or a prompt's) diff: [old no, new no, mark, text].
+  const diffRows = (scope) => page.locator(scope).last().evaluate((d) =>
+    [...d.querySelectorAll("tr")].map((r) => [...r.children].map((c) => c.textContent)));
+
+  await step("an Edit is shown as a unified diff, numbered where its result says", async () => {
+    await prompt(`write ${ws}/edit-me.txt alpha\nbeta\ngamma\ndelta\n`);
+    await until("the file to be written", (t) => t.outcome === "completed");
+    const edit = { file_path: `${ws}/edit-me.txt`, old_string: "beta\ngamma", new_string: "beta\nGAMMA\nepsilon" };
+    await prompt("tool Edit " + JSON.stringify(edit));
+    const t = await until("the edit to complete", (t) => t.outcome === "completed");
+    if (!t.text.includes("Done:")) throw new Error(`no answer after the edit: ${t.text}`);
+    const tool = page.locator(".turn:last-child details.tool[data-tool=Edit]");
+    await tool.locator("summary").click();
+    const result = await tool.locator(".result pre").textContent();
+    log("the Edit's result:", JSON.stringify(result));
+    const rows = await diffRows(".turn:last-child details.tool[data-tool=Edit] .diff");
+    const marks = rows.map((r) => r[2] + r[3]).join("|");
+    if (marks !== " beta|-gamma|+GAMMA|+epsilon") throw new Error(`diff rows: ${JSON.stringify(rows)}`);
+    if (/^\s*\d+(→|\t)/m.test(result)) {
+      // The result shows numbered lines: the diff is numbered from them (beta is line 2).
+      const numbers = rows.map((r) => r[0] + "/" + r[1]).join(" ");
+      if (numbers !== "2/2 3/ /3 /4") throw new Error(`line numbers: ${numbers} (${JSON.stringify(rows)})`);
+    }
+    if (read(`${ws}/edit-me.txt`).trimEnd() !== "alpha\nbeta\nGAMMA\nepsilon\ndelta") throw new Error(`file: ${read(`${ws}/edit-me.txt`)}`);
+    await tool.screenshot({ path: shot("edit") });
+  });
+
+  await step("a Bash command is shown as a terminal: the command and its output", async () => {
+    await prompt("bash echo hi-from-the-terminal");
+    await until("the command to complete", (t) => t.outcome === "completed");
+    const tool = page.locator(".turn:last-child details.tool[data-tool=Bash]");
+    await tool.locator("summary").click();
+    const cmd = await tool.locator(".terminal .cmd").textContent();
+    const out = await tool.locator(".terminal .out").textContent();
+    if (cmd !== "echo hi-from-the-terminal") throw new Error(`command: ${cmd}`);
+    if (!out.includes("hi-from-the-terminal")) throw new Error(`output: ${out}`);
+  });
+
+  await step("the permission prompt for an Edit shows the same diff", async () => {
+    await page.selectOption("#mode", "");
+    const edit = { file_path: `${ws}/edit-me.txt`, old_string: "epsilon", new_string: "zeta" };
+    await prompt("tool Edit " + JSON.stringify(edit));
+    const allow = page.locator(".turn:last-child .ask button.allow");
+    await allow.waitFor({ timeout: WAIT });
+    const rows = await diffRows(".turn:last-child .ask .diff");
+    const marks = rows.map((r) => r[2] + r[3]).join("|");
+    if (marks !== "-epsilon|+zeta") throw new Error(`the prompt's diff: ${JSON.stringify(rows)}`);
+    await page.locator(".turn:last-child .ask").screenshot({ path: shot("edit-permission") });
+    await allow.click();
+    await until("the allowed edit to complete", (t) => t.outcome === "completed");
+    if (read(`${ws}/edit-me.txt`).trimEnd() !== "alpha\nbeta\nGAMMA\nzeta\ndelta") throw new Error(`file: ${read(`${ws}/edit-me.txt`)}`);
   });
 
   await step("a permission prompt is answered with Allow", async () => {
