@@ -101,6 +101,12 @@ const HOSTILE = [
   "![pic](javascript:window.__pwned='img2') <details open ontoggle=\"window.__pwned='toggle'\">x</details>", "",
   "<math><mi xlink:href=\"javascript:window.__pwned='math'\">m</mi></math> [data](data:text/html,<script>x</script>)", "",
 ].join("\n");
+// Wide Markdown: a phone must not scroll sideways for it.
+const WIDE = [
+  "wide", "", "| a | b | c | d | e | f |", "|---|---|---|---|---|---|",
+  "| " + Array(6).fill("a-long-cell-value").join(" | ") + " |", "",
+  "```", "x".repeat(300), "```", "", "y".repeat(200), "",
+].join("\n");
 // Screenshots beside SCREENSHOT: NAME-<what>.png.
 const shot = (what) => env("SCREENSHOT").replace(/\.png$/, `-${what}.png`);
 let SCRIPTS = 0;
@@ -196,6 +202,26 @@ try {
     // Raw HTML is shown as text, not dropped silently.
     if (!seen.text.includes("<script>window.__pwned")) throw new Error(`raw HTML not shown as text: ${seen.text}`);
     if (seen.scripts !== SCRIPTS) throw new Error(`the page has ${seen.scripts} scripts, it loaded with ${SCRIPTS}`);
+  });
+
+  await step("the permission menu offers only what the server allows", async () => {
+    const modes = await page.$$eval("#mode option", (o) => o.map((e) => e.value));
+    if (modes.join() !== ",acceptEdits,plan") throw new Error(`the menu offers ${JSON.stringify(modes)}`);
+  });
+
+  await step("each turn shows its own cost, the header the session's", async () => {
+    await prompt("cost one");
+    await until("the first", (t) => t.outcome === "completed" && t.text.includes("cost one"));
+    await prompt("cost two");
+    await until("the second", (t) => t.outcome === "completed" && t.text.includes("cost two"));
+    const costs = await page.$$eval(".turn .footer .cost", (e) => e.map((x) => Number(x.textContent.slice(1))));
+    const [a, b] = costs.slice(-2);
+    // The scripted model's usage is the same every turn: so is each turn's cost.
+    if (!(a > 0) || Math.abs(a - b) > 0.00005) throw new Error(`turn costs ${costs}`);
+    const spent = Number((await page.textContent("#spent")).slice(1));
+    const sum = costs.reduce((x, y) => x + y, 0);
+    // Each shown cost is rounded to 4 places.
+    if (Math.abs(spent - sum) > 0.00005 * (costs.length + 1)) throw new Error(`header ${spent}, turns ${costs}`);
   });
 
   await step("Stop interrupts a slow answer", async () => {
@@ -304,6 +330,11 @@ try {
     await prompt("hello from the wrong place");
     const t = await until("the refusal", (t) => t.errors.length > 0);
     if (!t.errors.join(" ").includes("cwd_not_allowed")) throw new Error(`error: ${t.errors}`);
+    // And next to the control it is about.
+    const refusal = await page.locator("#cwd-refusal");
+    if (!(await refusal.isVisible()) || !(await refusal.textContent()).includes("outside")) {
+      throw new Error(`no refusal by the cwd box: ${await refusal.textContent()}`);
+    }
     await page.fill("#cwd", "");
     await page.dispatchEvent("#cwd", "change");
   });
@@ -331,6 +362,51 @@ try {
   });
 
   await context.close();
+
+  await step("a phone (390 px): one-row header, no sideways scroll, prompt and Stop reachable", async () => {
+    const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+    page = await context.newPage();
+    await page.goto(env("PAGE_URL"));
+    await connected();
+    const noSideways = async (when) => {
+      const w = await page.evaluate(() => ({ doc: document.documentElement.scrollWidth, body: document.body.scrollWidth,
+        main: document.getElementById("scroller").scrollWidth, inner: window.innerWidth }));
+      if (w.doc > w.inner || w.body > w.inner || w.main > w.inner) throw new Error(`sideways scroll ${when}: ${JSON.stringify(w)}`);
+    };
+    const header = await page.evaluate(() => {
+      const kids = [...document.querySelector("header").children].filter((e) => e.offsetParent !== null && getComputedStyle(e).position !== "absolute");
+      return { height: document.querySelector("header").getBoundingClientRect().height,
+        tops: kids.map((e) => Math.round(e.getBoundingClientRect().top + e.getBoundingClientRect().height / 2)) };
+    });
+    if (header.height > 56 || Math.max(...header.tops) - Math.min(...header.tops) > 6) throw new Error(`the header is not one row: ${JSON.stringify(header)}`);
+    await noSideways("when empty");
+    const placeholder = await page.getAttribute("#prompt", "placeholder");
+    const fits = await page.evaluate(() => { const p = document.getElementById("prompt"); const c = document.createElement("canvas").getContext("2d");
+      c.font = getComputedStyle(p).font; return c.measureText(p.placeholder).width <= p.clientWidth - 20; });
+    if (!fits) throw new Error(`the placeholder is cut: ${placeholder}`);
+    // A wide answer (a table, a long code line, a long word) scrolls inside itself only.
+    await page.fill("#prompt", WIDE);
+    await page.press("#prompt", "Enter");
+    await until("the wide answer", (t) => t.outcome === "completed");
+    await noSideways("after a wide answer");
+    // A long answer: the prompt box and Stop stay on screen, and Stop works.
+    await prompt("slow 300 40");
+    await until("the slow answer to start", (t) => t.text.includes("word30"));
+    for (const id of ["prompt", "stop", "send"]) {
+      const box = await page.locator("#" + id).boundingBox();
+      if (!box || box.y < 0 || box.y + box.height > 844 || box.x < 0 || box.x + box.width > 390) throw new Error(`#${id} is off screen: ${JSON.stringify(box)}`);
+    }
+    await page.screenshot({ path: shot("phone") });
+    await page.tap("#stop");
+    await until("the query to end interrupted", (t) => t.outcome === "interrupted");
+    await noSideways("after a long answer");
+    // The settings open as a panel below the header.
+    await page.tap("#gear");
+    if (!(await page.locator("#mode").isVisible())) throw new Error("the settings panel did not open");
+    await page.screenshot({ path: shot("phone-settings") });
+    await page.tap("#gear");
+    await context.close();
+  });
 
   await step("a server that wants a token: the page asks for it", async () => {
     const context = await browser.newContext({ viewport: { width: 900, height: 600 } });
