@@ -640,6 +640,12 @@ pub struct Capabilities {
     pub image_input: bool,
     /// A dropped client may reattach (`/ws?session_id=…&last_seq=…`).
     pub reattach: bool,
+    /// The `permission_mode`s a query may ask for (`--allowed-permission-modes`);
+    /// any other is refused with `permission_mode_not_allowed`.
+    pub permission_modes: Vec<String>,
+    /// A query may choose its `cwd` (inside the workspace roots; else
+    /// `cwd_not_allowed`).
+    pub choose_cwd: bool,
 }
 
 /// How a query ended, carried by `query_end`.

@@ -177,6 +177,39 @@ fn plain_http_routing_keeps_a_slow_upgrade_whole() {
     assert_eq!(seen[0]["type"], "connection_established", "{seen:?}");
 }
 
+/// `connection_established` names what the page may offer: the permission modes
+/// `--allowed-permission-modes` allows (and no other), and whether `cwd` may be chosen.
+#[test]
+fn capabilities_name_the_allowed_permission_modes_and_cwd() {
+    let s = ServerOptions::fake().arg(NO_REATTACH).start();
+    let c = s.connect();
+    assert_eq!(
+        c.capabilities["permission_modes"],
+        json!(["default", "acceptEdits", "plan"]),
+        "{}",
+        c.capabilities
+    );
+    assert_eq!(c.capabilities["choose_cwd"], true, "{}", c.capabilities);
+    assert_eq!(c.capabilities["reattach"], true, "the old fields stay");
+    drop(c);
+
+    let s = ServerOptions::fake()
+        .arg(NO_REATTACH)
+        .arg("--allowed-permission-modes=plan,bypassPermissions")
+        .start();
+    let mut c = s.connect();
+    assert_eq!(
+        c.capabilities["permission_modes"],
+        json!(["plan", "bypassPermissions"]),
+        "{}",
+        c.capabilities
+    );
+    // What it leaves out is refused.
+    c.send(json!({"type": "query", "prompt": "hi", "options": {"permission_mode": "acceptEdits"}}));
+    let refusal = c.until("error").pop().expect("an error");
+    assert_eq!(refusal["data"]["code"], "permission_mode_not_allowed", "{refusal}");
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

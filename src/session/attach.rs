@@ -34,6 +34,8 @@ impl Session<'_> {
                 live_settings: true,
                 image_input: true,
                 reattach: true,
+                permission_modes: self.shared.config.allowed_permission_modes.clone(),
+                choose_cwd: !self.shared.config.workspace_roots.is_empty(),
             },
             resumed,
         }
