@@ -221,6 +221,7 @@ fn gauges(shared: &Shared) -> crate::metrics::Gauges {
     let warm = shared.warm.health();
     crate::metrics::Gauges {
         sessions: r.session_count(),
+        sdk_sessions: r.endpoint_count(crate::registry::Endpoint::Sdk),
         detached: r.detached_count(),
         running: r.running_count(),
         children: shared.places.used(),

@@ -76,6 +76,7 @@ mod query;
 mod registry;
 mod replay;
 mod sandbox;
+mod sdk;
 mod server;
 mod session;
 mod spec;

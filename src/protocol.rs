@@ -10,8 +10,11 @@ use serde_json::{Map, Value};
 
 pub use crate::json::Raw;
 
-/// The only path that upgrades to the WebSocket.
+/// The path that upgrades to the WebSocket of claude-ws's own protocol.
 pub const WS_PATH: &str = "/ws";
+
+/// The path that upgrades to the CLI's own stream-json, for the Agent SDKs (`sdk/`).
+pub const SDK_PATH: &str = "/sdk";
 
 /// A stable, machine-readable reason carried by every `error` message.
 ///
@@ -186,6 +189,8 @@ pub enum Closing {
     Replaced,
     /// A reattach came too late: the session ended meanwhile (4003).
     SessionGone,
+    /// `/sdk`: the start was refused, or a frame is not one the CLI reads (1008).
+    Refused,
 }
 
 impl Closing {
@@ -202,6 +207,7 @@ impl Closing {
             Closing::NotReading => (4001, "client is not reading"),
             Closing::Replaced => (4002, "session taken over by a new connection"),
             Closing::SessionGone => (4003, "the session has ended"),
+            Closing::Refused => (1008, "refused"),
         }
     }
 }
@@ -904,6 +910,33 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+/// The `/sdk` endpoint's own frames (docs/sdk.md); everything else on it is the CLI's
+/// stdout as written.
+pub mod sdk {
+    use serde_json::json;
+
+    use super::ClientError;
+
+    /// `{"type":"sdk_started","session_id":S}` (`"resumed":true` on a reattach).
+    pub fn started(session_id: &str, resumed: bool) -> String {
+        let mut v = json!({"type": "sdk_started", "session_id": session_id});
+        if resumed {
+            v["resumed"] = true.into();
+        }
+        v.to_string()
+    }
+
+    /// `{"type":"sdk_queued","position":N}`: waiting for a `--max-running` place.
+    pub fn queued(position: usize) -> String {
+        json!({"type": "sdk_queued", "position": position}).to_string()
+    }
+
+    /// `{"type":"error","data":{"code":…,"error":…}}`.
+    pub fn error(e: &ClientError) -> String {
+        json!({"type": "error", "data": {"code": e.code.as_str(), "error": e.message}}).to_string()
+    }
 }
 
 impl From<ClientError> for ServerMessage<'static> {

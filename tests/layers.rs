@@ -27,7 +27,8 @@ const FLOORS: &[&[&str]] = &[
     // What every thread shares.
     &["state"],
     &["handle", "preflight", "handshake", "workspace"],
-    &["session"],
+    // A connection's session: claude-ws's protocol (`/ws`), the SDKs' relay (`/sdk`).
+    &["session", "sdk"],
     // The side port, plain HTTP on the WebSocket port, the accept loop.
     &["http"],
     &["web"],

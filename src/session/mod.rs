@@ -44,7 +44,7 @@ use asks::{with_settings, MAX_REGISTRY_REQUESTS};
 
 use crate::places::{Acquired, ChildSlot};
 use crate::query::{Query, Step};
-use crate::registry::{Control, Listing, SessionInfo, SessionState};
+use crate::registry::{Control, Endpoint, Listing, SessionInfo, SessionState};
 use crate::replay::Replay;
 use crate::spec::{self, ChildPlan};
 use crate::state::Shared;
@@ -176,6 +176,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
     let listing = shared.registry.list(
         SessionInfo {
             session_id: id.clone(),
+            endpoint: Endpoint::Ws,
             claude_session_id: conversation.clone(),
             state: SessionState::Idle,
             created_at: now,
@@ -559,35 +560,15 @@ impl<'a> Session<'a> {
     /// The spec of a child for `options`: the policy's checks, and the principal's
     /// own CLI state directory, workspace and sandbox.
     fn spec_for(&self, options: &QueryOptions) -> Result<ChildPlan, ClientError> {
-        let config = &self.shared.config;
-        let roots = crate::workspace::roots(self.shared, &self.principal)?;
-        let mut spec = spec::build(config, &self.shared.child_env, options, &self.tools, &roots)?;
-        if let Some(dir) = &self.state_dir {
-            spec.env.retain(|(k, _)| k != "CLAUDE_CONFIG_DIR");
-            spec.env
-                .push(("CLAUDE_CONFIG_DIR".into(), dir.display().to_string()));
-        }
-        crate::workspace::enclose(self.shared, &mut spec, self.state_dir.as_deref(), &roots)?;
-        Ok(spec)
+        let dir = self.state_dir.as_deref();
+        crate::workspace::child_spec(self.shared, &self.principal, dir, options, &self.tools)
     }
 
     /// `resume` may name this server's session id: it means that session's
     /// conversation, if it is the same principal's.
-    fn own_conversation(&self, mut options: QueryOptions) -> QueryOptions {
-        if let Some(id) = &options.resume {
-            let known = self
-                .shared
-                .registry
-                .conversation_of(id, &self.principal)
-                .or_else(|| {
-                    let dir = self.state_dir.as_ref()?;
-                    spec::recorded_conversation(dir, id)
-                });
-            if let Some(conversation) = known {
-                options.resume = Some(conversation);
-            }
-        }
-        options
+    fn own_conversation(&self, options: QueryOptions) -> QueryOptions {
+        let dir = self.state_dir.as_deref();
+        crate::workspace::own_conversation(self.shared, &self.principal, dir, options)
     }
 
     /// Start a child built from `plan`, holding `slot` for as long as it lives.
