@@ -847,7 +847,7 @@ mod tests {
         .unwrap();
         let build = |o: &StartOptions| {
             let s = crate::spec::build(&config, &[], &o.query, &Tools::default(), &[])?;
-            Ok::<_, ClientError>(for_sdk(s, o))
+            Ok::<_, ClientError>(for_sdk(s.spec(), o))
         };
         let spec = build(&o).unwrap();
         assert!(!spec.args.iter().any(|a| a == "--replay-user-messages"));
