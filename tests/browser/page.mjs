@@ -113,7 +113,122 @@ let SCRIPTS = 0;
 
 const connected = () => page.waitForSelector('#status[data-state="connected"]', { timeout: WAIT });
 
+// SCENARIO: "page" (the default: everything above the history) or "history" (the
+// sidebar, continuing an old conversation, a second device as a viewer; needs issue
+// 20's server side).
+const SCENARIO = process.env.SCENARIO || "page";
+
+async function historyScenario() {
+  const ws = env("WORKSPACE");
+  const fresh = async (viewport = { width: 1100, height: 820 }) => {
+    const context = await browser.newContext({ viewport });
+    const p = await context.newPage();
+    p.on("pageerror", (e) => { failed = true; console.log("page error:", e.message); });
+    p.on("dialog", (d) => d.accept(d.type() === "prompt" ? "Fruit talk" : undefined));
+    await p.goto(env("PAGE_URL"));
+    await p.waitForSelector('#status[data-state="connected"]', { timeout: WAIT });
+    return { context, p };
+  };
+  const items = (p) => p.$$eval("#conversations li", (li) => li.map((e) => ({
+    id: e.dataset.session, live: e.dataset.live === "true", updated: Number(e.dataset.updated),
+    title: e.querySelector(".title").textContent, when: e.querySelector(".when").textContent })));
+  const openSidebar = async (p) => {
+    if (!(await p.locator("#sidebar").isVisible())) await p.click("#menu");
+    await p.locator("#sidebar").waitFor({ state: "visible", timeout: WAIT });
+  };
+  const waitItem = async (p, what, check) => {
+    const deadline = Date.now() + WAIT;
+    let last;
+    while (Date.now() < deadline) {
+      last = await items(p);
+      if (check(last)) return last;
+      await p.waitForTimeout(100);
+    }
+    throw new Error(`timed out waiting for ${what}; the list: ${JSON.stringify(last)}`);
+  };
+
+  await step("two conversations on one device, each ended (New chat)", async () => {
+    const { context, p } = await fresh();
+    page = p;
+    for (const text of ["history apples", "history pears"]) {
+      await prompt(text);
+      await until(text, (t) => t.outcome === "completed" && t.text.includes(text));
+      await page.click("#new");
+      await connected();
+    }
+    await context.close();
+  });
+
+  let device;
+  await step("a fresh browser lists them, newest first, with title and time", async () => {
+    device = await fresh();
+    page = device.p;
+    await openSidebar(page);
+    const list = await waitItem(page, "both conversations", (l) => ["history apples", "history pears"].every((t) => l.some((c) => c.title.includes(t))));
+    const stamps = list.map((c) => c.updated);
+    if (stamps.some((v, i) => i > 0 && v > stamps[i - 1])) throw new Error(`not newest first: ${JSON.stringify(list)}`);
+    const pears = list.findIndex((c) => c.title.includes("history pears"));
+    const apples = list.findIndex((c) => c.title.includes("history apples"));
+    if (pears > apples) throw new Error(`pears (newer) after apples: ${JSON.stringify(list)}`);
+    if (!list[pears].when) throw new Error(`no time shown: ${JSON.stringify(list[pears])}`);
+    await page.screenshot({ path: shot("history") });
+  });
+
+  await step("opening one shows its transcript and the next prompt continues it", async () => {
+    await page.locator("#conversations li", { hasText: "history apples" }).locator(".conv").click();
+    await page.waitForFunction(() => [...document.querySelectorAll(".turn .text")].some((e) => e.textContent.includes("Echo: history apples")), null, { timeout: WAIT });
+    const prompts = await page.$$eval(".turn .user", (u) => u.map((e) => e.textContent));
+    if (!prompts.includes("history apples") || prompts.includes("history pears")) throw new Error(`the transcript shows ${JSON.stringify(prompts)}`);
+    await prompt("recall");
+    const t = await until("the recall", (t) => t.outcome === "completed" && t.text.includes("History:"));
+    if (!t.text.includes("history apples") || t.text.includes("history pears")) throw new Error(`not continued: ${t.text}`);
+  });
+
+  await step("rename and delete", async () => {
+    await openSidebar(page);
+    await page.locator("#conversations li", { hasText: "history pears" }).locator("button.rename").click();
+    await waitItem(page, "the new title", (l) => l.some((c) => c.title === "Fruit talk"));
+    await page.locator("#conversations li", { hasText: "Fruit talk" }).locator("button.delete").click();
+    await waitItem(page, "the deleted one to go", (l) => !l.some((c) => c.title === "Fruit talk"));
+  });
+
+  await step("a second device joins the live conversation as a viewer and sees a prompt answered elsewhere", async () => {
+    await page.selectOption("#mode", "");
+    const phone = await fresh({ width: 390, height: 844 });
+    const other = phone.p;
+    await openSidebar(other);
+    const mine = await page.evaluate(() => JSON.parse(sessionStorage.getItem("claude-ws.state")).sessionId);
+    await waitItem(other, "the live conversation", (l) => l.some((c) => c.id === mine && c.live));
+    await other.locator(`#conversations li[data-session="${mine}"] .conv`).click();
+    await other.waitForFunction(() => !document.getElementById("viewers").hidden && document.getElementById("viewers").textContent.includes("2"), null, { timeout: WAIT });
+    await page.waitForFunction(() => !document.getElementById("viewers").hidden && document.getElementById("viewers").textContent.includes("2"), null, { timeout: WAIT });
+    // The first device asks; the second answers; the first shows it resolved.
+    await prompt(`write ${ws}/from-the-phone.txt allowed on the phone`);
+    const allow = other.locator(".turn:last-child .ask button.allow");
+    await allow.waitFor({ timeout: WAIT });
+    await allow.click();
+    await page.waitForFunction(() => (document.querySelector(".turn:last-child .ask .answered")?.textContent || "").includes("another device"), null, { timeout: WAIT });
+    await until("the write to complete", (t) => t.outcome === "completed");
+    if (read(`${ws}/from-the-phone.txt`) !== "allowed on the phone") throw new Error("the write did not happen");
+    await other.screenshot({ path: shot("viewer") });
+    await phone.context.close();
+    await page.waitForFunction(() => document.getElementById("viewers").hidden, null, { timeout: WAIT });
+    await device.context.close();
+  });
+}
+
 try {
+  if (SCENARIO === "history") await historyScenario();
+  else await pageScenario();
+} catch {
+  failed = true;
+} finally {
+  await browser.close();
+}
+log(failed ? "browser test FAILED" : "browser test passed");
+process.exit(failed ? 1 : 0);
+
+async function pageScenario() {
   const context = await browser.newContext({ viewport: { width: 1100, height: 820 } });
   await context.grantPermissions(["clipboard-read", "clipboard-write"]);
   page = await context.newPage();
@@ -452,10 +567,4 @@ try {
     if (!status.includes("done: completed")) throw new Error(`status: ${status}`);
     await context.close();
   });
-} catch {
-  failed = true;
-} finally {
-  await browser.close();
 }
-log(failed ? "browser test FAILED" : "browser test passed");
-process.exit(failed ? 1 : 0);
