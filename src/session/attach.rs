@@ -51,8 +51,6 @@ impl Session<'_> {
             self.label
         );
         self.detached_until = Some(Instant::now() + grace);
-        let state = self.state();
-        self.listing.update(|i| i.state = state);
     }
 
     /// The client is back, on `link`, having seen every message up to `last_seq`.
@@ -69,8 +67,6 @@ impl Session<'_> {
             self.link.as_ref().map_or(self.peer, Link::peer)
         );
         self.detached_until = None;
-        let state = self.state();
-        self.listing.update(|i| i.state = state);
         self.last_activity = Instant::now();
         self.send_unnumbered(&self.hello(Some(Value::Bool(true))));
         let mut frames: Vec<Vec<u8>> = Vec::new();

@@ -129,6 +129,35 @@ pub struct Session<'a> {
     resumed_conversation: bool,
     /// The server drains: end with 1012 once no query is running.
     draining: bool,
+    /// When the client last sent something or a query started or ended (Unix seconds),
+    /// and the directory of the last query's child, as `/sessions` shows them.
+    active_at: u64,
+    cwd: Option<String>,
+    /// The changing part of the `/sessions` row as last published (see [`Row`]).
+    listed: Row,
+}
+
+/// The part of a session's `/sessions` row that changes. Computed from the session at
+/// the end of each turn of its loop and published only when it differs from the last.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    state: SessionState,
+    claude_session_id: Option<String>,
+    last_activity: u64,
+    queries: u64,
+    cwd: Option<String>,
+    child_pid: Option<u32>,
+}
+
+impl Row {
+    fn write(self, i: &mut SessionInfo) {
+        i.state = self.state;
+        i.claude_session_id = self.claude_session_id;
+        i.last_activity = self.last_activity;
+        i.queries = self.queries;
+        i.cwd = self.cwd;
+        i.child_pid = self.child_pid;
+    }
 }
 
 /// Set up a session for a connection that passed the handshake, list it, and run it
@@ -233,6 +262,16 @@ impl<'a> Session<'a> {
             next_ping: now + shared.config.timeouts.ping_interval,
             ending: None,
             draining: false,
+            active_at: now_unix(),
+            cwd: None,
+            listed: Row {
+                state: SessionState::Idle,
+                claude_session_id: None,
+                last_activity: 0,
+                queries: 0,
+                cwd: None,
+                child_pid: None,
+            },
         }
     }
 
@@ -250,6 +289,7 @@ impl<'a> Session<'a> {
         // Frames that came with the handshake are already buffered: no wake-up for them.
         self.on_client_input();
         self.flush();
+        self.publish();
         let end = loop {
             if let Some(end) = self.ending.take() {
                 break end;
@@ -307,6 +347,7 @@ impl<'a> Session<'a> {
             self.on_timers(Instant::now());
             self.sync_drain();
             self.flush();
+            self.publish();
             if let (None, Some(link)) = (&self.query, &mut self.link) {
                 link.release_buffers(); // between queries a session stays small
             }
@@ -328,7 +369,7 @@ impl<'a> Session<'a> {
         let mut messages = Vec::new();
         let result = link.receive(|_, m| messages.push(m));
         if !messages.is_empty() {
-            self.listing.update(|i| i.last_activity = now_unix());
+            self.active_at = now_unix();
         }
         for m in messages {
             match m {
@@ -423,18 +464,10 @@ impl<'a> Session<'a> {
             prompt: prompt.content(),
         });
         self.query = Some(Query::new(config.timeouts.interrupt_grace));
-        let (queries, cwd) = (
-            self.queries,
-            spec.cwd.as_ref().map(|p| p.display().to_string()),
-        );
-        self.listing.update(|i| {
-            i.state = SessionState::Running;
-            i.queries = queries;
-            i.last_activity = now_unix();
-            if cwd.is_some() {
-                i.cwd = cwd;
-            }
-        });
+        self.active_at = now_unix();
+        if let Some(cwd) = &spec.cwd {
+            self.cwd = Some(cwd.display().to_string());
+        }
         self.last_options = options;
         // The live child if it was built the same way; else a new one, in a place
         // among --max-running. (A child being stopped keeps its place until it is
@@ -451,25 +484,13 @@ impl<'a> Session<'a> {
             .seat
             .place(spec, conversation.as_deref(), prompt, deadline)
         {
-            Ok(Placed::Ready(prompt)) => {
-                self.child_started();
-                self.begin(&prompt, Vec::new())
-            }
-            Ok(Placed::Queued(position)) => {
-                self.listing.update(|i| i.state = SessionState::Queued);
-                self.send(ServerMessage::QueryQueued { position })
-            }
+            Ok(Placed::Ready(prompt)) => self.begin(&prompt, Vec::new()),
+            Ok(Placed::Queued(position)) => self.send(ServerMessage::QueryQueued { position }),
             Err(e) => {
                 self.send_error(e);
                 self.end_query(QueryOutcome::Error);
             }
         }
-    }
-
-    /// The seat has a new child: `/sessions` shows its pid.
-    fn child_started(&mut self) {
-        let pid = self.seat.pid();
-        self.listing.update(|i| i.child_pid = pid);
     }
 
     /// Write the running query's prompt (and input that waited with it) to the child.
@@ -492,13 +513,8 @@ impl<'a> Session<'a> {
         let Some(started) = self.seat.on_place(slot, conversation.as_deref()) else {
             return; // no longer waiting: dropping the slot hands it on
         };
-        let state = self.state();
-        self.listing.update(|i| i.state = state);
         match started {
-            Ok((prompt, inputs)) => {
-                self.child_started();
-                self.begin(&prompt, inputs)
-            }
+            Ok((prompt, inputs)) => self.begin(&prompt, inputs),
             Err(e) => {
                 self.send_error(e);
                 self.end_query(QueryOutcome::Error);
@@ -759,8 +775,7 @@ impl<'a> Session<'a> {
                     log::warn!("[{}] cannot record the conversation id: {e}", self.label);
                 }
             }
-            self.claude_session_id = id.clone();
-            self.listing.update(|i| i.claude_session_id = id);
+            self.claude_session_id = id;
         }
     }
 
@@ -785,11 +800,10 @@ impl<'a> Session<'a> {
         self.end_query(outcome);
     }
 
-    /// The child is gone (or going): it asks nothing any more and has no row.
+    /// The child is gone (or going): it asks nothing any more.
     fn child_gone(&mut self) {
         self.pending.refuse(None, Unanswered::ClientGone);
         self.settings_sent.clear();
-        self.listing.update(|i| i.child_pid = None);
     }
 
     /// Hand the session's child, if it has one, to the reaper to stop as `how` says
@@ -819,11 +833,28 @@ impl<'a> Session<'a> {
         self.last_activity = Instant::now();
         // Idle now: its place may go to a query that waits for one.
         self.seat.idle(self.last_activity);
-        let state = self.state();
-        self.listing.update(|i| {
-            i.state = state;
-            i.last_activity = now_unix();
-        });
+        self.active_at = now_unix();
+    }
+
+    /// The session's `/sessions` row as it is now.
+    fn row(&self) -> Row {
+        Row {
+            state: self.state(),
+            claude_session_id: self.claude_session_id.clone(),
+            last_activity: self.active_at,
+            queries: self.queries,
+            cwd: self.cwd.clone(),
+            child_pid: self.seat.pid(),
+        }
+    }
+
+    /// Publish the row if it changed: once per turn of the loop.
+    fn publish(&mut self) {
+        let row = self.row();
+        if row != self.listed {
+            self.listed = row.clone();
+            self.listing.update(|i| row.write(i));
+        }
     }
 
     /// What the session is doing, as `/sessions` shows it.
