@@ -221,6 +221,20 @@ pub fn build(
     })
 }
 
+/// The query's options, with the session's live settings where the query sets none.
+pub fn with_settings(mut options: QueryOptions, settings: &QueryOptions) -> QueryOptions {
+    if options.permission_mode.is_none() {
+        options.permission_mode = settings.permission_mode.clone();
+    }
+    if options.model.is_none() {
+        options.model = settings.model.clone();
+    }
+    if options.max_thinking_tokens.is_none() {
+        options.max_thinking_tokens = settings.max_thinking_tokens;
+    }
+    options
+}
+
 /// A permission mode the CLI knows and the operator allows.
 pub fn permission_mode<'a>(config: &Config, mode: &'a str) -> Result<&'a str, ClientError> {
     if !crate::config::PERMISSION_MODES.contains(&mode) {
