@@ -142,7 +142,7 @@ async def interrupt():
             if isinstance(m, ResultMessage):
                 result = m
         check(result is not None and events >= 5, (result, events))
-        check(result.subtype != "success" or result.is_error or events < 100, result)
+        check(events < 150, f"the answer was not cut short: {events} deltas")
         text, result, _ = await turn(c, "after the interrupt")
         check("Echo: after the interrupt" in text, text)
 
