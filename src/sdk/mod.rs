@@ -133,6 +133,41 @@ pub fn for_sdk(mut spec: ChildSpec, options: &StartOptions) -> ChildSpec {
     spec
 }
 
+/// A stdout line's `type` and `subtype`: all the relay reads of it. The CLI mostly
+/// writes `type` first (read from the prefix, no parse); 2.1.332's `result` lines have
+/// their keys sorted, so any other line is parsed for the two fields.
+#[derive(Debug, Default, serde::Deserialize)]
+struct LineKind<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    subtype: Option<&'a str>,
+}
+
+impl<'a> LineKind<'a> {
+    fn of(line: &'a [u8]) -> LineKind<'a> {
+        const TYPE: &[u8] = br#"{"type":""#;
+        if let Some(rest) = line.strip_prefix(TYPE) {
+            let Some(end) = rest.iter().position(|&b| b == b'"') else {
+                return LineKind::default();
+            };
+            let kind = std::str::from_utf8(&rest[..end]).ok();
+            // `subtype` matters only for `system` lines (init), which are rare.
+            if kind != Some("system") {
+                return LineKind {
+                    kind,
+                    subtype: None,
+                };
+            }
+        }
+        serde_json::from_slice(line).unwrap_or_default()
+    }
+
+    fn is(&self, kind: &str, subtype: Option<&str>) -> bool {
+        self.kind == Some(kind) && (subtype.is_none() || self.subtype == subtype)
+    }
+}
+
 /// Why the relay ended.
 #[derive(Debug)]
 enum End {
@@ -208,7 +243,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, newcomer: Newcomer) 
         let _ = control_tx.try_send(Control::Drain);
     }
     let at = Instant::now();
-    let mut relay = Relay {
+    let relay = Relay {
         shared,
         label: id.chars().take(8).collect(),
         id,
@@ -469,7 +504,10 @@ impl Relay<'_> {
         }
         let is_user = value.get("type").and_then(Value::as_str) == Some("user");
         let sent = match &self.child {
-            Some((c, _)) => c.send_line(&value),
+            // As the client wrote it (serde_json's compact form has no newline in it
+            // either; a frame of pretty-printed JSON is written compact).
+            Some((c, _)) if text.contains('\n') => c.send_line(&value),
+            Some((c, _)) => c.send_text(text.to_string()),
             None => Err(Undelivered::Closed),
         };
         match sent {
@@ -516,13 +554,14 @@ impl Relay<'_> {
     }
 
     fn on_child_line(&mut self, line: &[u8]) {
-        if line.starts_with(br#"{"type":"result""#) {
+        let kind = LineKind::of(line);
+        if kind.is("result", None) {
             self.turns = self.turns.saturating_sub(1);
             if self.turns == 0 {
                 self.last_activity = Instant::now();
                 self.listing.update(|i| i.state = SessionState::Idle);
             }
-        } else if line.starts_with(br#"{"type":"system","subtype":"init""#) {
+        } else if kind.is("system", Some("init")) {
             self.learn_conversation(line);
         }
         match std::str::from_utf8(line) {
@@ -806,6 +845,32 @@ impl Relay<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_kinds_whatever_the_key_order() {
+        let k = |l: &str| {
+            let k = LineKind::of(l.as_bytes());
+            (k.kind.map(str::to_string), k.subtype.map(str::to_string))
+        };
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            k(r#"{"type":"result","subtype":"success"}"#),
+            (s("result"), None)
+        );
+        assert_eq!(
+            k(r#"{"duration_ms":1,"type":"result"}"#),
+            (s("result"), None)
+        );
+        assert_eq!(
+            k(r#"{"type":"system","subtype":"init"}"#),
+            (s("system"), s("init"))
+        );
+        assert_eq!(
+            k(r#"{"subtype":"init","type":"system"}"#),
+            (s("system"), s("init"))
+        );
+        assert_eq!(k("not json"), (None, None));
+    }
 
     #[test]
     fn start_reads_query_options_and_servers() {
