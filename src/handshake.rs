@@ -136,7 +136,7 @@ pub fn check(
             Err(AttachRefusal::Unknown) => {
                 let recorded = shared.state_dir.as_ref().and_then(|dir| {
                     let dir = crate::spec::principal_dir(dir, &principal);
-                    crate::spec::recorded_conversation(&dir, &session_id)
+                    crate::conversations::recorded_conversation(&dir, &session_id)
                 });
                 let Some(conversation) = recorded else {
                     return Err(refuse(

@@ -581,7 +581,7 @@ impl<'a> Session<'a> {
                 .conversation_of(id, &self.principal)
                 .or_else(|| {
                     let dir = self.state_dir.as_ref()?;
-                    spec::recorded_conversation(dir, id)
+                    crate::conversations::recorded_conversation(dir, id)
                 });
             if let Some(conversation) = known {
                 options.resume = Some(conversation);
@@ -857,7 +857,9 @@ impl<'a> Session<'a> {
             if let (Some(dir), Some(conversation)) = (&self.state_dir, &id) {
                 // So that `resume` by this session's id works after it has ended, here
                 // or on another instance sharing the state directory.
-                if let Err(e) = spec::record_conversation(dir, &self.id, conversation) {
+                if let Err(e) =
+                    crate::conversations::record_conversation(dir, &self.id, conversation)
+                {
                     log::warn!("[{}] cannot record the conversation id: {e}", self.label);
                 }
             }
