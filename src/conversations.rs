@@ -40,6 +40,26 @@ pub fn recorded_conversation(dir: &Path, session_id: &str) -> Option<String> {
         .then(|| id.to_string())
 }
 
+/// What the CLI says when `--resume` names a conversation it does not have (in a
+/// `result`'s `errors`, or on stderr before it exits).
+const NOT_FOUND: &str = "No conversation found";
+
+/// Whether `text` is the CLI saying that the conversation to resume does not exist.
+pub fn says_not_found(text: &str) -> bool {
+    text.contains(NOT_FOUND)
+}
+
+/// The CLI's own words, when a `result` line (its fields) reports a resume of a
+/// conversation it does not have.
+pub fn result_not_found(result: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let errors = result.get("errors")?.as_array()?;
+    errors
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .find(|e| says_not_found(e))
+        .map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

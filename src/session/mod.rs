@@ -828,6 +828,16 @@ impl<'a> Session<'a> {
                 is_error,
                 message,
             } => {
+                let missing = match &message {
+                    ServerMessage::ResultMessage(fields) => {
+                        crate::conversations::result_not_found(fields)
+                    }
+                    _ => None,
+                };
+                if let Some(why) = missing {
+                    self.send(message);
+                    return self.resume_failed(why);
+                }
                 self.learn_claude_session(session_id);
                 self.send(message);
                 let echoes = self.child.as_ref().is_some_and(|c| c.echoes);
@@ -884,9 +894,29 @@ impl<'a> Session<'a> {
         let outcome = q.child_gone();
         if outcome == QueryOutcome::Error {
             let message = report.sentence("claude", " before the query finished", 1000);
+            if crate::conversations::says_not_found(&message) {
+                return self.resume_failed(message);
+            }
             self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
         }
         self.end_query(outcome);
+    }
+
+    /// The conversation a query resumed does not exist: the query ends with
+    /// `conversation_not_found`, and the session forgets it (and the child that was
+    /// started for it), so its next query starts a new conversation.
+    fn resume_failed(&mut self, why: String) {
+        log::info!("[{}] resume failed: {why}", self.label);
+        self.stop_child();
+        self.last_spec = None;
+        self.claude_session_id = None;
+        self.resumed_conversation = false;
+        self.listing.update(|i| i.claude_session_id = None);
+        self.send_error(ClientError::new(
+            ErrorCode::ConversationNotFound,
+            format!("{why}; the next query starts a new conversation"),
+        ));
+        self.end_query(QueryOutcome::Error);
     }
 
     /// The child is gone (or going): it asks nothing any more, has no row, and is
