@@ -143,7 +143,7 @@ pub fn check(
                 // `/sdk` resumes a conversation on disk with `options.resume` instead.
                 let recorded = shared.state_dir.as_ref().filter(|_| !sdk).and_then(|dir| {
                     let dir = crate::spec::principal_dir(dir, &principal);
-                    crate::spec::recorded_conversation(&dir, &session_id)
+                    crate::conversations::recorded_conversation(&dir, &session_id)
                 });
                 let Some(conversation) = recorded else {
                     return Err(refuse(

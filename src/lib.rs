@@ -59,6 +59,7 @@ mod auth;
 mod child;
 mod cli;
 pub mod config;
+mod conversations;
 mod features;
 mod handle;
 mod handshake;

@@ -67,6 +67,9 @@ pub enum ErrorCode {
     ToolRegistryError,
     /// The CLI refused a live setting (`set_model`, …).
     SettingFailed,
+    /// A `resume` named a conversation the CLI does not have (here, for this user).
+    /// The query ends; the session forgets it, so its next query starts fresh.
+    ConversationNotFound,
     // The codes below answer HTTP requests (a refused handshake, the side port).
     /// The upgrade request is malformed or ambiguous: no valid `Host`, a `Host`,
     /// `Origin` or `Authorization` field given twice, or a token presented twice.
@@ -118,6 +121,7 @@ impl ErrorCode {
             ErrorCode::UnknownRequest => "unknown_request",
             ErrorCode::ToolRegistryError => "tool_registry_error",
             ErrorCode::SettingFailed => "setting_failed",
+            ErrorCode::ConversationNotFound => "conversation_not_found",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",

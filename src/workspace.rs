@@ -44,7 +44,7 @@ pub fn own_conversation(
         let known = shared
             .registry
             .conversation_of(id, principal)
-            .or_else(|| spec::recorded_conversation(state_dir?, id));
+            .or_else(|| crate::conversations::recorded_conversation(state_dir?, id));
         if let Some(conversation) = known {
             options.resume = Some(conversation);
         }

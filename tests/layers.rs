@@ -22,7 +22,8 @@ const FLOORS: &[&[&str]] = &[
     // The two ends: the child process and the client socket; the CLI's stream-json.
     &["pending", "cli", "tool_registry", "child", "link"],
     &["registry", "spec"],
-    &["places"],
+    // The on-disk records of conversations (`resume` by a session id, history).
+    &["places", "conversations"],
     &["warm"],
     // What every thread shares.
     &["state"],

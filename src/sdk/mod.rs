@@ -579,7 +579,7 @@ impl Relay<'_> {
             return;
         };
         if let Some(dir) = &self.state_dir {
-            if let Err(e) = crate::spec::record_conversation(dir, &self.id, id) {
+            if let Err(e) = crate::conversations::record_conversation(dir, &self.id, id) {
                 log::warn!("[{}] cannot record the conversation id: {e}", self.label);
             }
         }

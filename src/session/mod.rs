@@ -49,7 +49,7 @@ use crate::places::ChildSlot;
 use crate::query::{Query, Step};
 use crate::registry::{Control, Endpoint, Listing, SessionInfo, SessionState};
 use crate::replay::Replay;
-use crate::spec::{self, with_settings, ChildPlan};
+use crate::spec::{with_settings, ChildPlan};
 use crate::state::Shared;
 use crate::tool_registry;
 use crate::tools::Tools;
@@ -723,6 +723,16 @@ impl<'a> Session<'a> {
                 is_error,
                 message,
             } => {
+                let missing = match &message {
+                    ServerMessage::ResultMessage(fields) => {
+                        crate::conversations::result_not_found(fields)
+                    }
+                    _ => None,
+                };
+                if let Some(why) = missing {
+                    self.send(message);
+                    return self.resume_failed(why);
+                }
                 self.learn_claude_session(session_id);
                 self.send(message);
                 let echoes = self.seat.live().is_some_and(|c| c.echoes);
@@ -752,7 +762,9 @@ impl<'a> Session<'a> {
             if let (Some(dir), Some(conversation)) = (&self.state_dir, &id) {
                 // So that `resume` by this session's id works after it has ended, here
                 // or on another instance sharing the state directory.
-                if let Err(e) = spec::record_conversation(dir, &self.id, conversation) {
+                if let Err(e) =
+                    crate::conversations::record_conversation(dir, &self.id, conversation)
+                {
                     log::warn!("[{}] cannot record the conversation id: {e}", self.label);
                 }
             }
@@ -776,9 +788,28 @@ impl<'a> Session<'a> {
         let outcome = q.child_gone();
         if outcome == QueryOutcome::Error {
             let message = report.sentence("claude", " before the query finished", 1000);
+            if crate::conversations::says_not_found(&message) {
+                return self.resume_failed(message);
+            }
             self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
         }
         self.end_query(outcome);
+    }
+
+    /// The conversation a query resumed does not exist: the query ends with
+    /// `conversation_not_found`, and the session forgets it (and the child that was
+    /// started for it), so its next query starts a new conversation.
+    fn resume_failed(&mut self, why: String) {
+        log::info!("[{}] resume failed: {why}", self.label);
+        self.stop_child();
+        self.seat.forget_plan();
+        self.claude_session_id = None;
+        self.resumed_conversation = false;
+        self.send_error(ClientError::new(
+            ErrorCode::ConversationNotFound,
+            format!("{why}; the next query starts a new conversation"),
+        ));
+        self.end_query(QueryOutcome::Error);
     }
 
     /// The child is gone (or going): it asks nothing any more.
