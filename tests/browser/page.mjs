@@ -390,13 +390,12 @@ async function pageScenario() {
     const result = await tool.locator(".result pre").textContent();
     log("the Edit's result:", JSON.stringify(result));
     const rows = await diffRows(".turn:last-child details.tool[data-tool=Edit] .diff");
-    const marks = rows.map((r) => r[2] + r[3]).join("|");
-    if (marks !== " beta|-gamma|+GAMMA|+epsilon") throw new Error(`diff rows: ${JSON.stringify(rows)}`);
-    if (/^\s*\d+(→|\t)/m.test(result)) {
-      // The result shows numbered lines: the diff is numbered from them (beta is line 2).
-      const numbers = rows.map((r) => r[0] + "/" + r[1]).join(" ");
-      if (numbers !== "2/2 3/ /3 /4") throw new Error(`line numbers: ${numbers} (${JSON.stringify(rows)})`);
-    }
+    // The CLI's own hunk (structured_patch): the whole file as context, numbered.
+    const body = rows.filter((r) => r[2].trim() || r[3] !== "" || r[0] || r[1]).filter((r) => !r[3].startsWith("@@"));
+    const marks = body.map((r) => r[2] + r[3]).join("|");
+    if (marks !== " alpha| beta|-gamma|+GAMMA|+epsilon| delta") throw new Error(`diff rows: ${JSON.stringify(rows)}`);
+    const numbers = body.map((r) => r[0] + "/" + r[1]).join(" ");
+    if (numbers !== "1/1 2/2 3/ /3 /4 4/5") throw new Error(`line numbers: ${numbers} (${JSON.stringify(rows)})`);
     if (read(`${ws}/edit-me.txt`).trimEnd() !== "alpha\nbeta\nGAMMA\nepsilon\ndelta") throw new Error(`file: ${read(`${ws}/edit-me.txt`)}`);
     await tool.screenshot({ path: shot("edit") });
   });
