@@ -593,6 +593,16 @@ async function pageScenario() {
     await page.tap("#stop");
     await until("the query to end interrupted", (t) => t.outcome === "interrupted");
     await noSideways("after a long answer");
+    // The conversations open as a drawer over the chat, and close again.
+    await page.tap("#menu");
+    // It slides in.
+    await page.waitForFunction(() => document.getElementById("sidebar").getBoundingClientRect().left >= 0, null, { timeout: WAIT });
+    const drawer = await page.locator("#sidebar").boundingBox();
+    if (!drawer || drawer.x < 0 || drawer.width > 340 || !(await page.locator("#sidebar").isVisible())) throw new Error(`the drawer: ${JSON.stringify(drawer)}`);
+    await noSideways("with the drawer open");
+    await page.screenshot({ path: shot("phone-drawer") });
+    await page.tap("#side-close");
+    await page.waitForFunction(() => !document.body.classList.contains("side-open"), null, { timeout: WAIT });
     // The settings open as a panel below the header.
     await page.tap("#gear");
     if (!(await page.locator("#mode").isVisible())) throw new Error("the settings panel did not open");
