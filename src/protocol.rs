@@ -703,6 +703,10 @@ pub enum ServerMessage<'a> {
         content: Raw<'a>,
         model: Option<Raw<'a>>,
         parent_tool_use_id: Option<Raw<'a>>,
+        /// On a `user` line carrying an edit's result: the CLI's `structuredPatch`
+        /// (hunks with `oldStart`, `newStart` and `lines`), sent as `structured_patch`
+        /// so a client can show the diff with its line numbers.
+        structured_patch: Option<Raw<'a>>,
     },
     /// A `system` line of the CLI, all its fields (including `subtype`) kept.
     SystemMessage(Map<String, Value>),
@@ -813,7 +817,8 @@ impl ServerMessage<'_> {
                 content,
                 model,
                 parent_tool_use_id,
-            } => content.get().len() + raw(model) + raw(parent_tool_use_id),
+                structured_patch,
+            } => content.get().len() + raw(model) + raw(parent_tool_use_id) + raw(structured_patch),
             ServerMessage::StreamEvent {
                 event,
                 session_id,
@@ -837,12 +842,14 @@ impl ServerMessage<'_> {
                 content,
                 model,
                 parent_tool_use_id,
+                structured_patch,
             } => raw_object(
                 out,
                 [
                     ("content", Some(content)),
                     ("model", model.as_ref()),
                     ("parent_tool_use_id", parent_tool_use_id.as_ref()),
+                    ("structured_patch", structured_patch.as_ref()),
                 ],
             ),
             ServerMessage::StreamEvent {

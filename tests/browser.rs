@@ -207,7 +207,10 @@ fn capabilities_name_the_allowed_permission_modes_and_cwd() {
     // What it leaves out is refused.
     c.send(json!({"type": "query", "prompt": "hi", "options": {"permission_mode": "acceptEdits"}}));
     let refusal = c.until("error").pop().expect("an error");
-    assert_eq!(refusal["data"]["code"], "permission_mode_not_allowed", "{refusal}");
+    assert_eq!(
+        refusal["data"]["code"], "permission_mode_not_allowed",
+        "{refusal}"
+    );
 }
 
 fn repo() -> PathBuf {
