@@ -109,14 +109,23 @@ fn the_sdk_frames_and_subtypes_are_documented() {
         );
     }
     let policy = doc("src/sdk/policy.rs");
-    let start = policy.find("pub const PASSED").expect("the passed subtypes");
-    let end = policy.find("pub enum Verdict").expect("after the refused subtypes");
+    let start = policy
+        .find("pub const PASSED")
+        .expect("the passed subtypes");
+    let end = policy
+        .find("pub enum Verdict")
+        .expect("after the refused subtypes");
     let lists = &policy[start..end];
     let subtypes: Vec<String> = lists
         .lines()
         .map(str::trim_start)
         .filter(|l| l.starts_with('"') || l.starts_with("(\""))
-        .filter_map(|l| l.trim_start_matches('(').split('"').nth(1).map(str::to_string))
+        .filter_map(|l| {
+            l.trim_start_matches('(')
+                .split('"')
+                .nth(1)
+                .map(str::to_string)
+        })
         .filter(|s| !s.contains(' '))
         .collect();
     assert!(subtypes.len() >= 14, "{subtypes:?}");

@@ -810,6 +810,12 @@ fn relay_claude_ws(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(
     result
 }
 
+/// A JSON frame's `type`, whatever its key order.
+fn frame_type(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    Some(v.get("type")?.as_str()?.to_string())
+}
+
 /// `n` `/sdk` sessions at once, each replaying `file` in one turn: (seconds, events).
 /// The same stand-in and stream as [`relay_claude_ws`], its lines relayed untranslated.
 fn relay_sdk(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(f64, u64)> {
@@ -824,9 +830,11 @@ fn relay_sdk(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(f64, u
         let mut n = 0;
         loop {
             let t = next_text(ws)?;
+            // The stand-in writes `type` first; other lines (the CLI's result, the
+            // server's own frames) may have their keys in any order.
             if t.starts_with("{\"type\":\"assistant\"") {
                 n += 1;
-            } else if t.starts_with("{\"type\":\"result\"") {
+            } else if frame_type(&t).as_deref() == Some("result") {
                 return Ok(n);
             }
         }
@@ -841,11 +849,12 @@ fn relay_sdk(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(f64, u
             ws.send(Message::text(r#"{"type":"sdk_start","options":{}}"#))
                 .map_err(|e| format!("send: {e}"))?;
             let started = next_text(&mut ws)?;
-            if !started.starts_with("{\"type\":\"sdk_started\"") {
+            if frame_type(&started).as_deref() != Some("sdk_started") {
                 return Err(format!("expected sdk_started, got {started}"));
             }
             // Warm-up: the first turn, as the /ws sessions have one.
-            ws.send(user("warm up")?).map_err(|e| format!("send: {e}"))?;
+            ws.send(user("warm up")?)
+                .map_err(|e| format!("send: {e}"))?;
             until_result(&mut ws)?;
             Ok(ws)
         },

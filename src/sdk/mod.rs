@@ -758,7 +758,10 @@ impl Relay<'_> {
             next = next.min(d);
         }
         if let Some(link) = self.link.as_ref().filter(|l| l.pending() > 0) {
-            let left = config.timeouts.stall_timeout.saturating_sub(link.stalled_for());
+            let left = config
+                .timeouts
+                .stall_timeout
+                .saturating_sub(link.stalled_for());
             next = next.min(Instant::now() + left);
         }
         next
