@@ -482,3 +482,88 @@ fn a_drain_closes_an_sdk_session_with_1012_once_its_turn_is_over() {
     // Closed for the turn's end, not by the drain's timeout (60 s).
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn a_start_waits_for_a_place_with_sdk_queued() {
+    let api = MockApi::start();
+    let s = ServerOptions::real(&api).arg("--max-running=1").start();
+    let mut first = sdk_connect(&s, "");
+    first.send(json!({"type": "sdk_start", "options": {}}));
+    assert_eq!(first.recv()["type"], "sdk_started");
+    let mut second = sdk_connect(&s, "");
+    second.send(json!({"type": "sdk_start", "options": {}}));
+    assert_eq!(second.recv(), json!({"type": "sdk_queued", "position": 1}));
+    // The first session ends (1000): its place goes to the second, which starts.
+    first.ws.close(Some(NORMAL_CLOSE)).unwrap();
+    let started = second.recv();
+    assert_eq!(started["type"], "sdk_started", "{started}");
+    second.send(user("after the wait"));
+    let turn = second.until("result");
+    assert_eq!(turn.last().unwrap()["subtype"], "success");
+    second.ws.close(Some(NORMAL_CLOSE)).unwrap();
+    assert!(eventually(WAIT, || s.sessions().is_empty()));
+}
+
+#[test]
+fn frames_above_max_message_bytes_close_1009_before_and_after_the_start() {
+    let api = MockApi::start();
+    let s = ServerOptions::real(&api)
+        .arg("--max-message-bytes=1024")
+        .start();
+    let big = format!(
+        r#"{{"type":"sdk_start","options":{{"model":"{}"}}}}"#,
+        "m".repeat(2048)
+    );
+    let mut c = sdk_connect(&s, "");
+    c.send_raw(Message::text(big));
+    assert!(c.closed().contains("1009"), "before the start");
+    let mut c = sdk_connect(&s, "");
+    c.send(json!({"type": "sdk_start", "options": {}}));
+    assert_eq!(c.recv()["type"], "sdk_started");
+    c.send(user(&"x".repeat(2048)));
+    assert!(c.closed().contains("1009"), "after the start");
+    // As on /ws, a connection closed for a protocol error leaves its session
+    // detached, to be resumed.
+    assert!(eventually(WAIT, || s
+        .sessions()
+        .iter()
+        .any(|r| r["state"] == "detached")));
+}
+
+/// What Bash in an `/sdk` session's child reads of the server's command line.
+fn servers_command_line_seen_from_bash(s: &TestServer) -> String {
+    let mut c = sdk_connect(s, "");
+    c.send(json!({"type": "sdk_start", "options": {"allowed_tools": ["Bash"]}}));
+    assert_eq!(c.recv()["type"], "sdk_started");
+    c.send(user(&format!(
+        "bash tr '\\0' ' ' < /proc/{}/cmdline; echo END",
+        s.pid()
+    )));
+    let turn = c.until("result");
+    c.ws.close(Some(NORMAL_CLOSE)).unwrap();
+    let text: Vec<&str> = turn
+        .iter()
+        .filter(|f| f["type"] == "assistant")
+        .filter_map(|f| f["message"]["content"][0]["text"].as_str())
+        .collect();
+    let text = text.join("\n");
+    assert!(text.contains("END"), "the command ran: {turn:?}");
+    text
+}
+
+#[test]
+fn an_sdk_child_runs_in_the_sandbox_as_a_ws_one_does() {
+    let api = MockApi::start();
+    // Without the sandbox, the child reads the server's command line in /proc ...
+    let open = ServerOptions::real(&api).arg("--sandbox=off").start();
+    let seen = servers_command_line_seen_from_bash(&open);
+    assert!(seen.contains("--sandbox=off"), "{seen}");
+    drop(open);
+    // ... in bubblewrap, the server's process is not there at all.
+    let boxed = ServerOptions::real(&api)
+        .arg("--sandbox=bubblewrap")
+        .start();
+    assert_eq!(boxed.get("/health").1["sandbox"], "bubblewrap");
+    let seen = servers_command_line_seen_from_bash(&boxed);
+    assert!(!seen.contains("--sandbox"), "{seen}");
+}
