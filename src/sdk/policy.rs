@@ -115,9 +115,10 @@ mod tests {
     use super::*;
 
     fn config() -> Config {
-        let mut c = Config::default();
-        c.allowed_permission_modes = vec!["default".into(), "acceptEdits".into()];
-        c
+        Config {
+            allowed_permission_modes: vec!["default".into(), "acceptEdits".into()],
+            ..Config::default()
+        }
     }
 
     fn request(req: Value) -> Value {
