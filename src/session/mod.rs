@@ -416,6 +416,12 @@ impl<'a> Session<'a> {
             } => self.tool_result(&call_id, content, is_error),
             ClientMessage::Set(setting) => self.set(setting),
             ClientMessage::EndSession => self.end(End::ClientEnded),
+            ClientMessage::History(request) => {
+                let dir = self.state_dir.as_deref();
+                let registry = &self.shared.registry;
+                let answer = crate::history::answer(registry, dir, &self.principal, request);
+                self.send(answer);
+            }
             ClientMessage::Batch { messages } if top_level => {
                 for m in messages {
                     match parse_client_value(m) {
@@ -734,6 +740,11 @@ impl<'a> Session<'a> {
                     return self.resume_failed(why);
                 }
                 self.learn_claude_session(session_id);
+                if let (Some(dir), Some(c), ServerMessage::ResultMessage(fields)) =
+                    (&self.state_dir, &self.claude_session_id, &message)
+                {
+                    crate::history::note_result(dir, c, fields);
+                }
                 self.send(message);
                 let echoes = self.seat.live().is_some_and(|c| c.echoes);
                 if let Some(q) = &mut self.query {
@@ -766,6 +777,10 @@ impl<'a> Session<'a> {
                     crate::conversations::record_conversation(dir, &self.id, conversation)
                 {
                     log::warn!("[{}] cannot record the conversation id: {e}", self.label);
+                }
+                let from = self.claude_session_id.as_ref().or(self.last_options.resume.as_ref());
+                if let Some(from) = from {
+                    crate::history::carry_results(dir, from, conversation);
                 }
             }
             self.claude_session_id = id;
