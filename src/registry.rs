@@ -61,6 +61,10 @@ pub struct SessionInfo {
     /// Whom the session belongs to (see `auth::Principal`); not shown.
     #[serde(skip)]
     pub principal: String,
+    /// A query runs (or waits for a place): a detached session is not ended to make
+    /// room then. Not shown (`state` says `running`/`queued` while attached).
+    #[serde(skip)]
+    pub query_running: bool,
 }
 
 /// A message the server sends a session from outside.
@@ -76,6 +80,9 @@ pub enum Control {
     /// Its client reconnected (`/ws?session_id=…&last_seq=N`): carry on over this link,
     /// sending again what came after `last_seq`.
     Attach(Box<Link>, u64),
+    /// A new connection needs its slot: end now if still detached with no query
+    /// running, the way that keeps the conversation resumable.
+    Reclaim,
 }
 
 impl std::fmt::Debug for Control {
@@ -86,6 +93,7 @@ impl std::fmt::Debug for Control {
             Control::Evict => f.write_str("Evict"),
             Control::QueueMoved => f.write_str("QueueMoved"),
             Control::Attach(_, seq) => write!(f, "Attach(after {seq})"),
+            Control::Reclaim => f.write_str("Reclaim"),
         }
     }
 }
@@ -208,6 +216,67 @@ impl Registry {
             registry: self.clone(),
             peer_ip: peer_ip.to_string(),
         })
+    }
+
+    /// Reserve a slot as [`Registry::reserve`] does; when the server or the key is at
+    /// its limit, end the least recently used detached `/ws` session with no query
+    /// running (of that key, for the key's limit) to make room, and wait up to `wait`
+    /// for its slot. Refused only when no such session is left.
+    pub fn reserve_or_reclaim(
+        self: &Arc<Self>,
+        key: &str,
+        (max, max_per_peer): (usize, usize),
+        wait: std::time::Duration,
+    ) -> Result<Slot, SlotRefusal> {
+        let deadline = Instant::now() + wait;
+        let mut asked: Vec<String> = Vec::new();
+        loop {
+            let why = match self.reserve(key, max, max_per_peer) {
+                Ok(slot) => return Ok(slot),
+                Err(why) => why,
+            };
+            let mut sessions = lock(&self.sessions);
+            // One asked and still listed: its slot comes back soon.
+            let ending = asked.iter().any(|id| sessions.contains_key(id));
+            if !ending {
+                let victim = sessions
+                    .values()
+                    .filter(|e| {
+                        e.info.endpoint == Endpoint::Ws
+                            && e.info.state == SessionState::Detached
+                            && !e.info.query_running
+                            && !asked.contains(&e.info.session_id)
+                            && (why == SlotRefusal::ServerFull
+                                || e.info.principal == key
+                                || e.info.peer == key)
+                    })
+                    .min_by_key(|e| (e.info.last_activity, e.info.created_at));
+                match victim {
+                    Some(v) if v.control.try_send(Control::Reclaim).is_ok() => {
+                        log::info!(
+                            "ending detached session {} to make room ({why:?})",
+                            v.info.session_id
+                        );
+                        asked.push(v.info.session_id.clone());
+                    }
+                    // Asked once already (and gone): its slot is being given back.
+                    _ if !asked.is_empty() => {}
+                    _ => return Err(why),
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(why);
+            }
+            // The slot is given back just after the listing goes: look again soon.
+            let slice = (deadline - now).min(std::time::Duration::from_millis(50));
+            sessions = self
+                .changed
+                .wait_timeout(sessions, slice)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            drop(sessions);
+        }
     }
 
     /// List a session; it stays listed while the returned guard lives.

@@ -147,6 +147,7 @@ struct Row {
     queries: u64,
     cwd: Option<String>,
     child_pid: Option<u32>,
+    query_running: bool,
 }
 
 impl Row {
@@ -157,6 +158,7 @@ impl Row {
         i.queries = self.queries;
         i.cwd = self.cwd;
         i.child_pid = self.child_pid;
+        i.query_running = self.query_running;
     }
 }
 
@@ -187,6 +189,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
             user: newcomer.user.clone(),
             child_pid: None,
             principal: newcomer.principal.clone(),
+            query_running: false,
         },
         control_tx.clone(),
     );
@@ -272,6 +275,7 @@ impl<'a> Session<'a> {
                 queries: 0,
                 cwd: None,
                 child_pid: None,
+                query_running: false,
             },
         }
     }
@@ -872,6 +876,7 @@ impl<'a> Session<'a> {
             queries: self.queries,
             cwd: self.cwd.clone(),
             child_pid: self.seat.pid(),
+            query_running: self.query.is_some(),
         }
     }
 
@@ -1023,6 +1028,11 @@ impl<'a> Session<'a> {
                 }
             }
             Control::Attach(link, last_seq) => self.attach(*link, last_seq),
+            Control::Reclaim if self.link.is_none() && self.query.is_none() => {
+                log::info!("[{}] ended to make room for a new session", self.label);
+                self.end(End::GraceExpired);
+            }
+            Control::Reclaim => {}
         }
     }
 
