@@ -12,7 +12,7 @@
 //! become messages through the same translation as the CLI's stdout
 //! ([`crate::cli::translate`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -137,6 +137,32 @@ pub fn carry_results(dir: &Path, from: &str, to: &str) {
     }
 }
 
+/// Every record in `dir`: session id → CLI conversation.
+fn records(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_dir(dir.join(RECORDS))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let conversation = crate::conversations::recorded_conversation(dir, &id)?;
+            Some((id, conversation))
+        })
+        .collect()
+}
+
+/// The records that share `conversation` (the one named first).
+fn records_of(dir: &Path, session_id: &str, conversation: &str) -> Vec<String> {
+    let mut ids = vec![session_id.to_string()];
+    ids.extend(
+        records(dir)
+            .into_iter()
+            .filter(|(id, c)| c == conversation && id != session_id)
+            .map(|(id, _)| id),
+    );
+    ids
+}
+
 /// One transcript read: its turns as messages, and what the list shows of it.
 #[derive(Default)]
 struct Transcript {
@@ -209,7 +235,8 @@ fn read_transcript(file: &Path, results: Vec<Value>, messages: bool) -> Transcri
     let mut results = results.into_iter();
     let mut push_result = |t: &mut Transcript| {
         if let Some(r) = results.next() {
-            t.messages.push(json!({"type": "result_message", "data": r}));
+            t.messages
+                .push(json!({"type": "result_message", "data": r}));
         }
     };
     for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
@@ -336,7 +363,10 @@ fn shorten(text: String) -> String {
     if text.chars().count() <= AUTO_TITLE {
         return text;
     }
-    format!("{}…", crate::util::truncate(&text, AUTO_TITLE - 1).trim_end())
+    format!(
+        "{}…",
+        crate::util::truncate(&text, AUTO_TITLE - 1).trim_end()
+    )
 }
 
 fn list(
@@ -365,12 +395,24 @@ fn list(
     };
     let mut rows: Vec<(u64, Value)> = Vec::new();
     if let Some(dir) = dir {
-        let mut seen = HashSet::new();
-        for entry in std::fs::read_dir(dir.join(RECORDS)).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if crate::util::is_session_id(&name) && seen.insert(name.clone()) {
-                rows.extend(row(dir, &name, live.contains_key(&name)));
+        // A conversation continued by another session (`resume`) has a record for
+        // each: one row, the live one's, else the latest record's.
+        let mut best: HashMap<String, (bool, u64, String)> = HashMap::new();
+        for (id, conversation) in records(dir) {
+            let rank = (
+                live.contains_key(&id),
+                modified_ms(&dir.join(RECORDS).join(&id)).unwrap_or(0),
+                id,
+            );
+            match best.get(&conversation) {
+                Some(b) if *b >= rank => {}
+                _ => {
+                    best.insert(conversation, rank);
+                }
             }
+        }
+        for (is_live, _, id) in best.into_values() {
+            rows.extend(row(dir, &id, is_live));
         }
     }
     // Newest first; the same time in the order of the ids, so pages are stable.
@@ -380,7 +422,10 @@ fn list(
     });
     let start = match &before {
         None => 0,
-        Some(Ok(id)) => match rows.iter().position(|(_, r)| r["session_id"] == id.as_str()) {
+        Some(Ok(id)) => match rows
+            .iter()
+            .position(|(_, r)| r["session_id"] == id.as_str())
+        {
             Some(i) => i + 1,
             None => return Err(not_found(id)),
         },
@@ -421,7 +466,6 @@ fn rename(
     session_id: &str,
     title: &str,
 ) -> Result<ServerMessage<'static>, ClientError> {
-    conversation_of(dir, session_id)?;
     let title = title.trim();
     if title.is_empty() || title.chars().count() > MAX_TITLE || title.contains(char::is_control) {
         return Err(ClientError::new(
@@ -429,13 +473,17 @@ fn rename(
             format!("a title is 1 to {MAX_TITLE} characters, with no control characters"),
         ));
     }
-    let file = dir
-        .and_then(|d| title_file(d, session_id))
-        .ok_or_else(|| not_found(session_id))?;
-    std::fs::write(&file, title).map_err(|e| {
-        log::warn!("cannot write {}: {e}", file.display());
-        ClientError::new(ErrorCode::InternalError, "the title could not be saved")
-    })?;
+    let conversation = conversation_of(dir, session_id)?;
+    let dir = dir.ok_or_else(|| not_found(session_id))?;
+    for id in records_of(dir, session_id, &conversation) {
+        let Some(file) = title_file(dir, &id) else {
+            continue;
+        };
+        std::fs::write(&file, title).map_err(|e| {
+            log::warn!("cannot write {}: {e}", file.display());
+            ClientError::new(ErrorCode::InternalError, "the title could not be saved")
+        })?;
+    }
     Ok(ServerMessage::ConversationRenamed {
         session_id: session_id.to_string(),
         title: title.to_string(),
@@ -449,30 +497,21 @@ fn delete(
 ) -> Result<ServerMessage<'static>, ClientError> {
     let conversation = conversation_of(dir, session_id)?;
     let dir = dir.ok_or_else(|| not_found(session_id))?;
-    if live.contains_key(session_id) {
+    let ids = records_of(dir, session_id, &conversation);
+    if ids.iter().any(|id| live.contains_key(id)) {
         return Err(ClientError::new(
             ErrorCode::ConversationLive,
             "a session holds this conversation now: end it (end_session) before deleting it",
         ));
     }
-    // Another record may share the conversation (a `resume` by a CLI that keeps its
-    // id): its transcript then stays.
-    let shared = std::fs::read_dir(dir.join(RECORDS))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != session_id && crate::util::is_session_id(n))
-        .any(|n| {
-            crate::conversations::recorded_conversation(dir, &n).as_deref()
-                == Some(conversation.as_str())
-        });
-    let mut files = vec![dir.join(RECORDS).join(session_id)];
-    files.extend(title_file(dir, session_id));
-    if !shared {
-        files.extend(transcript_of(dir, &conversation));
-        files.extend(results_file(dir, &conversation));
+    // Every record of the conversation goes (a `resume` by another session made one).
+    let mut files = Vec::new();
+    for id in &ids {
+        files.push(dir.join(RECORDS).join(id));
+        files.extend(title_file(dir, id));
     }
+    files.extend(transcript_of(dir, &conversation));
+    files.extend(results_file(dir, &conversation));
     for f in files {
         if let Err(e) = std::fs::remove_file(&f) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -496,7 +535,10 @@ mod tests {
     #[test]
     fn iso_times_read_as_unix_seconds() {
         assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(unix_seconds("2026-12-07T01:08:44.945Z"), Some(1_796_605_724));
+        assert_eq!(
+            unix_seconds("2026-12-07T01:08:44.945Z"),
+            Some(1_796_605_724)
+        );
         assert_eq!(unix_seconds("yesterday"), None);
     }
 
@@ -519,7 +561,11 @@ mod tests {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&file, text).unwrap();
         let t = read_transcript(&file, vec![json!({"n": 1})], true);
-        let types: Vec<_> = t.messages.iter().map(|m| m["type"].as_str().unwrap()).collect();
+        let types: Vec<_> = t
+            .messages
+            .iter()
+            .map(|m| m["type"].as_str().unwrap())
+            .collect();
         assert_eq!(
             types,
             [

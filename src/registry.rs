@@ -236,9 +236,14 @@ impl Registry {
                 Err(why) => why,
             };
             let mut sessions = lock(&self.sessions);
-            // One asked and still listed: its slot comes back soon.
-            let ending = asked.iter().any(|id| sessions.contains_key(id));
-            if !ending {
+            // The last one asked: gone (its slot comes back just after its listing),
+            // still ending, or taken back by its client (then another is asked).
+            let refused = asked.last().map(|id| {
+                sessions
+                    .get(id)
+                    .is_some_and(|e| e.info.state != SessionState::Detached || e.info.query_running)
+            });
+            if refused.unwrap_or(true) {
                 let victim = sessions
                     .values()
                     .filter(|e| {
@@ -259,8 +264,6 @@ impl Registry {
                         );
                         asked.push(v.info.session_id.clone());
                     }
-                    // Asked once already (and gone): its slot is being given back.
-                    _ if !asked.is_empty() => {}
                     _ => return Err(why),
                 }
             }

@@ -102,7 +102,11 @@ fn conversations_are_listed_newest_first_loaded_as_sent_and_continued_and_nobody
     let s = server(&api, state.path(), &[]);
     let mut a = connect_as(&s, "alice");
     let apples = a.query("remember apples", json!({}));
-    assert_eq!(only(&apples, "query_end")["outcome"], "completed", "{apples:?}");
+    assert_eq!(
+        only(&apples, "query_end")["outcome"],
+        "completed",
+        "{apples:?}"
+    );
     let apples_id = a.session_id.clone();
     a.ws.close(Some(NORMAL_CLOSE)).unwrap();
     let _ = a.closed();
@@ -124,11 +128,18 @@ fn conversations_are_listed_newest_first_loaded_as_sent_and_continued_and_nobody
     for r in &rows {
         assert_eq!(r["turns"], 1, "{r}");
         assert!(r["cwd"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
-        let (created, updated) = (r["created_at"].as_u64().unwrap(), r["updated_at"].as_u64().unwrap());
+        let (created, updated) = (
+            r["created_at"].as_u64().unwrap(),
+            r["updated_at"].as_u64().unwrap(),
+        );
         assert!(created > 1_700_000_000 && created <= updated, "{r}");
     }
     // Paging: one at a time, `before` the last one seen.
-    let page = ask(&mut c, json!({"type": "list_conversations", "limit": 1}), "conversations");
+    let page = ask(
+        &mut c,
+        json!({"type": "list_conversations", "limit": 1}),
+        "conversations",
+    );
     assert_eq!(page["data"]["conversations"].as_array().unwrap().len(), 1);
     assert_eq!(page["data"]["more"], true);
     let next = ask(
@@ -136,28 +147,58 @@ fn conversations_are_listed_newest_first_loaded_as_sent_and_continued_and_nobody
         json!({"type": "list_conversations", "limit": 1, "before": b.session_id}),
         "conversations",
     );
-    assert_eq!(next["data"]["conversations"][0]["session_id"], apples_id.as_str());
+    assert_eq!(
+        next["data"]["conversations"][0]["session_id"],
+        apples_id.as_str()
+    );
     assert_eq!(next["data"]["more"], false);
     // Bad input has its code.
-    let huge = ask(&mut c, json!({"type": "list_conversations", "limit": 100000}), "conversations");
+    let huge = ask(
+        &mut c,
+        json!({"type": "list_conversations", "limit": 100000}),
+        "conversations",
+    );
     assert_eq!(code(&huge), "invalid_field");
     let unknown = "0c0c0c0c-0000-4000-8000-000000000000";
-    let m = ask(&mut c, json!({"type": "load_conversation", "session_id": unknown}), "conversation");
+    let m = ask(
+        &mut c,
+        json!({"type": "load_conversation", "session_id": unknown}),
+        "conversation",
+    );
     assert_eq!(code(&m), "conversation_not_found");
 
     // Loaded: the prompt, then the assistant_messages and result_message as they were sent.
-    let loaded = ask(&mut c, json!({"type": "load_conversation", "session_id": apples_id}), "conversation");
+    let loaded = ask(
+        &mut c,
+        json!({"type": "load_conversation", "session_id": apples_id}),
+        "conversation",
+    );
     assert_eq!(loaded["type"], "conversation", "{loaded}");
     assert_eq!(loaded["data"]["session_id"], apples_id.as_str());
     let messages = loaded["data"]["messages"].as_array().unwrap();
     assert_eq!(messages[0]["type"], "query_start", "{messages:?}");
     assert_eq!(messages[0]["data"]["prompt"], "remember apples");
-    assert_eq!(&messages[1..], &as_history(&apples)[..], "live and loaded differ");
+    assert_eq!(
+        &messages[1..],
+        &as_history(&apples)[..],
+        "live and loaded differ"
+    );
 
     // Continued by a query with `resume`: the model sees the old conversation.
     let msgs = c.query("recall", json!({"resume": apples_id}));
     let text = assistant_text(&msgs);
-    assert!(text.contains("remember apples") && !text.contains("pears"), "{text}");
+    assert!(
+        text.contains("remember apples") && !text.contains("pears"),
+        "{text}"
+    );
+    // One conversation, one row: the session now holding it, live.
+    let rows = list(&mut c);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["session_id"], c.session_id.as_str());
+    assert_eq!(
+        (&rows[0]["title"], &rows[0]["turns"], &rows[0]["live"]),
+        (&json!("remember apples"), &json!(2), &json!(true))
+    );
 
     // Another user sees none of it, and gets the same error as for an unknown id.
     let mut eve = connect_as(&s, "eve");
@@ -174,8 +215,11 @@ fn conversations_are_listed_newest_first_loaded_as_sent_and_continued_and_nobody
     // Another instance sharing the state directory lists the same conversations.
     let s2 = server(&api, state.path(), &[]);
     let mut d = connect_as(&s2, "alice");
-    let there: Vec<_> = list(&mut d).iter().map(|r| r["session_id"].clone()).collect();
-    assert!(there.contains(&json!(apples_id)) && there.contains(&json!(b.session_id)), "{there:?}");
+    let there: Vec<_> = list(&mut d)
+        .iter()
+        .map(|r| r["session_id"].clone())
+        .collect();
+    assert_eq!(there, [json!(c.session_id), json!(b.session_id)]);
 }
 
 #[test]
@@ -186,7 +230,10 @@ fn a_conversation_is_renamed_and_deleted_with_its_transcript_but_not_while_live(
     let mut a = connect_as(&s, "alice");
     a.query("remember plums", json!({}));
     let id = a.session_id.clone();
-    let conversation = rows(&s)[0]["claude_session_id"].as_str().unwrap().to_string();
+    let conversation = rows(&s)[0]["claude_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let transcripts = |dir: &std::path::Path| {
         let name = format!("{conversation}.jsonl");
         std::fs::read_dir(dir)
@@ -204,23 +251,49 @@ fn a_conversation_is_renamed_and_deleted_with_its_transcript_but_not_while_live(
     assert!(transcripts(&projects));
 
     let mut c = connect_as(&s, "alice");
-    let m = ask(&mut c, json!({"type": "rename_conversation", "session_id": id, "title": "Plums"}), "conversation_renamed");
+    let m = ask(
+        &mut c,
+        json!({"type": "rename_conversation", "session_id": id, "title": "Plums"}),
+        "conversation_renamed",
+    );
     assert_eq!(m["data"]["title"], "Plums", "{m}");
-    assert_eq!(list(&mut c).iter().find(|r| r["session_id"] == id.as_str()).unwrap()["title"], "Plums");
+    assert_eq!(
+        list(&mut c)
+            .iter()
+            .find(|r| r["session_id"] == id.as_str())
+            .unwrap()["title"],
+        "Plums"
+    );
     let long = "x".repeat(1000);
-    let m = ask(&mut c, json!({"type": "rename_conversation", "session_id": id, "title": long}), "conversation_renamed");
+    let m = ask(
+        &mut c,
+        json!({"type": "rename_conversation", "session_id": id, "title": long}),
+        "conversation_renamed",
+    );
     assert_eq!(code(&m), "invalid_field");
     // Live: refused.
-    let m = ask(&mut c, json!({"type": "delete_conversation", "session_id": id}), "conversation_deleted");
+    let m = ask(
+        &mut c,
+        json!({"type": "delete_conversation", "session_id": id}),
+        "conversation_deleted",
+    );
     assert_eq!(code(&m), "conversation_live");
     a.ws.close(Some(NORMAL_CLOSE)).unwrap();
     let _ = a.closed();
     assert!(eventually(WAIT, || rows(&s).len() == 1), "{:?}", rows(&s));
-    let m = ask(&mut c, json!({"type": "delete_conversation", "session_id": id}), "conversation_deleted");
+    let m = ask(
+        &mut c,
+        json!({"type": "delete_conversation", "session_id": id}),
+        "conversation_deleted",
+    );
     assert_eq!(m["type"], "conversation_deleted", "{m}");
     assert!(!transcripts(&projects), "the transcript is still there");
     assert!(list(&mut c).iter().all(|r| r["session_id"] != id.as_str()));
-    let m = ask(&mut c, json!({"type": "load_conversation", "session_id": id}), "conversation");
+    let m = ask(
+        &mut c,
+        json!({"type": "load_conversation", "session_id": id}),
+        "conversation",
+    );
     assert_eq!(code(&m), "conversation_not_found");
 }
 
@@ -255,5 +328,8 @@ fn two_dropped_clients_at_max_sessions_2_do_not_block_a_third() {
     let word = ["figs", "dates"][gone[0]];
     let mut a = connect_as(&s, "alice");
     let msgs = a.query("recall", json!({"resume": ids[gone[0]]}));
-    assert!(assistant_text(&msgs).contains(&format!("remember {word}")), "{msgs:?}");
+    assert!(
+        assistant_text(&msgs).contains(&format!("remember {word}")),
+        "{msgs:?}"
+    );
 }

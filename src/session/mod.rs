@@ -782,7 +782,10 @@ impl<'a> Session<'a> {
                 {
                     log::warn!("[{}] cannot record the conversation id: {e}", self.label);
                 }
-                let from = self.claude_session_id.as_ref().or(self.last_options.resume.as_ref());
+                let from = self
+                    .claude_session_id
+                    .as_ref()
+                    .or(self.last_options.resume.as_ref());
                 if let Some(from) = from {
                     crate::history::carry_results(dir, from, conversation);
                 }
