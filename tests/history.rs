@@ -333,3 +333,71 @@ fn two_dropped_clients_at_max_sessions_2_do_not_block_a_third() {
         "{msgs:?}"
     );
 }
+
+#[test]
+fn on_default_flags_history_lives_beside_the_clis_own_transcripts() {
+    let api = MockApi::start();
+    let s = ServerOptions::real(&api).start();
+    let mut a = s.connect();
+    a.query("remember cherries", json!({}));
+    let id = a.session_id.clone();
+    a.ws.close(Some(NORMAL_CLOSE)).unwrap();
+    let _ = a.closed();
+    assert!(eventually(WAIT, || s.sessions().is_empty()));
+    let mut c = s.connect();
+    let rows = list(&mut c);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (&rows[0]["session_id"], &rows[0]["live"]),
+        (&json!(id), &json!(false))
+    );
+    let loaded = ask(
+        &mut c,
+        json!({"type": "load_conversation", "session_id": id}),
+        "conversation",
+    );
+    assert_eq!(
+        loaded["data"]["messages"][0]["data"]["prompt"], "remember cherries",
+        "{loaded}"
+    );
+    let msgs = c.query("recall", json!({"resume": id}));
+    assert!(
+        assistant_text(&msgs).contains("remember cherries"),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn at_the_per_user_cap_a_dropped_session_of_that_user_makes_room_and_nobody_elses() {
+    let api = MockApi::start();
+    let state = TempDir::new("history-state");
+    let s = server(&api, state.path(), &["--max-sessions-per-peer=1"]);
+    let mut bob = connect_as(&s, "bob");
+    bob.query("hello", json!({}));
+    let _ = bob.ws.get_ref().shutdown(std::net::Shutdown::Both);
+    let mut a = connect_as(&s, "alice");
+    a.query("remember kiwis", json!({}));
+    let first = a.session_id.clone();
+    let _ = a.ws.get_ref().shutdown(std::net::Shutdown::Both);
+    assert!(eventually(WAIT, || rows(&s)
+        .iter()
+        .all(|r| r["state"] == "detached")));
+    // Alice is at her cap: her own dropped session makes room, Bob's stays.
+    let mut a = connect_as(&s, "alice");
+    let left: Vec<_> = rows(&s).iter().map(|r| r["session_id"].clone()).collect();
+    assert!(
+        !left.contains(&json!(first)) && left.contains(&json!(bob.session_id)),
+        "{left:?}"
+    );
+    // A session of hers that is attached is never ended for another of hers.
+    let token = support::jwt::user_jwt(SECRET, "alice");
+    let refused = s
+        .try_connect(&format!("{}?token={token}", s.ws_url), &[])
+        .err();
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains("429")),
+        "{refused:?}"
+    );
+    let msgs = a.query("recall", json!({"resume": first}));
+    assert!(assistant_text(&msgs).contains("remember kiwis"), "{msgs:?}");
+}

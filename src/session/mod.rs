@@ -421,9 +421,10 @@ impl<'a> Session<'a> {
             ClientMessage::Set(setting) => self.set(setting),
             ClientMessage::EndSession => self.end(End::ClientEnded),
             ClientMessage::History(request) => {
-                let dir = self.state_dir.as_deref();
+                let dir = self.history_dir();
                 let registry = &self.shared.registry;
-                let answer = crate::history::answer(registry, dir, &self.principal, request);
+                let answer =
+                    crate::history::answer(registry, dir.as_deref(), &self.principal, request);
                 self.send(answer);
             }
             ClientMessage::Batch { messages } if top_level => {
@@ -543,8 +544,8 @@ impl<'a> Session<'a> {
     /// `resume` may name this server's session id: it means that session's
     /// conversation, if it is the same principal's.
     fn own_conversation(&self, options: QueryOptions) -> QueryOptions {
-        let dir = self.state_dir.as_deref();
-        crate::workspace::own_conversation(self.shared, &self.principal, dir, options)
+        let dir = self.history_dir();
+        crate::workspace::own_conversation(self.shared, &self.principal, dir.as_deref(), options)
     }
 
     /// Write a user message to the child for the running query.
@@ -745,7 +746,7 @@ impl<'a> Session<'a> {
                 }
                 self.learn_claude_session(session_id);
                 if let (Some(dir), Some(c), ServerMessage::ResultMessage(fields)) =
-                    (&self.state_dir, &self.claude_session_id, &message)
+                    (&self.history_dir(), &self.claude_session_id, &message)
                 {
                     crate::history::note_result(dir, c, fields);
                 }
@@ -772,9 +773,16 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Where the principal's conversations are recorded: its state directory, else
+    /// the CLI's own (one principal then).
+    fn history_dir(&self) -> Option<PathBuf> {
+        let own = || crate::conversations::cli_own_dir(&self.shared.child_env);
+        self.state_dir.clone().or_else(own)
+    }
+
     fn learn_claude_session(&mut self, id: Option<String>) {
         if id.is_some() && id != self.claude_session_id {
-            if let (Some(dir), Some(conversation)) = (&self.state_dir, &id) {
+            if let (Some(dir), Some(conversation)) = (&self.history_dir(), &id) {
                 // So that `resume` by this session's id works after it has ended, here
                 // or on another instance sharing the state directory.
                 if let Err(e) =
