@@ -426,4 +426,69 @@ mod tests {
         drop(b);
         assert_eq!(r.reserved.load(Ordering::SeqCst), 0);
     }
+
+    fn row(id: &str, principal: &str, state: SessionState, last: u64, busy: bool) -> SessionInfo {
+        SessionInfo {
+            session_id: id.into(),
+            endpoint: Endpoint::Ws,
+            claude_session_id: None,
+            state,
+            created_at: 1,
+            last_activity: last,
+            queries: 0,
+            peer: "127.0.0.1".into(),
+            cwd: None,
+            user: None,
+            child_pid: None,
+            principal: principal.into(),
+            query_running: busy,
+        }
+    }
+
+    #[test]
+    fn a_full_server_ends_the_least_recently_used_idle_detached_session_for_a_newcomer() {
+        use std::time::Duration;
+        let r = Arc::new(Registry::default());
+        let mut held = Vec::new();
+        let mut inboxes = Vec::new();
+        for (id, state, last, busy) in [
+            ("a1", SessionState::Detached, 10, true), // a query runs: kept
+            ("b2", SessionState::Idle, 5, false),     // attached: kept
+            ("c3", SessionState::Detached, 20, false),
+            ("d4", SessionState::Detached, 30, false),
+        ] {
+            let slot = r.reserve("k", 4, 10).unwrap();
+            let (tx, rx) = crossbeam_channel::bounded(4);
+            held.push((slot, r.list(row(id, "p", state, last, busy), tx)));
+            inboxes.push(rx);
+        }
+        // The session asked ends (its listing, then its slot, go) on its own thread.
+        let victim = inboxes[2].clone();
+        let (slot, listing) = held.remove(2);
+        let ender = std::thread::spawn(move || {
+            assert_eq!(
+                victim.recv_timeout(Duration::from_secs(5)).ok(),
+                Some(Control::Reclaim)
+            );
+            drop(listing);
+            std::thread::sleep(Duration::from_millis(20));
+            drop(slot);
+        });
+        let got = r.reserve_or_reclaim("k", (4, 10), Duration::from_secs(5));
+        assert!(got.is_ok());
+        ender.join().unwrap();
+        for (i, rx) in inboxes.iter().enumerate() {
+            if i != 2 {
+                assert!(rx.try_recv().is_err(), "session {i} was asked");
+            }
+        }
+        // No idle detached session of another key for a key at its own cap.
+        let _full = r.reserve("solo", 10, 1).unwrap();
+        assert_eq!(
+            r.reserve_or_reclaim("solo", (10, 1), Duration::from_millis(100))
+                .err(),
+            Some(SlotRefusal::PeerFull)
+        );
+        assert!(inboxes[3].try_recv().is_err());
+    }
 }
