@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{self, CliEvent};
 use crate::protocol::{ClientError, ErrorCode, HistoryRequest, ServerMessage};
-use crate::registry::{Endpoint, Registry, SessionState};
+use crate::registry::{Endpoint, Registry, SessionInfo};
 
 /// The page size when `list_conversations` names no `limit`.
 pub const DEFAULT_LIMIT: u64 = 50;
@@ -53,16 +53,13 @@ pub fn answer(
     result.unwrap_or_else(ServerMessage::from)
 }
 
-/// The ids of `principal`'s sessions held here, with whether a query runs in each.
-fn live_sessions(registry: &Registry, principal: &str) -> HashMap<String, bool> {
+/// `principal`'s `/ws` sessions held here, by id.
+fn live_sessions(registry: &Registry, principal: &str) -> HashMap<String, SessionInfo> {
     registry
         .snapshot(Some(principal))
         .into_iter()
         .filter(|s| s.endpoint == Endpoint::Ws)
-        .map(|s| {
-            let running = matches!(s.state, SessionState::Running | SessionState::Queued);
-            (s.session_id, running)
-        })
+        .map(|s| (s.session_id.clone(), s))
         .collect()
 }
 
@@ -96,6 +93,33 @@ fn transcript_of(dir: &Path, conversation: &str) -> Option<PathBuf> {
 fn results_file(dir: &Path, conversation: &str) -> Option<PathBuf> {
     crate::util::is_session_id(conversation)
         .then(|| dir.join(RESULTS).join(format!("{conversation}.jsonl")))
+}
+
+/// The first prompt of a session, kept by the server: the title while the CLI has
+/// not written its transcript yet (CLIs before 2.1.332 write it at exit).
+fn prompt_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
+    crate::util::is_session_id(session_id)
+        .then(|| dir.join(RECORDS).join(format!("{session_id}.prompt")))
+}
+
+/// Keep the first prompt of session `session_id` (a later one changes nothing).
+pub fn note_prompt(dir: &Path, session_id: &str, prompt: &str) {
+    let Some(file) = prompt_file(dir, session_id) else {
+        return;
+    };
+    if file.exists() || prompt.trim().is_empty() {
+        return;
+    }
+    let text = crate::util::truncate(prompt, 4 * AUTO_TITLE);
+    let write = || -> std::io::Result<()> {
+        if let Some(parent) = file.parent() {
+            crate::spec::create_private_dir(parent)?;
+        }
+        std::fs::write(&file, text)
+    };
+    if let Err(e) = write() {
+        log::warn!("cannot keep the first prompt of {session_id}: {e}");
+    }
 }
 
 fn title_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
@@ -323,7 +347,7 @@ fn modified_ms(file: &Path) -> Option<u64> {
 }
 
 /// One row of the list, and the time it sorts by (milliseconds).
-fn row(dir: &Path, session_id: &str, live: bool) -> Option<(u64, Value)> {
+fn row(dir: &Path, session_id: &str, live: Option<&SessionInfo>) -> Option<(u64, Value)> {
     let conversation = crate::conversations::recorded_conversation(dir, session_id)?;
     let transcript = transcript_of(dir, &conversation);
     let summary = transcript
@@ -334,16 +358,24 @@ fn row(dir: &Path, session_id: &str, live: bool) -> Option<(u64, Value)> {
     let updated_ms = transcript
         .as_deref()
         .and_then(modified_ms)
-        .or_else(|| modified_ms(&record))?;
+        .or_else(|| modified_ms(&record))?
+        .max(live.map_or(0, |i| i.last_activity * 1000));
+    let auto = || {
+        summary
+            .first_prompt
+            .clone()
+            .or_else(|| prompt_file(dir, session_id).and_then(|f| std::fs::read_to_string(f).ok()))
+            .map(|p| shorten(p.split_whitespace().collect::<Vec<_>>().join(" ")))
+    };
     let title = title_file(dir, session_id)
         .and_then(|f| std::fs::read_to_string(f).ok())
         .filter(|t| !t.is_empty())
-        .or_else(|| {
-            summary
-                .first_prompt
-                .as_deref()
-                .map(|p| shorten(p.split_whitespace().collect::<Vec<_>>().join(" ")))
-        });
+        .or_else(auto);
+    // A live session whose CLI has not written its transcript yet: what it did so far.
+    let (turns, cwd) = match (&transcript, live) {
+        (None, Some(info)) => (info.queries, info.cwd.clone()),
+        _ => (summary.turns, summary.cwd.clone()),
+    };
     let updated_at = updated_ms / 1000;
     Some((
         updated_ms,
@@ -352,9 +384,9 @@ fn row(dir: &Path, session_id: &str, live: bool) -> Option<(u64, Value)> {
             "title": title,
             "created_at": summary.created_at.unwrap_or(updated_at).min(updated_at),
             "updated_at": updated_at,
-            "turns": summary.turns,
-            "cwd": summary.cwd,
-            "live": live,
+            "turns": turns,
+            "cwd": cwd,
+            "live": live.is_some(),
         }),
     ))
 }
@@ -371,7 +403,7 @@ fn shorten(text: String) -> String {
 
 fn list(
     dir: Option<&Path>,
-    live: &HashMap<String, bool>,
+    live: &HashMap<String, SessionInfo>,
     limit: Option<u64>,
     before: Option<&Value>,
 ) -> Result<ServerMessage<'static>, ClientError> {
@@ -411,8 +443,8 @@ fn list(
                 }
             }
         }
-        for (is_live, _, id) in best.into_values() {
-            rows.extend(row(dir, &id, is_live));
+        for (_, _, id) in best.into_values() {
+            rows.extend(row(dir, &id, live.get(&id)));
         }
     }
     // Newest first; the same time in the order of the ids, so pages are stable.
@@ -493,7 +525,7 @@ fn rename(
 fn delete(
     dir: Option<&Path>,
     session_id: &str,
-    live: &HashMap<String, bool>,
+    live: &HashMap<String, SessionInfo>,
 ) -> Result<ServerMessage<'static>, ClientError> {
     let conversation = conversation_of(dir, session_id)?;
     let dir = dir.ok_or_else(|| not_found(session_id))?;
@@ -509,6 +541,7 @@ fn delete(
     for id in &ids {
         files.push(dir.join(RECORDS).join(id));
         files.extend(title_file(dir, id));
+        files.extend(prompt_file(dir, id));
     }
     files.extend(transcript_of(dir, &conversation));
     files.extend(results_file(dir, &conversation));

@@ -242,13 +242,14 @@ fn a_conversation_is_renamed_and_deleted_with_its_transcript_but_not_while_live(
             .flatten()
             .any(|d| d.path().join(&name).is_file())
     };
-    let projects = std::fs::read_dir(state.path())
+    // The principal's directory: the one holding the records.
+    let principal_dir = std::fs::read_dir(state.path())
         .unwrap()
         .flatten()
-        .map(|e| e.path().join("projects"))
-        .find(|p| p.is_dir())
-        .expect("the CLI's projects directory");
-    assert!(transcripts(&projects));
+        .map(|e| e.path())
+        .find(|p| p.join("claude-ws-sessions").is_dir())
+        .expect("the principal's state directory");
+    let projects = principal_dir.join("projects");
 
     let mut c = connect_as(&s, "alice");
     let m = ask(
@@ -281,6 +282,8 @@ fn a_conversation_is_renamed_and_deleted_with_its_transcript_but_not_while_live(
     a.ws.close(Some(NORMAL_CLOSE)).unwrap();
     let _ = a.closed();
     assert!(eventually(WAIT, || rows(&s).len() == 1), "{:?}", rows(&s));
+    // (CLIs before 2.1.332 write the transcript when they exit.)
+    assert!(eventually(WAIT, || transcripts(&projects)), "no transcript");
     let m = ask(
         &mut c,
         json!({"type": "delete_conversation", "session_id": id}),

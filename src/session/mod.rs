@@ -507,6 +507,9 @@ impl<'a> Session<'a> {
 
     /// Write the running query's prompt (and input that waited with it) to the child.
     fn begin(&mut self, prompt: &Prompt, inputs: Vec<Prompt>) {
+        if let Some(dir) = self.history_dir() {
+            crate::history::note_prompt(&dir, &self.id, &prompt.text());
+        }
         if let Err(e) = self.write_user_message(prompt) {
             // Nothing reached the child, so nothing will end this query but us.
             self.send_error(e);
