@@ -29,6 +29,9 @@ pub const DEFAULT_LIMIT: u64 = 50;
 pub const MAX_LIMIT: u64 = 500;
 /// The longest title `rename_conversation` takes (characters).
 pub const MAX_TITLE: usize = 200;
+/// The most JSON text a `conversation` answer holds; the oldest turns are left out
+/// beyond it (`truncated`).
+pub const MAX_LOAD_BYTES: usize = 8 << 20;
 /// How long a title taken from the first prompt is (characters).
 const AUTO_TITLE: usize = 80;
 
@@ -482,15 +485,48 @@ fn list(
 fn load(dir: Option<&Path>, session_id: &str) -> Result<ServerMessage<'static>, ClientError> {
     let conversation = conversation_of(dir, session_id)?;
     let dir = dir.ok_or_else(|| not_found(session_id))?;
-    let messages = match transcript_of(dir, &conversation) {
+    let mut messages = match transcript_of(dir, &conversation) {
         Some(file) => read_transcript(&file, results_of(dir, &conversation), true).messages,
         // Recorded, but the CLI wrote nothing yet.
         None => Vec::new(),
     };
+    let truncated = keep_newest(&mut messages, MAX_LOAD_BYTES);
     Ok(ServerMessage::Conversation {
         session_id: session_id.to_string(),
         messages,
+        truncated,
     })
+}
+
+/// Leave out the oldest turns of `messages` (each from its `query_start`) until their
+/// JSON text is at most `max` bytes; whether any were left out.
+fn keep_newest(messages: &mut Vec<Value>, max: usize) -> bool {
+    let mut total = 0;
+    let mut cut = 0;
+    for (i, m) in messages.iter().enumerate().rev() {
+        total += m.to_string().len() + 1;
+        if total > max {
+            break;
+        }
+        if m["type"] == "query_start" {
+            cut = i;
+        }
+        if i == 0 {
+            return false;
+        }
+    }
+    if cut == 0 && total <= max {
+        return false;
+    }
+    // Not even the newest turn fits: it is sent alone.
+    if cut == 0 {
+        cut = messages
+            .iter()
+            .rposition(|m| m["type"] == "query_start")
+            .unwrap_or(0);
+    }
+    messages.drain(..cut);
+    cut > 0
 }
 
 fn rename(
@@ -564,6 +600,24 @@ fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_conversation_keeps_its_newest_turns() {
+        let turn = |n: usize| {
+            vec![
+                json!({"type": "query_start", "data": {"prompt": format!("p{n}")}}),
+                json!({"type": "assistant_message", "data": {"content": "x".repeat(100)}}),
+            ]
+        };
+        let mut all: Vec<Value> = (0..5).flat_map(turn).collect();
+        assert!(!keep_newest(&mut all.clone(), 10_000));
+        assert!(keep_newest(&mut all, 400));
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0]["data"]["prompt"], "p3");
+        let mut one = turn(9);
+        assert!(!keep_newest(&mut one, 10), "a lone turn is sent whole");
+        assert_eq!(one.len(), 2);
+    }
 
     #[test]
     fn iso_times_read_as_unix_seconds() {

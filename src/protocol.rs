@@ -863,6 +863,9 @@ pub enum ServerMessage<'a> {
     Conversation {
         session_id: String,
         messages: Vec<Value>,
+        /// The oldest turns were left out to keep the answer under its bound
+        /// (`history::MAX_LOAD_BYTES`).
+        truncated: bool,
     },
     /// A `rename_conversation` was taken.
     ConversationRenamed {
