@@ -166,6 +166,12 @@ pub enum SlotRefusal {
     PeerFull,
 }
 
+/// Whether a session may be ended to make room: a detached `/ws` one with no query
+/// running.
+fn reclaimable(info: &SessionInfo) -> bool {
+    info.endpoint == Endpoint::Ws && info.state == SessionState::Detached && !info.query_running
+}
+
 /// Keeps a session listed; removes it when dropped.
 pub struct Listing {
     registry: Arc<Registry>,
@@ -247,9 +253,7 @@ impl Registry {
                 let victim = sessions
                     .values()
                     .filter(|e| {
-                        e.info.endpoint == Endpoint::Ws
-                            && e.info.state == SessionState::Detached
-                            && !e.info.query_running
+                        reclaimable(&e.info)
                             && !asked.contains(&e.info.session_id)
                             && (why == SlotRefusal::ServerFull
                                 || e.info.principal == key
@@ -321,6 +325,16 @@ impl Registry {
         lock(&self.sessions)
             .values()
             .filter(|e| e.info.endpoint == endpoint)
+            .count()
+    }
+
+    /// Sessions listed but the detached `/ws` ones with no query running (each of
+    /// those is ended to make room when a new one needs its slot:
+    /// [`Registry::reserve_or_reclaim`]).
+    pub fn unreclaimable_count(&self) -> usize {
+        lock(&self.sessions)
+            .values()
+            .filter(|e| !reclaimable(&e.info))
             .count()
     }
 

@@ -319,6 +319,9 @@ fn two_dropped_clients_at_max_sessions_2_do_not_block_a_third() {
         .filter(|r| r["state"] == "detached")
         .count()
         == 2));
+    // The balancer may still send new sessions here.
+    let (status, why) = s.get("/ready");
+    assert_eq!(status, 200, "{why}");
     // A third is served: a detached one made room (the least recently used; both
     // were last used within the same second here, which `/sessions` cannot tell apart).
     let mut c = connect_as(&s, "bob");
