@@ -267,6 +267,13 @@ fn read_transcript(file: &Path, results: Vec<Value>, messages: bool) -> Transcri
         }
     };
     for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
+        // The list needs only the prompts: no other line is parsed for it (a tool's
+        // result can be megabytes; a quote inside a prompt's text is escaped).
+        if !messages
+            && (!contains(&line, br#""type":"user""#) || contains(&line, br#""tool_use_id":"#))
+        {
+            continue;
+        }
         let Ok(Value::Object(mut line)) = serde_json::from_slice::<Value>(&line) else {
             continue;
         };
@@ -316,6 +323,10 @@ fn read_transcript(file: &Path, results: Vec<Value>, messages: bool) -> Transcri
         push_result(&mut t);
     }
     t
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The results kept for `conversation`, oldest first.
@@ -668,6 +679,10 @@ mod tests {
         assert_eq!(t.messages[3]["data"]["content"][0]["text"], "done");
         assert_eq!((t.turns, t.cwd.as_deref()), (2, Some("/w")));
         assert_eq!(t.first_prompt.as_deref(), Some("hi there"));
+        let summary = read_transcript(&file, Vec::new(), false);
+        assert!(summary.messages.is_empty());
+        assert_eq!((summary.turns, summary.cwd.as_deref()), (2, Some("/w")));
+        assert_eq!(summary.created_at, Some(1_796_605_724));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
