@@ -191,7 +191,7 @@ fn records_of(dir: &Path, session_id: &str, conversation: &str) -> Vec<String> {
 }
 
 /// One transcript read: its turns as messages, and what the list shows of it.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Transcript {
     messages: Vec<Value>,
     turns: u64,
@@ -329,6 +329,37 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The most transcript summaries [`summary_of`] keeps.
+const MAX_SUMMARIES: usize = 10_000;
+
+/// What the list shows of the transcript at `file` (no messages): read again only
+/// when the file changed (its size or time), so a long history lists fast.
+fn summary_of(file: &Path) -> Transcript {
+    type Cache = HashMap<PathBuf, ((u64, u64), Transcript)>;
+    static SUMMARIES: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+    let stamp = std::fs::metadata(file)
+        .ok()
+        .map(|m| (m.len(), modified_ms(file).unwrap_or(0)));
+    if let Some(stamp) = stamp {
+        let cache = crate::util::lock(&SUMMARIES);
+        if let Some((s, t)) = cache.as_ref().and_then(|c| c.get(file)) {
+            if *s == stamp {
+                return t.clone();
+            }
+        }
+    }
+    let summary = read_transcript(file, Vec::new(), false);
+    if let Some(stamp) = stamp {
+        let mut cache = crate::util::lock(&SUMMARIES);
+        let cache = cache.get_or_insert_with(HashMap::new);
+        if cache.len() >= MAX_SUMMARIES {
+            cache.clear();
+        }
+        cache.insert(file.to_path_buf(), (stamp, summary.clone()));
+    }
+    summary
+}
+
 /// The results kept for `conversation`, oldest first.
 fn results_of(dir: &Path, conversation: &str) -> Vec<Value> {
     let Some(text) = results_file(dir, conversation).and_then(|f| std::fs::read(f).ok()) else {
@@ -364,10 +395,7 @@ fn modified_ms(file: &Path) -> Option<u64> {
 fn row(dir: &Path, session_id: &str, live: Option<&SessionInfo>) -> Option<(u64, Value)> {
     let conversation = crate::conversations::recorded_conversation(dir, session_id)?;
     let transcript = transcript_of(dir, &conversation);
-    let summary = transcript
-        .as_deref()
-        .map(|f| read_transcript(f, Vec::new(), false))
-        .unwrap_or_default();
+    let summary = transcript.as_deref().map(summary_of).unwrap_or_default();
     let record = dir.join(RECORDS).join(session_id);
     let updated_ms = transcript
         .as_deref()
