@@ -297,8 +297,9 @@ fn fast(text: &[u8]) -> Result<(Option<CliEvent<'_>>, usize), Declined> {
     Ok((event, len))
 }
 
-/// Translate one stdout line parsed whole.
-fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
+/// Translate one stdout line parsed whole (also a line of the CLI's transcript on
+/// disk: see `history.rs`).
+pub fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
     let kind = match line.remove("type") {
         Some(Value::String(s)) => s,
         _ => String::new(),

@@ -7,6 +7,19 @@ use std::path::{Path, PathBuf};
 
 use crate::spec::create_private_dir;
 
+/// The CLI's own state directory, where its children keep their conversations when
+/// no per-principal one is set: `CLAUDE_CONFIG_DIR` of their environment, else
+/// `$HOME/.claude`. The records (and history) then live there too.
+pub fn cli_own_dir(child_env: &[(String, String)]) -> Option<PathBuf> {
+    let get = |key: &str| {
+        child_env
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| PathBuf::from(v))
+    };
+    get("CLAUDE_CONFIG_DIR").or_else(|| get("HOME").map(|h| h.join(".claude")))
+}
+
 /// Where the conversation of a server session id is recorded, under a principal's
 /// directory.
 fn record_file(dir: &Path, session_id: &str) -> Option<PathBuf> {

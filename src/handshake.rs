@@ -22,6 +22,10 @@ use crate::protocol::{SDK_PATH, WS_PATH};
 use crate::registry::{AttachRefusal, Control, Endpoint, Slot, SlotRefusal};
 use crate::state::Shared;
 
+/// How long a new connection waits for a detached session it had ended to give its
+/// slot back (it ends at once; its child is stopped by the reaper meanwhile).
+const RECLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a successful handshake hands on.
 pub enum Admission {
     /// A new session.
@@ -192,10 +196,12 @@ pub fn check(
     } else {
         client_ip.to_string()
     };
-    let slot = match shared.registry.reserve(
+    // A detached session with nothing running never blocks a new one: the least
+    // recently used is ended (its conversation stays resumable) to make room.
+    let slot = match shared.registry.reserve_or_reclaim(
         &limit_key,
-        config.max_sessions,
-        config.max_sessions_per_peer,
+        (config.max_sessions, config.max_sessions_per_peer),
+        RECLAIM_WAIT,
     ) {
         Ok(slot) => slot,
         Err(SlotRefusal::ServerFull) => {

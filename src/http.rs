@@ -150,7 +150,8 @@ fn unready(shared: &Shared) -> Option<String> {
         Some("shutting down".into())
     } else if shared.is_draining() {
         Some("draining".into())
-    } else if shared.registry.session_count() >= max {
+    } else if shared.registry.unreclaimable_count() >= max {
+        // Detached sessions with nothing running make room for new ones.
         Some(format!("at its maximum of {max} sessions (--max-sessions)"))
     } else {
         match shared.claude_version.get() {

@@ -63,6 +63,7 @@ mod conversations;
 mod features;
 mod handle;
 mod handshake;
+mod history;
 mod http;
 mod json;
 mod limits;

@@ -70,6 +70,8 @@ pub enum ErrorCode {
     /// A `resume` named a conversation the CLI does not have (here, for this user).
     /// The query ends; the session forgets it, so its next query starts fresh.
     ConversationNotFound,
+    /// A `delete_conversation` named a conversation a session is holding right now.
+    ConversationLive,
     // The codes below answer HTTP requests (a refused handshake, the side port).
     /// The upgrade request is malformed or ambiguous: no valid `Host`, a `Host`,
     /// `Origin` or `Authorization` field given twice, or a token presented twice.
@@ -122,6 +124,7 @@ impl ErrorCode {
             ErrorCode::ToolRegistryError => "tool_registry_error",
             ErrorCode::SettingFailed => "setting_failed",
             ErrorCode::ConversationNotFound => "conversation_not_found",
+            ErrorCode::ConversationLive => "conversation_live",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -407,6 +410,48 @@ pub enum ClientMessage {
     /// Each element is parsed on its own when its turn comes, so one bad element
     /// yields one `error` and the rest still run.
     Batch { messages: Vec<Value> },
+    /// The principal's conversations: `list_conversations`, `load_conversation`,
+    /// `rename_conversation`, `delete_conversation` (answered by `history.rs`).
+    History(HistoryRequest),
+}
+
+/// A request about the principal's earlier and live conversations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HistoryRequest {
+    /// `{"type":"list_conversations","limit":N?,"before":T|"session id"?}`: newest
+    /// first; `before` (a time in Unix seconds, or the last session id of the previous
+    /// page) pages on.
+    List {
+        limit: Option<u64>,
+        before: Option<Value>,
+    },
+    /// `{"type":"load_conversation","session_id":"…"}`.
+    Load { session_id: String },
+    /// `{"type":"rename_conversation","session_id":"…","title":"…"}`.
+    Rename { session_id: String, title: String },
+    /// `{"type":"delete_conversation","session_id":"…"}`.
+    Delete { session_id: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListConversationsFields {
+    #[serde(rename = "type")]
+    _type: String,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    before: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConversationFields {
+    #[serde(rename = "type")]
+    _type: String,
+    session_id: String,
+    #[serde(default)]
+    title: Option<String>,
 }
 
 /// The most messages one `batch` may hold.
@@ -598,6 +643,36 @@ pub fn parse_client_value(value: Value) -> Result<ClientMessage, ClientError> {
                 messages: b.messages,
             })
         }
+        "list_conversations" => {
+            let f: ListConversationsFields = fields(value, "list_conversations")?;
+            Ok(ClientMessage::History(HistoryRequest::List {
+                limit: f.limit,
+                before: f.before.filter(|b| !b.is_null()),
+            }))
+        }
+        "load_conversation" | "rename_conversation" | "delete_conversation" => {
+            let f: ConversationFields = fields(value, &kind)?;
+            let session_id = f.session_id;
+            Ok(ClientMessage::History(match (kind.as_str(), f.title) {
+                ("rename_conversation", Some(title)) => {
+                    HistoryRequest::Rename { session_id, title }
+                }
+                ("rename_conversation", None) => {
+                    return Err(ClientError::new(
+                        ErrorCode::InvalidField,
+                        "bad \"rename_conversation\" message: missing field `title`",
+                    ))
+                }
+                (_, Some(_)) => {
+                    return Err(ClientError::new(
+                        ErrorCode::InvalidField,
+                        format!("bad \"{kind}\" message: unknown field `title`"),
+                    ))
+                }
+                ("load_conversation", None) => HistoryRequest::Load { session_id },
+                _ => HistoryRequest::Delete { session_id },
+            }))
+        }
         "interrupt" | "ping" | "get_tools" | "end_session" => {
             if map.len() > 1 {
                 return Err(ClientError::new(
@@ -617,7 +692,8 @@ pub fn parse_client_value(value: Value) -> Result<ClientMessage, ClientError> {
             format!(
                 "unknown message type {:?}; expected query, interrupt, input, ping, batch, \
                  permission_response, define_tool, get_tools, tool_result, set_permission_mode, \
-                 set_model, set_max_thinking_tokens or end_session",
+                 set_model, set_max_thinking_tokens, end_session, list_conversations, \
+                 load_conversation, rename_conversation or delete_conversation",
                 crate::util::truncate(other, 64)
             ),
         )),
@@ -775,6 +851,31 @@ pub enum ServerMessage<'a> {
         value: Value,
         applied: &'static str,
     },
+    /// The answer to `list_conversations`: the principal's conversations, newest
+    /// first, each `{session_id, title, created_at, updated_at, turns, cwd, live}`;
+    /// `more` when an older page follows.
+    Conversations {
+        conversations: Vec<Value>,
+        more: bool,
+    },
+    /// The answer to `load_conversation`: its turns as this protocol's messages
+    /// (`query_start`, `assistant_message`, `result_message`), each `{type, data}`.
+    Conversation {
+        session_id: String,
+        messages: Vec<Value>,
+        /// The oldest turns were left out to keep the answer under its bound
+        /// (`history::MAX_LOAD_BYTES`).
+        truncated: bool,
+    },
+    /// A `rename_conversation` was taken.
+    ConversationRenamed {
+        session_id: String,
+        title: String,
+    },
+    /// A `delete_conversation` was taken: the record and the CLI's transcript are gone.
+    ConversationDeleted {
+        session_id: String,
+    },
     Pong {},
     Error {
         error: String,
@@ -804,6 +905,10 @@ impl ServerMessage<'_> {
             ServerMessage::PermissionCancelled { .. } => "permission_cancelled",
             ServerMessage::ToolCallCancelled { .. } => "tool_call_cancelled",
             ServerMessage::SettingsUpdated { .. } => "settings_updated",
+            ServerMessage::Conversations { .. } => "conversations",
+            ServerMessage::Conversation { .. } => "conversation",
+            ServerMessage::ConversationRenamed { .. } => "conversation_renamed",
+            ServerMessage::ConversationDeleted { .. } => "conversation_deleted",
             ServerMessage::Pong {} => "pong",
             ServerMessage::Error { .. } => "error",
         }

@@ -61,6 +61,10 @@ pub struct SessionInfo {
     /// Whom the session belongs to (see `auth::Principal`); not shown.
     #[serde(skip)]
     pub principal: String,
+    /// A query runs (or waits for a place): a detached session is not ended to make
+    /// room then. Not shown (`state` says `running`/`queued` while attached).
+    #[serde(skip)]
+    pub query_running: bool,
 }
 
 /// A message the server sends a session from outside.
@@ -76,6 +80,9 @@ pub enum Control {
     /// Its client reconnected (`/ws?session_id=…&last_seq=N`): carry on over this link,
     /// sending again what came after `last_seq`.
     Attach(Box<Link>, u64),
+    /// A new connection needs its slot: end now if still detached with no query
+    /// running, the way that keeps the conversation resumable.
+    Reclaim,
 }
 
 impl std::fmt::Debug for Control {
@@ -86,6 +93,7 @@ impl std::fmt::Debug for Control {
             Control::Evict => f.write_str("Evict"),
             Control::QueueMoved => f.write_str("QueueMoved"),
             Control::Attach(_, seq) => write!(f, "Attach(after {seq})"),
+            Control::Reclaim => f.write_str("Reclaim"),
         }
     }
 }
@@ -158,6 +166,12 @@ pub enum SlotRefusal {
     PeerFull,
 }
 
+/// Whether a session may be ended to make room: a detached `/ws` one with no query
+/// running.
+fn reclaimable(info: &SessionInfo) -> bool {
+    info.endpoint == Endpoint::Ws && info.state == SessionState::Detached && !info.query_running
+}
+
 /// Keeps a session listed; removes it when dropped.
 pub struct Listing {
     registry: Arc<Registry>,
@@ -210,6 +224,68 @@ impl Registry {
         })
     }
 
+    /// Reserve a slot as [`Registry::reserve`] does; when the server or the key is at
+    /// its limit, end the least recently used detached `/ws` session with no query
+    /// running (of that key, for the key's limit) to make room, and wait up to `wait`
+    /// for its slot. Refused only when no such session is left.
+    pub fn reserve_or_reclaim(
+        self: &Arc<Self>,
+        key: &str,
+        (max, max_per_peer): (usize, usize),
+        wait: std::time::Duration,
+    ) -> Result<Slot, SlotRefusal> {
+        let deadline = Instant::now() + wait;
+        let mut asked: Vec<String> = Vec::new();
+        loop {
+            let why = match self.reserve(key, max, max_per_peer) {
+                Ok(slot) => return Ok(slot),
+                Err(why) => why,
+            };
+            let mut sessions = lock(&self.sessions);
+            // The last one asked: gone (its slot comes back just after its listing),
+            // still ending, or taken back by its client (then another is asked).
+            let refused = asked.last().map(|id| {
+                sessions
+                    .get(id)
+                    .is_some_and(|e| e.info.state != SessionState::Detached || e.info.query_running)
+            });
+            if refused.unwrap_or(true) {
+                let victim = sessions
+                    .values()
+                    .filter(|e| {
+                        reclaimable(&e.info)
+                            && !asked.contains(&e.info.session_id)
+                            && (why == SlotRefusal::ServerFull
+                                || e.info.principal == key
+                                || e.info.peer == key)
+                    })
+                    .min_by_key(|e| (e.info.last_activity, e.info.created_at));
+                match victim {
+                    Some(v) if v.control.try_send(Control::Reclaim).is_ok() => {
+                        log::info!(
+                            "ending detached session {} to make room ({why:?})",
+                            v.info.session_id
+                        );
+                        asked.push(v.info.session_id.clone());
+                    }
+                    _ => return Err(why),
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(why);
+            }
+            // The slot is given back just after the listing goes: look again soon.
+            let slice = (deadline - now).min(std::time::Duration::from_millis(50));
+            sessions = self
+                .changed
+                .wait_timeout(sessions, slice)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            drop(sessions);
+        }
+    }
+
     /// List a session; it stays listed while the returned guard lives.
     pub fn list(self: &Arc<Self>, info: SessionInfo, control: Sender<Control>) -> Listing {
         let id = info.session_id.clone();
@@ -249,6 +325,16 @@ impl Registry {
         lock(&self.sessions)
             .values()
             .filter(|e| e.info.endpoint == endpoint)
+            .count()
+    }
+
+    /// Sessions listed but the detached `/ws` ones with no query running (each of
+    /// those is ended to make room when a new one needs its slot:
+    /// [`Registry::reserve_or_reclaim`]).
+    pub fn unreclaimable_count(&self) -> usize {
+        lock(&self.sessions)
+            .values()
+            .filter(|e| !reclaimable(&e.info))
             .count()
     }
 
@@ -353,5 +439,70 @@ mod tests {
         assert!(r.reserve("1.1.1.1", 2, 1).is_ok());
         drop(b);
         assert_eq!(r.reserved.load(Ordering::SeqCst), 0);
+    }
+
+    fn row(id: &str, principal: &str, state: SessionState, last: u64, busy: bool) -> SessionInfo {
+        SessionInfo {
+            session_id: id.into(),
+            endpoint: Endpoint::Ws,
+            claude_session_id: None,
+            state,
+            created_at: 1,
+            last_activity: last,
+            queries: 0,
+            peer: "127.0.0.1".into(),
+            cwd: None,
+            user: None,
+            child_pid: None,
+            principal: principal.into(),
+            query_running: busy,
+        }
+    }
+
+    #[test]
+    fn a_full_server_ends_the_least_recently_used_idle_detached_session_for_a_newcomer() {
+        use std::time::Duration;
+        let r = Arc::new(Registry::default());
+        let mut held = Vec::new();
+        let mut inboxes = Vec::new();
+        for (id, state, last, busy) in [
+            ("a1", SessionState::Detached, 10, true), // a query runs: kept
+            ("b2", SessionState::Idle, 5, false),     // attached: kept
+            ("c3", SessionState::Detached, 20, false),
+            ("d4", SessionState::Detached, 30, false),
+        ] {
+            let slot = r.reserve("k", 4, 10).unwrap();
+            let (tx, rx) = crossbeam_channel::bounded(4);
+            held.push((slot, r.list(row(id, "p", state, last, busy), tx)));
+            inboxes.push(rx);
+        }
+        // The session asked ends (its listing, then its slot, go) on its own thread.
+        let victim = inboxes[2].clone();
+        let (slot, listing) = held.remove(2);
+        let ender = std::thread::spawn(move || {
+            assert_eq!(
+                victim.recv_timeout(Duration::from_secs(5)).ok(),
+                Some(Control::Reclaim)
+            );
+            drop(listing);
+            std::thread::sleep(Duration::from_millis(20));
+            drop(slot);
+        });
+        let got = r.reserve_or_reclaim("k", (4, 10), Duration::from_secs(5));
+        assert!(got.is_ok());
+        ender.join().unwrap();
+        for (i, rx) in inboxes.iter().enumerate() {
+            if i != 2 {
+                assert!(rx.try_recv().is_err(), "session {i} was asked");
+            }
+        }
+        // No idle detached session of another key for a key at its own cap.
+        let _full = r.reserve("solo", 10, 1).unwrap();
+        assert_eq!(
+            r.reserve_or_reclaim("solo", (10, 1), Duration::from_millis(100))
+                .err(),
+            Some(SlotRefusal::PeerFull)
+        );
+        assert!(inboxes[3].try_recv().is_err());
     }
 }

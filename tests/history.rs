@@ -4,7 +4,7 @@
 
 mod support;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::*;
 
 #[test]
@@ -33,4 +33,377 @@ fn a_failed_resume_ends_with_conversation_not_found_and_the_next_query_starts_fr
     let msgs = c.query("recall", json!({}));
     let text = assistant_text(&msgs);
     assert!(text.contains("remember lima"), "{text}");
+}
+
+const SECRET: &str = "history-test-secret";
+
+/// A server with users (JWT) whose state lives in `state`.
+fn server(api: &MockApi, state: &std::path::Path, extra: &[&str]) -> TestServer {
+    ServerOptions::real(api)
+        .env("CLAUDE_WS_JWT_SECRET", SECRET)
+        .arg(&format!("--state-dir={}", state.display()))
+        .arg("--admin-token=operator-token")
+        .args(extra)
+        .start()
+}
+
+/// Every session's `/sessions` row (as the operator).
+fn rows(s: &TestServer) -> Vec<Value> {
+    let (_, rows) = s.get_with("/sessions", &[("Authorization", "Bearer operator-token")]);
+    rows.as_array().expect("rows").clone()
+}
+
+/// Connect as `sub` and read `connection_established`.
+fn connect_as(s: &TestServer, sub: &str) -> Client {
+    let token = support::jwt::user_jwt(SECRET, sub);
+    let mut c = s
+        .try_connect(&format!("{}?token={token}", s.ws_url), &[])
+        .unwrap_or_else(|e| panic!("connect failed: {e}\n{}", s.logs()));
+    let hello = c.recv();
+    assert_eq!(hello["type"], "connection_established", "{hello}");
+    c.session_id = hello["data"]["session_id"].as_str().unwrap().to_string();
+    c
+}
+
+/// Send `request` and read up to its answer of type `kind` (or an `error`).
+fn ask(c: &mut Client, request: Value, kind: &str) -> Value {
+    c.send(request);
+    loop {
+        let m = c.recv();
+        if m["type"] == kind || m["type"] == "error" {
+            return m;
+        }
+    }
+}
+
+fn list(c: &mut Client) -> Vec<Value> {
+    let m = ask(c, json!({"type": "list_conversations"}), "conversations");
+    assert_eq!(m["type"], "conversations", "{m}");
+    m["data"]["conversations"].as_array().unwrap().clone()
+}
+
+fn code(m: &Value) -> &str {
+    assert_eq!(m["type"], "error", "{m}");
+    m["data"]["code"].as_str().unwrap()
+}
+
+/// The messages of `msgs` a loaded conversation holds again, as `{type, data}`.
+fn as_history(msgs: &[Value]) -> Vec<Value> {
+    msgs.iter()
+        .filter(|m| ["assistant_message", "result_message"].contains(&m["type"].as_str().unwrap()))
+        .map(|m| json!({"type": m["type"], "data": m["data"]}))
+        .collect()
+}
+
+#[test]
+fn conversations_are_listed_newest_first_loaded_as_sent_and_continued_and_nobody_else_sees_them() {
+    let api = MockApi::start();
+    let state = TempDir::new("history-state");
+    let s = server(&api, state.path(), &[]);
+    let mut a = connect_as(&s, "alice");
+    let apples = a.query("remember apples", json!({}));
+    assert_eq!(
+        only(&apples, "query_end")["outcome"],
+        "completed",
+        "{apples:?}"
+    );
+    let apples_id = a.session_id.clone();
+    a.ws.close(Some(NORMAL_CLOSE)).unwrap();
+    let _ = a.closed();
+    assert!(eventually(WAIT, || rows(&s).is_empty()));
+    let mut b = connect_as(&s, "alice");
+    let pears = b.query("remember pears", json!({}));
+    assert_eq!(only(&pears, "query_end")["outcome"], "completed");
+
+    // Newest first: the live one, then the ended one.
+    let mut c = connect_as(&s, "alice");
+    let rows = list(&mut c);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["session_id"], b.session_id.as_str());
+    assert_eq!(rows[0]["title"], "remember pears");
+    assert_eq!(rows[0]["live"], true);
+    assert_eq!(rows[1]["session_id"], apples_id.as_str());
+    assert_eq!(rows[1]["title"], "remember apples");
+    assert_eq!(rows[1]["live"], false);
+    for r in &rows {
+        assert_eq!(r["turns"], 1, "{r}");
+        assert!(r["cwd"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
+        let (created, updated) = (
+            r["created_at"].as_u64().unwrap(),
+            r["updated_at"].as_u64().unwrap(),
+        );
+        assert!(created > 1_700_000_000 && created <= updated, "{r}");
+    }
+    // Paging: one at a time, `before` the last one seen.
+    let page = ask(
+        &mut c,
+        json!({"type": "list_conversations", "limit": 1}),
+        "conversations",
+    );
+    assert_eq!(page["data"]["conversations"].as_array().unwrap().len(), 1);
+    assert_eq!(page["data"]["more"], true);
+    let next = ask(
+        &mut c,
+        json!({"type": "list_conversations", "limit": 1, "before": b.session_id}),
+        "conversations",
+    );
+    assert_eq!(
+        next["data"]["conversations"][0]["session_id"],
+        apples_id.as_str()
+    );
+    assert_eq!(next["data"]["more"], false);
+    // Bad input has its code.
+    let huge = ask(
+        &mut c,
+        json!({"type": "list_conversations", "limit": 100000}),
+        "conversations",
+    );
+    assert_eq!(code(&huge), "invalid_field");
+    let unknown = "0c0c0c0c-0000-4000-8000-000000000000";
+    let m = ask(
+        &mut c,
+        json!({"type": "load_conversation", "session_id": unknown}),
+        "conversation",
+    );
+    assert_eq!(code(&m), "conversation_not_found");
+
+    // Loaded: the prompt, then the assistant_messages and result_message as they were sent.
+    let loaded = ask(
+        &mut c,
+        json!({"type": "load_conversation", "session_id": apples_id}),
+        "conversation",
+    );
+    assert_eq!(loaded["type"], "conversation", "{loaded}");
+    assert_eq!(loaded["data"]["session_id"], apples_id.as_str());
+    let messages = loaded["data"]["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["type"], "query_start", "{messages:?}");
+    assert_eq!(messages[0]["data"]["prompt"], "remember apples");
+    assert_eq!(
+        &messages[1..],
+        &as_history(&apples)[..],
+        "live and loaded differ"
+    );
+
+    // Continued by a query with `resume`: the model sees the old conversation.
+    let msgs = c.query("recall", json!({"resume": apples_id}));
+    let text = assistant_text(&msgs);
+    assert!(
+        text.contains("remember apples") && !text.contains("pears"),
+        "{text}"
+    );
+    // One conversation, one row: the session now holding it, live.
+    let rows = list(&mut c);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["session_id"], c.session_id.as_str());
+    assert_eq!(
+        (&rows[0]["title"], &rows[0]["turns"], &rows[0]["live"]),
+        (&json!("remember apples"), &json!(2), &json!(true))
+    );
+
+    // Another user sees none of it, and gets the same error as for an unknown id.
+    let mut eve = connect_as(&s, "eve");
+    assert!(list(&mut eve).is_empty());
+    for request in [
+        json!({"type": "load_conversation", "session_id": apples_id}),
+        json!({"type": "rename_conversation", "session_id": apples_id, "title": "mine"}),
+        json!({"type": "delete_conversation", "session_id": apples_id}),
+    ] {
+        let m = ask(&mut eve, request, "conversation");
+        assert_eq!(code(&m), "conversation_not_found", "{m}");
+    }
+
+    // Another instance sharing the state directory lists the same conversations.
+    let s2 = server(&api, state.path(), &[]);
+    let mut d = connect_as(&s2, "alice");
+    let there: Vec<_> = list(&mut d)
+        .iter()
+        .map(|r| r["session_id"].clone())
+        .collect();
+    assert_eq!(there, [json!(c.session_id), json!(b.session_id)]);
+}
+
+#[test]
+fn a_conversation_is_renamed_and_deleted_with_its_transcript_but_not_while_live() {
+    let api = MockApi::start();
+    let state = TempDir::new("history-state");
+    let s = server(&api, state.path(), &[]);
+    let mut a = connect_as(&s, "alice");
+    a.query("remember plums", json!({}));
+    let id = a.session_id.clone();
+    let conversation = rows(&s)[0]["claude_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let transcripts = |dir: &std::path::Path| {
+        let name = format!("{conversation}.jsonl");
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join(&name).is_file())
+    };
+    // The principal's directory: the one holding the records.
+    let principal_dir = std::fs::read_dir(state.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("claude-ws-sessions").is_dir())
+        .expect("the principal's state directory");
+    let projects = principal_dir.join("projects");
+
+    let mut c = connect_as(&s, "alice");
+    let m = ask(
+        &mut c,
+        json!({"type": "rename_conversation", "session_id": id, "title": "Plums"}),
+        "conversation_renamed",
+    );
+    assert_eq!(m["data"]["title"], "Plums", "{m}");
+    assert_eq!(
+        list(&mut c)
+            .iter()
+            .find(|r| r["session_id"] == id.as_str())
+            .unwrap()["title"],
+        "Plums"
+    );
+    let long = "x".repeat(1000);
+    let m = ask(
+        &mut c,
+        json!({"type": "rename_conversation", "session_id": id, "title": long}),
+        "conversation_renamed",
+    );
+    assert_eq!(code(&m), "invalid_field");
+    // Live: refused.
+    let m = ask(
+        &mut c,
+        json!({"type": "delete_conversation", "session_id": id}),
+        "conversation_deleted",
+    );
+    assert_eq!(code(&m), "conversation_live");
+    a.ws.close(Some(NORMAL_CLOSE)).unwrap();
+    let _ = a.closed();
+    assert!(eventually(WAIT, || rows(&s).len() == 1), "{:?}", rows(&s));
+    // (CLIs before 2.1.332 write the transcript when they exit.)
+    assert!(eventually(WAIT, || transcripts(&projects)), "no transcript");
+    let m = ask(
+        &mut c,
+        json!({"type": "delete_conversation", "session_id": id}),
+        "conversation_deleted",
+    );
+    assert_eq!(m["type"], "conversation_deleted", "{m}");
+    assert!(!transcripts(&projects), "the transcript is still there");
+    assert!(list(&mut c).iter().all(|r| r["session_id"] != id.as_str()));
+    let m = ask(
+        &mut c,
+        json!({"type": "load_conversation", "session_id": id}),
+        "conversation",
+    );
+    assert_eq!(code(&m), "conversation_not_found");
+}
+
+#[test]
+fn two_dropped_clients_at_max_sessions_2_do_not_block_a_third() {
+    let api = MockApi::start();
+    let state = TempDir::new("history-state");
+    let s = server(&api, state.path(), &["--max-sessions=2"]);
+    let mut ids = Vec::new();
+    for word in ["figs", "dates"] {
+        let mut c = connect_as(&s, "alice");
+        let msgs = c.query(&format!("remember {word}"), json!({}));
+        assert_eq!(only(&msgs, "query_end")["outcome"], "completed");
+        ids.push(c.session_id.clone());
+        // Gone without a close frame, as wscat leaves.
+        let _ = c.ws.get_ref().shutdown(std::net::Shutdown::Both);
+    }
+    assert!(eventually(WAIT, || rows(&s)
+        .iter()
+        .filter(|r| r["state"] == "detached")
+        .count()
+        == 2));
+    // The balancer may still send new sessions here.
+    let (status, why) = s.get("/ready");
+    assert_eq!(status, 200, "{why}");
+    // A third is served: a detached one made room (the least recently used; both
+    // were last used within the same second here, which `/sessions` cannot tell apart).
+    let mut c = connect_as(&s, "bob");
+    let msgs = c.query("hello", json!({}));
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed");
+    let left: Vec<_> = rows(&s).iter().map(|r| r["session_id"].clone()).collect();
+    let gone: Vec<usize> = (0..2).filter(|i| !left.contains(&json!(ids[*i]))).collect();
+    assert_eq!(gone.len(), 1, "{left:?}");
+    // And the conversation of the one ended is still resumable.
+    let word = ["figs", "dates"][gone[0]];
+    let mut a = connect_as(&s, "alice");
+    let msgs = a.query("recall", json!({"resume": ids[gone[0]]}));
+    assert!(
+        assistant_text(&msgs).contains(&format!("remember {word}")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn on_default_flags_history_lives_beside_the_clis_own_transcripts() {
+    let api = MockApi::start();
+    let s = ServerOptions::real(&api).start();
+    let mut a = s.connect();
+    a.query("remember cherries", json!({}));
+    let id = a.session_id.clone();
+    a.ws.close(Some(NORMAL_CLOSE)).unwrap();
+    let _ = a.closed();
+    assert!(eventually(WAIT, || s.sessions().is_empty()));
+    let mut c = s.connect();
+    let rows = list(&mut c);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (&rows[0]["session_id"], &rows[0]["live"]),
+        (&json!(id), &json!(false))
+    );
+    let loaded = ask(
+        &mut c,
+        json!({"type": "load_conversation", "session_id": id}),
+        "conversation",
+    );
+    assert_eq!(
+        loaded["data"]["messages"][0]["data"]["prompt"], "remember cherries",
+        "{loaded}"
+    );
+    let msgs = c.query("recall", json!({"resume": id}));
+    assert!(
+        assistant_text(&msgs).contains("remember cherries"),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn at_the_per_user_cap_a_dropped_session_of_that_user_makes_room_and_nobody_elses() {
+    let api = MockApi::start();
+    let state = TempDir::new("history-state");
+    let s = server(&api, state.path(), &["--max-sessions-per-peer=1"]);
+    let mut bob = connect_as(&s, "bob");
+    bob.query("hello", json!({}));
+    let _ = bob.ws.get_ref().shutdown(std::net::Shutdown::Both);
+    let mut a = connect_as(&s, "alice");
+    a.query("remember kiwis", json!({}));
+    let first = a.session_id.clone();
+    let _ = a.ws.get_ref().shutdown(std::net::Shutdown::Both);
+    assert!(eventually(WAIT, || rows(&s)
+        .iter()
+        .all(|r| r["state"] == "detached")));
+    // Alice is at her cap: her own dropped session makes room, Bob's stays.
+    let mut a = connect_as(&s, "alice");
+    let left: Vec<_> = rows(&s).iter().map(|r| r["session_id"].clone()).collect();
+    assert!(
+        !left.contains(&json!(first)) && left.contains(&json!(bob.session_id)),
+        "{left:?}"
+    );
+    // A session of hers that is attached is never ended for another of hers.
+    let token = support::jwt::user_jwt(SECRET, "alice");
+    let refused = s
+        .try_connect(&format!("{}?token={token}", s.ws_url), &[])
+        .err();
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains("429")),
+        "{refused:?}"
+    );
+    let msgs = a.query("recall", json!({"resume": first}));
+    assert!(assistant_text(&msgs).contains("remember kiwis"), "{msgs:?}");
 }

@@ -24,7 +24,7 @@ const FLOORS: &[&[&str]] = &[
     &["registry", "spec"],
     // The on-disk records of conversations (`resume` by a session id, history).
     &["places", "conversations"],
-    &["warm"],
+    &["warm", "history"],
     // What every thread shares.
     &["state"],
     &["handle", "preflight", "handshake", "workspace"],

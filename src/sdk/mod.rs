@@ -234,6 +234,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, newcomer: Newcomer) 
             user: newcomer.user.clone(),
             child_pid: None,
             principal: newcomer.principal.clone(),
+            query_running: false,
         },
         control_tx.clone(),
     );
@@ -740,6 +741,8 @@ impl Relay<'_> {
                 }
             }
             Control::Attach(link, last) => self.attach(*link, last),
+            // Only `/ws` sessions are asked (`Registry::reserve_or_reclaim`).
+            Control::Reclaim => {}
         }
     }
 

@@ -147,6 +147,7 @@ struct Row {
     queries: u64,
     cwd: Option<String>,
     child_pid: Option<u32>,
+    query_running: bool,
 }
 
 impl Row {
@@ -157,6 +158,7 @@ impl Row {
         i.queries = self.queries;
         i.cwd = self.cwd;
         i.child_pid = self.child_pid;
+        i.query_running = self.query_running;
     }
 }
 
@@ -187,6 +189,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
             user: newcomer.user.clone(),
             child_pid: None,
             principal: newcomer.principal.clone(),
+            query_running: false,
         },
         control_tx.clone(),
     );
@@ -272,6 +275,7 @@ impl<'a> Session<'a> {
                 queries: 0,
                 cwd: None,
                 child_pid: None,
+                query_running: false,
             },
         }
     }
@@ -416,6 +420,13 @@ impl<'a> Session<'a> {
             } => self.tool_result(&call_id, content, is_error),
             ClientMessage::Set(setting) => self.set(setting),
             ClientMessage::EndSession => self.end(End::ClientEnded),
+            ClientMessage::History(request) => {
+                let dir = self.history_dir();
+                let registry = &self.shared.registry;
+                let answer =
+                    crate::history::answer(registry, dir.as_deref(), &self.principal, request);
+                self.send(answer);
+            }
             ClientMessage::Batch { messages } if top_level => {
                 for m in messages {
                     match parse_client_value(m) {
@@ -496,6 +507,9 @@ impl<'a> Session<'a> {
 
     /// Write the running query's prompt (and input that waited with it) to the child.
     fn begin(&mut self, prompt: &Prompt, inputs: Vec<Prompt>) {
+        if let Some(dir) = self.history_dir() {
+            crate::history::note_prompt(&dir, &self.id, &prompt.text());
+        }
         if let Err(e) = self.write_user_message(prompt) {
             // Nothing reached the child, so nothing will end this query but us.
             self.send_error(e);
@@ -533,8 +547,8 @@ impl<'a> Session<'a> {
     /// `resume` may name this server's session id: it means that session's
     /// conversation, if it is the same principal's.
     fn own_conversation(&self, options: QueryOptions) -> QueryOptions {
-        let dir = self.state_dir.as_deref();
-        crate::workspace::own_conversation(self.shared, &self.principal, dir, options)
+        let dir = self.history_dir();
+        crate::workspace::own_conversation(self.shared, &self.principal, dir.as_deref(), options)
     }
 
     /// Write a user message to the child for the running query.
@@ -734,6 +748,11 @@ impl<'a> Session<'a> {
                     return self.resume_failed(why);
                 }
                 self.learn_claude_session(session_id);
+                if let (Some(dir), Some(c), ServerMessage::ResultMessage(fields)) =
+                    (&self.history_dir(), &self.claude_session_id, &message)
+                {
+                    crate::history::note_result(dir, c, fields);
+                }
                 self.send(message);
                 let echoes = self.seat.live().is_some_and(|c| c.echoes);
                 if let Some(q) = &mut self.query {
@@ -757,15 +776,29 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Where the principal's conversations are recorded: its state directory, else
+    /// the CLI's own (one principal then).
+    fn history_dir(&self) -> Option<PathBuf> {
+        let own = || crate::conversations::cli_own_dir(&self.shared.child_env);
+        self.state_dir.clone().or_else(own)
+    }
+
     fn learn_claude_session(&mut self, id: Option<String>) {
         if id.is_some() && id != self.claude_session_id {
-            if let (Some(dir), Some(conversation)) = (&self.state_dir, &id) {
+            if let (Some(dir), Some(conversation)) = (&self.history_dir(), &id) {
                 // So that `resume` by this session's id works after it has ended, here
                 // or on another instance sharing the state directory.
                 if let Err(e) =
                     crate::conversations::record_conversation(dir, &self.id, conversation)
                 {
                     log::warn!("[{}] cannot record the conversation id: {e}", self.label);
+                }
+                let from = self
+                    .claude_session_id
+                    .as_ref()
+                    .or(self.last_options.resume.as_ref());
+                if let Some(from) = from {
+                    crate::history::carry_results(dir, from, conversation);
                 }
             }
             self.claude_session_id = id;
@@ -857,6 +890,7 @@ impl<'a> Session<'a> {
             queries: self.queries,
             cwd: self.cwd.clone(),
             child_pid: self.seat.pid(),
+            query_running: self.query.is_some(),
         }
     }
 
@@ -1006,6 +1040,11 @@ impl<'a> Session<'a> {
                 }
             }
             Control::Attach(link, last_seq) => self.attach(*link, last_seq),
+            Control::Reclaim if self.link.is_none() && self.query.is_none() => {
+                log::info!("[{}] ended to make room for a new session", self.label);
+                self.end(End::GraceExpired);
+            }
+            Control::Reclaim => {}
         }
     }
 
