@@ -63,6 +63,14 @@ struct Opts {
     levels: Vec<usize>,
     /// Repetitions of each CLI-alone measurement.
     direct: usize,
+    /// The sections to run (`--only a,b`; all by default).
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn main() {
@@ -101,6 +109,11 @@ fn parse_args() -> Res<Opts> {
         burst: 10,
         levels: vec![0, 2, 10],
         direct: if quick { 3 } else { 5 },
+        only: std::env::args()
+            .skip_while(|a| a != "--only")
+            .nth(1)
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -573,6 +586,28 @@ fn loadavg() -> String {
         .join(" ")
 }
 
+/// The head of a cold-vs-warm table.
+fn table_head(s: &mut String) {
+    let _ = writeln!(
+        s,
+        "\n| measurement | no warm children | with warm children | target | met |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---|:-:|");
+}
+
+/// A cold-vs-warm row, with the ratio and whether it meets the 25% target.
+fn row(s: &mut String, what: &str, cold: Duration, warm: Duration) {
+    let ratio = warm.as_secs_f64() / cold.as_secs_f64();
+    let _ = writeln!(
+        s,
+        "| {what} | {} | {} ({:.0}%) | warm ≤ 25% of cold | {} |",
+        ms(cold),
+        ms(warm),
+        ratio * 100.0,
+        if ratio <= 0.25 { "yes" } else { "**NO**" }
+    );
+}
+
 fn run(o: &Opts) -> Res<()> {
     std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
     let load_before = loadavg();
@@ -581,65 +616,58 @@ fn run(o: &Opts) -> Res<()> {
     let _ = writeln!(s, "## Warm children (issue 12)\n");
     let _ = writeln!(s, "Machine: {}\n", machine());
 
-    println!("== new sessions one after another ({} each)", o.sessions);
-    let (cold50, cold99) = sequential(o, &api, 0)?;
-    let (warm50, warm99) = sequential(o, &api, 1)?;
-    let ratio = warm50.as_secs_f64() / cold50.as_secs_f64();
-    let _ = writeln!(
-        s,
-        "| measurement | no warm children | with warm children | target | met |"
-    );
-    let _ = writeln!(s, "|---|---:|---:|---|:-:|");
-    let _ = writeln!(
-        s,
-        "| new session → first `assistant_message`, p50 ({} sessions, one warm) | {} | {} ({:.0}%) | warm ≤ 25% of cold | {} |",
-        o.sessions,
-        ms(cold50),
-        ms(warm50),
-        ratio * 100.0,
-        if ratio <= 0.25 { "yes" } else { "**NO**" }
-    );
-    let _ = writeln!(s, "| same, p99 | {} | {} | | |", ms(cold99), ms(warm99));
-
-    println!("== {} sessions at once", o.burst);
-    let mut bursts = Vec::new();
-    for &n in &o.levels {
-        bursts.push((n, burst(o, &api, n)?));
+    if o.runs("sequential") {
+        println!("== new sessions one after another ({} each)", o.sessions);
+        let (cold50, cold99) = sequential(o, &api, 0)?;
+        let (warm50, warm99) = sequential(o, &api, 1)?;
+        table_head(&mut s);
+        row(&mut s, &format!("new session → first `assistant_message`, p50 ({} sessions, one warm)", o.sessions), cold50, warm50);
+        let _ = writeln!(s, "| same, p99 | {} | {} | | |", ms(cold99), ms(warm99));
     }
-    let _ = writeln!(
-        s,
-        "\n| {} new sessions at once | last session's first `assistant_message` | median | RSS idle (server + children) | RSS peak in the burst |",
-        o.burst
-    );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-    for (n, b) in &bursts {
+
+    if o.runs("burst") {
+        println!("== {} sessions at once", o.burst);
+        let mut bursts = Vec::new();
+        for &n in &o.levels {
+            bursts.push((n, burst(o, &api, n)?));
+        }
         let _ = writeln!(
             s,
-            "| {n} warm children | {} | {} | {} | {} |",
-            ms(b.last),
-            ms(b.median),
-            mb(b.idle_kb),
-            mb(b.peak_kb)
+            "\n| {} new sessions at once | last session's first `assistant_message` | median | RSS idle (server + children) | RSS peak in the burst |",
+            o.burst
         );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+        for (n, b) in &bursts {
+            let _ = writeln!(
+                s,
+                "| {n} warm children | {} | {} | {} | {} |",
+                ms(b.last),
+                ms(b.median),
+                mb(b.idle_kb),
+                mb(b.peak_kb)
+            );
+        }
     }
 
-    println!("== the CLI alone ({} runs each)", o.direct);
-    let ([cold, ahead, switched], extra) = direct(o, &api)?;
-    let _ = writeln!(
-        s,
-        "\n| the CLI alone, message → first `assistant` (median of {}) | |\n|---|---:|\n\
-         | started by the message | {} |\n| started ahead (answered `initialize`) | {} |\n\
-         | started ahead, then `set_model` + `set_permission_mode` | {} |",
-        o.direct,
-        ms(cold),
-        ms(ahead),
-        ms(switched)
-    );
-    let _ = writeln!(
-        s,
-        "\nThe switched child printed before its answer: {}.",
-        extra.join(", ")
-    );
+    if o.runs("direct") {
+        println!("== the CLI alone ({} runs each)", o.direct);
+        let ([cold, ahead, switched], extra) = direct(o, &api)?;
+        let _ = writeln!(
+            s,
+            "\n| the CLI alone, message → first `assistant` (median of {}) | |\n|---|---:|\n\
+             | started by the message | {} |\n| started ahead (answered `initialize`) | {} |\n\
+             | started ahead, then `set_model` + `set_permission_mode` | {} |",
+            o.direct,
+            ms(cold),
+            ms(ahead),
+            ms(switched)
+        );
+        let _ = writeln!(
+            s,
+            "\nThe switched child printed before its answer: {}.",
+            extra.join(", ")
+        );
+    }
     let _ = writeln!(
         s,
         "\nCommand: `scripts/bench.sh --warm`{}; load average before / after: {} / {} \

@@ -290,6 +290,7 @@ impl<'a> Session<'a> {
         };
         self.send(hello);
         self.flush();
+        self.warm_ahead();
         // Frames that came with the handshake are already buffered: no wake-up for them.
         self.on_client_input();
         self.flush();
@@ -621,12 +622,23 @@ impl<'a> Session<'a> {
         if self.claude_session_id.is_some() {
             return false;
         }
-        let Some((child, slot)) = self.shared.warm.take(spec) else {
+        let Some((child, slot)) = self.shared.warm.take(&self.principal, spec) else {
             return false;
         };
         log::info!("[{}] took warm claude pid={}", self.label, child.pid());
         self.adopt(child, slot, spec.clone());
         true
+    }
+
+    /// With a CLI state per principal: keep a warm child for this principal, built as
+    /// its default query's would be (`warm.rs`), ready before its first query.
+    fn warm_ahead(&self) {
+        if !self.shared.warm.keeps_principals() {
+            return;
+        }
+        if let Ok(spec) = self.spec_for(&QueryOptions::default()) {
+            self.shared.warm.want(&self.principal, spec);
+        }
     }
 
     /// Make `child` (already sent `initialize`) the session's own.
