@@ -25,26 +25,11 @@ pub struct Config {
     pub claude_bin: PathBuf,
     /// Most concurrent sessions (connections), 1 to 100,000. Defaults to 100.
     pub max_sessions: usize,
-    /// A session with no query running and no client message for this long is closed.
-    /// Above zero and at most a year, like every duration here. Defaults to 30 minutes.
-    pub session_timeout: Duration,
-    /// How often the server sends a WebSocket ping; a peer silent for two intervals is
-    /// considered gone. Defaults to 30 s.
-    pub ping_interval: Duration,
+    /// Every timeout, grace and interval, in one place (see [`Timeouts`]).
+    pub timeouts: Timeouts,
     /// Largest client message accepted; larger closes the connection with 1009.
     /// 1 KiB to 1 GiB. Defaults to 1 MiB.
     pub max_message_bytes: usize,
-    /// How long an interrupt may take before the child's process group is ended.
-    /// Defaults to 2 s.
-    pub interrupt_grace: Duration,
-    /// When stopping a child: how long after closing its stdin before SIGTERM, and again
-    /// before SIGKILL. Defaults to 2 s.
-    pub stop_grace: Duration,
-    /// A client that has not read its pending output for this long is disconnected.
-    /// Defaults to 30 s.
-    pub stall_timeout: Duration,
-    /// How long a client may take to complete the WebSocket handshake. Defaults to 10 s.
-    pub handshake_timeout: Duration,
     /// Directories a client's `cwd` must be inside (after resolving symlinks). The first
     /// is where children start when no `cwd` is given. Defaults to the directory the
     /// server started in.
@@ -85,21 +70,10 @@ pub struct Config {
     pub max_sessions_per_peer: usize,
     /// Longest prompt or input text accepted, in bytes, 1 to 1 GiB. Defaults to 256 KiB.
     pub max_prompt_bytes: usize,
-    /// A session's child idle (no query) for this long is stopped, giving its place
-    /// among `max_running` back; the next query restarts it with `--resume`. `None`
-    /// keeps children as long as their session (`Some(ZERO)` is refused: say `None`).
-    /// Defaults to 10 minutes.
-    pub child_idle: Option<Duration>,
     /// Whether queries ask the client before a tool runs (`permission_request`) unless
     /// their `permission_prompts` option says otherwise. Defaults to false: clients of
     /// the original protocol do not know the message.
     pub permission_prompts: bool,
-    /// A permission prompt the client has not answered in this long is denied.
-    /// Defaults to 120 s.
-    pub permission_timeout: Duration,
-    /// A call of a client-defined tool not answered in this long gets an error result.
-    /// Defaults to 120 s.
-    pub tool_timeout: Duration,
     /// Where client-defined tools are also stored and listed (`POST`/`GET {url}/tools`),
     /// plain `http://` only. Defaults to none.
     pub tool_registry_url: Option<String>,
@@ -107,12 +81,6 @@ pub struct Config {
     /// address (for limits without authentication). Defaults to none: the headers are
     /// ignored.
     pub trusted_proxies: Vec<crate::proxy::Cidr>,
-    /// A query waiting this long for a `claude` place gets `server_busy`. Defaults to
-    /// 120 s.
-    pub queue_timeout: Duration,
-    /// A session whose client went away without ending it waits this long for the
-    /// client to reattach (0: it ends at once). Defaults to 60 s.
-    pub reconnect_grace: Duration,
     /// Most bytes of recent messages a session keeps to send again to a client that
     /// reattaches. Defaults to 1 MiB.
     pub replay_buffer_bytes: usize,
@@ -124,9 +92,6 @@ pub struct Config {
     /// An operator token: `/sessions` with it lists every principal's sessions.
     /// Defaults to none.
     pub admin_token: Option<String>,
-    /// On SIGTERM or `POST /drain`, running queries may finish for this long before
-    /// their clients are closed with 1012 (0: close them at once). Defaults to 30 s.
-    pub drain_timeout: Duration,
     /// This instance's name behind a balancer: 1 to 16 lowercase hex digits, put in
     /// front of every session id it makes (`<id>-<uuid>`), so the balancer can route a
     /// reattach to the instance that holds the session (see `deploy/nginx.conf`).
@@ -146,6 +111,50 @@ pub struct Config {
     /// How the `claude-ws` command writes its log lines. An embedder sets up its own
     /// logger; the server does not read this. Defaults to [`LogFormat::Text`].
     pub log_format: LogFormat,
+}
+
+/// How long things may take: every timeout, grace and interval of the server.
+/// Build one with `Timeouts::default()` and change fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// A session with no query running and no client message for this long is closed.
+    /// Above zero and at most a year, like every duration here. Defaults to 30 minutes.
+    pub session_timeout: Duration,
+    /// How often the server sends a WebSocket ping; a peer silent for two intervals is
+    /// considered gone. Defaults to 30 s.
+    pub ping_interval: Duration,
+    /// How long an interrupt may take before the child's process group is ended.
+    /// Defaults to 2 s.
+    pub interrupt_grace: Duration,
+    /// When stopping a child: how long after closing its stdin before SIGTERM, and again
+    /// before SIGKILL. Defaults to 2 s.
+    pub stop_grace: Duration,
+    /// A client that has not read its pending output for this long is disconnected.
+    /// Defaults to 30 s.
+    pub stall_timeout: Duration,
+    /// How long a client may take to complete the WebSocket handshake. Defaults to 10 s.
+    pub handshake_timeout: Duration,
+    /// A session's child idle (no query) for this long is stopped, giving its place
+    /// among `max_running` back; the next query restarts it with `--resume`. `None`
+    /// keeps children as long as their session (`Some(ZERO)` is refused: say `None`).
+    /// Defaults to 10 minutes.
+    pub child_idle: Option<Duration>,
+    /// A permission prompt the client has not answered in this long is denied.
+    /// Defaults to 120 s.
+    pub permission_timeout: Duration,
+    /// A call of a client-defined tool not answered in this long gets an error result.
+    /// Defaults to 120 s.
+    pub tool_timeout: Duration,
+    /// A query waiting this long for a `claude` place gets `server_busy`. Defaults to
+    /// 120 s.
+    pub queue_timeout: Duration,
+    /// A session whose client went away without ending it waits this long for the
+    /// client to reattach (0: it ends at once). Defaults to 60 s.
+    pub reconnect_grace: Duration,
+    /// On SIGTERM or `POST /drain`, running queries may finish for this long before
+    /// their clients are closed with 1012 (0: close them at once). Defaults to 30 s.
+    pub drain_timeout: Duration,
 }
 
 /// `--sandbox`: whether children run in a sandbox.
@@ -209,13 +218,8 @@ impl Default for Config {
             http_port: 8001,
             claude_bin: PathBuf::from("claude"),
             max_sessions: 100,
-            session_timeout: Duration::from_secs(30 * 60),
-            ping_interval: Duration::from_secs(30),
+            timeouts: Timeouts::default(),
             max_message_bytes: 1 << 20,
-            interrupt_grace: Duration::from_secs(2),
-            stop_grace: Duration::from_secs(2),
-            stall_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
             workspace_roots: std::env::current_dir().into_iter().collect(),
             allowed_permission_modes: vec!["default".into(), "acceptEdits".into(), "plan".into()],
             disallowed_tools: Vec::new(),
@@ -228,24 +232,37 @@ impl Default for Config {
             warm_children: 1,
             max_sessions_per_peer: 64,
             max_prompt_bytes: 256 * 1024,
-            child_idle: Some(Duration::from_secs(600)),
             permission_prompts: false,
-            permission_timeout: Duration::from_secs(120),
-            tool_timeout: Duration::from_secs(120),
             tool_registry_url: None,
             trusted_proxies: Vec::new(),
-            queue_timeout: Duration::from_secs(120),
-            reconnect_grace: Duration::from_secs(60),
             replay_buffer_bytes: 1 << 20,
             state_dir: None,
             admin_token: None,
-            drain_timeout: Duration::from_secs(30),
             instance_id: None,
             log_format: LogFormat::Text,
             sandbox: SandboxMode::Auto,
             bwrap: PathBuf::from("bwrap"),
             shared_workspace: false,
             secret_files: Vec::new(),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            session_timeout: Duration::from_secs(30 * 60),
+            ping_interval: Duration::from_secs(30),
+            interrupt_grace: Duration::from_secs(2),
+            stop_grace: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            child_idle: Some(Duration::from_secs(600)),
+            permission_timeout: Duration::from_secs(120),
+            tool_timeout: Duration::from_secs(120),
+            queue_timeout: Duration::from_secs(120),
+            reconnect_grace: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -496,18 +513,18 @@ macro_rules! count {
 /// "off" sets, where the rule allows it), `span!(field?, RULE)` for an
 /// `Option<Duration>` (`None` is off).
 macro_rules! span {
-    ($field:ident ?, $rule:expr) => {
+    ($($field:ident).+ ?, $rule:expr) => {
         Kind::Span {
             rule: $rule,
-            get: |c| c.$field,
-            set: |c, d| c.$field = d,
+            get: |c| c.$($field).+,
+            set: |c, d| c.$($field).+ = d,
         }
     };
-    ($field:ident, $rule:expr) => {
+    ($($field:ident).+, $rule:expr) => {
         Kind::Span {
             rule: $rule,
-            get: |c| Some(c.$field).filter(|d| !$rule.zero_is_off() || !d.is_zero()),
-            set: |c, d| c.$field = d.unwrap_or_default(),
+            get: |c| Some(c.$($field).+).filter(|d| !$rule.zero_is_off() || !d.is_zero()),
+            set: |c, d| c.$($field).+ = d.unwrap_or_default(),
         }
     };
 }
@@ -652,8 +669,8 @@ const FLAGS: &[Flag] = &[
         "SESSION_TIMEOUT_MINUTES",
         "MIN",
         "close a session idle this long (fractions allowed)",
-        "session_timeout",
-        span!(session_timeout, MINUTES),
+        "timeouts.session_timeout",
+        span!(timeouts.session_timeout, MINUTES),
     ),
     flag(
         "auth-token",
@@ -857,48 +874,48 @@ const FLAGS: &[Flag] = &[
         "PING_INTERVAL_SECS",
         "SECS",
         "WebSocket ping interval; a peer silent for two is dropped",
-        "ping_interval",
-        span!(ping_interval, SECONDS),
+        "timeouts.ping_interval",
+        span!(timeouts.ping_interval, SECONDS),
     ),
     flag(
         "interrupt-grace-secs",
         "INTERRUPT_GRACE_SECS",
         "SECS",
         "an interrupt not honoured this fast ends the child's process group",
-        "interrupt_grace",
-        span!(interrupt_grace, SECONDS),
+        "timeouts.interrupt_grace",
+        span!(timeouts.interrupt_grace, SECONDS),
     ),
     flag(
         "stop-grace-secs",
         "STOP_GRACE_SECS",
         "SECS",
         "wait between closing a child's stdin, SIGTERM and SIGKILL",
-        "stop_grace",
-        span!(stop_grace, SECONDS),
+        "timeouts.stop_grace",
+        span!(timeouts.stop_grace, SECONDS),
     ),
     flag(
         "stall-timeout-secs",
         "STALL_TIMEOUT_SECS",
         "SECS",
         "disconnect a client whose unread output stays above 256 KiB this long",
-        "stall_timeout",
-        span!(stall_timeout, SECONDS),
+        "timeouts.stall_timeout",
+        span!(timeouts.stall_timeout, SECONDS),
     ),
     flag(
         "child-idle-secs",
         "CHILD_IDLE_SECS",
         "SECS",
         "stop a session's claude idle this long (0 = never); the next query resumes it",
-        "child_idle",
-        span!(child_idle?, SECONDS_OR_OFF),
+        "timeouts.child_idle",
+        span!(timeouts.child_idle?, SECONDS_OR_OFF),
     ),
     flag(
         "handshake-timeout-secs",
         "HANDSHAKE_TIMEOUT_SECS",
         "SECS",
         "time allowed for the WebSocket handshake",
-        "handshake_timeout",
-        span!(handshake_timeout, SECONDS),
+        "timeouts.handshake_timeout",
+        span!(timeouts.handshake_timeout, SECONDS),
     ),
     flag(
         "permission-prompts",
@@ -916,16 +933,16 @@ const FLAGS: &[Flag] = &[
         "PERMISSION_TIMEOUT_SECS",
         "SECS",
         "deny a permission prompt the client has not answered this long",
-        "permission_timeout",
-        span!(permission_timeout, SECONDS),
+        "timeouts.permission_timeout",
+        span!(timeouts.permission_timeout, SECONDS),
     ),
     flag(
         "tool-timeout-secs",
         "TOOL_TIMEOUT_SECS",
         "SECS",
         "give a client-defined tool call not answered this long an error result",
-        "tool_timeout",
-        span!(tool_timeout, SECONDS),
+        "timeouts.tool_timeout",
+        span!(timeouts.tool_timeout, SECONDS),
     ),
     flag(
         "trusted-proxies",
@@ -952,16 +969,16 @@ const FLAGS: &[Flag] = &[
         "QUEUE_TIMEOUT_SECS",
         "SECS",
         "a query waiting this long for a claude place gets server_busy",
-        "queue_timeout",
-        span!(queue_timeout, SECONDS),
+        "timeouts.queue_timeout",
+        span!(timeouts.queue_timeout, SECONDS),
     ),
     flag(
         "reconnect-grace-secs",
         "RECONNECT_GRACE_SECS",
         "SECS",
         "keep a dropped client's session this long for it to reattach (0 = end at once)",
-        "reconnect_grace",
-        span!(reconnect_grace, SECONDS_OR_OFF),
+        "timeouts.reconnect_grace",
+        span!(timeouts.reconnect_grace, SECONDS_OR_OFF),
     ),
     flag(
         "replay-buffer-bytes",
@@ -1003,8 +1020,8 @@ const FLAGS: &[Flag] = &[
         "DRAIN_TIMEOUT_SECS",
         "SECS",
         "on SIGTERM or POST /drain, let running queries finish this long (0 = close at once)",
-        "drain_timeout",
-        span!(drain_timeout, SECONDS_OR_OFF),
+        "timeouts.drain_timeout",
+        span!(timeouts.drain_timeout, SECONDS_OR_OFF),
     ),
     flag(
         "instance-id",
@@ -1517,7 +1534,7 @@ mod tests {
         assert_eq!(c.max_sessions, 3);
         assert_eq!(c.host, "127.0.0.1");
         let c = run(&["--session-timeout-minutes=0.05"], &[]).unwrap();
-        assert_eq!(c.session_timeout, Duration::from_secs(3));
+        assert_eq!(c.timeouts.session_timeout, Duration::from_secs(3));
     }
 
     #[test]
@@ -1584,7 +1601,7 @@ mod tests {
     #[test]
     fn child_idle_zero_is_off_and_every_default_is_valid() {
         let c = run(&["--child-idle-secs=0"], &[]).unwrap();
-        assert_eq!(c.child_idle, None);
+        assert_eq!(c.timeouts.child_idle, None);
         assert!(Config::default().validate().is_ok());
         let c = run(&["--log-format", "json"], &[]).unwrap();
         assert_eq!(c.log_format, LogFormat::Json);

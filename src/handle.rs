@@ -39,7 +39,7 @@ impl ServerHandle {
 impl ServerHandle {
     /// Begin a drain, as on SIGTERM: new sessions are refused (HTTP 503 `draining`,
     /// `/ready` 503); sessions without a running query close with 1012 at once and the
-    /// others once their query has ended, for up to `Config::drain_timeout`; then
+    /// others once their query has ended, for up to `Timeouts::drain_timeout`; then
     /// [`ServerHandle::shutdown`], whose closes say 1012 too. Children are stopped the way
     /// that keeps their conversations. [`Server::run`] returns once it is done.
     /// Returns at once; a second call does nothing.
@@ -48,7 +48,7 @@ impl ServerHandle {
         if shared.is_shutting_down() || !shared.begin_drain() {
             return;
         }
-        let timeout = shared.config.drain_timeout;
+        let timeout = shared.config.timeouts.drain_timeout;
         let r = &shared.registry;
         log::info!(
             "draining before shutting down: new sessions are refused; {} sessions, {} \

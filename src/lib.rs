@@ -59,6 +59,7 @@ mod auth;
 mod child;
 mod cli;
 pub mod config;
+mod conversations;
 mod features;
 mod handle;
 mod handshake;
@@ -76,6 +77,7 @@ mod query;
 mod registry;
 mod replay;
 mod sandbox;
+mod sdk;
 mod server;
 mod session;
 mod spec;
@@ -89,7 +91,7 @@ mod warm;
 mod web;
 mod workspace;
 
-pub use config::{Config, ConfigError, Invocation};
+pub use config::{Config, ConfigError, Invocation, Timeouts};
 pub use handle::ServerHandle;
 pub use server::{Error, Server};
 

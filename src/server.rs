@@ -207,7 +207,7 @@ impl Server {
         // Warm children go to the reaper with the sessions' children; its wait covers them.
         self.shared.warm.stop();
         let config = &self.shared.config;
-        let deadline = Instant::now() + config.stop_grace * 2 + Duration::from_secs(3);
+        let deadline = Instant::now() + config.timeouts.stop_grace * 2 + Duration::from_secs(3);
         // The last connection to end wakes this wait. Sessions listed after the broadcast
         // see the flag themselves; the broadcast is repeated now and then for a session
         // whose control channel was full (`try_send` dropped the message).
@@ -277,10 +277,10 @@ fn serve_connection(guard: ConnectionGuard, n: u64, tcp: TcpStream) {
     let shared = &*guard.0;
     let Ok(peer) = tcp.peer_addr() else { return };
     let config = &shared.config;
-    let _ = tcp.set_write_timeout(Some(config.handshake_timeout));
+    let _ = tcp.set_write_timeout(Some(config.timeouts.handshake_timeout));
     // Plain HTTP (the page, `/health`) is answered by `web`; an upgrade goes on to the
     // handshake with the head already read, within the same time limit.
-    let deadline = Instant::now() + config.handshake_timeout;
+    let deadline = Instant::now() + config.timeouts.handshake_timeout;
     let head = match web::read_head(&tcp, deadline) {
         Ok(head) => head,
         Err(web::HeadError::TooLarge) => {
@@ -333,7 +333,11 @@ fn serve_connection(guard: ConnectionGuard, n: u64, tcp: TcpStream) {
                 .name(format!("session-{n}"))
                 .stack_size(SESSION_STACK)
                 .spawn(move || {
-                    session::serve(&guard.0, link, peer, newcomer);
+                    if newcomer.sdk {
+                        crate::sdk::serve(&guard.0, link, peer, newcomer);
+                    } else {
+                        session::serve(&guard.0, link, peer, newcomer);
+                    }
                     drop(guard);
                 });
             if let Err(e) = spawned {

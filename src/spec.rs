@@ -1,6 +1,8 @@
 //! What child a query asks for: `query.options` checked against the operator's policy
-//! and turned into an argv vector (never a shell line), a working directory and an
-//! allow-listed environment.
+//! and made a typed [`ChildPlan`] (which conversation, client tools or not, the other
+//! flags checked), a working directory and an allow-listed environment. The plan is
+//! what the session compares and changes; it becomes an argv vector (never a shell
+//! line) once, at spawn ([`ChildPlan::spec`]), and nothing reads argv back.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -8,6 +10,7 @@ use crate::child::ChildSpec;
 use crate::cli::BASE_ARGS;
 use crate::config::Config;
 use crate::protocol::{ClientError, ErrorCode, QueryOptions};
+use crate::sandbox::Jail;
 use crate::tools::{self, Tools};
 
 /// Longest path accepted as `cwd`.
@@ -55,7 +58,75 @@ pub fn child_env(
     env
 }
 
-/// Build the spec for a query's options. `env` is the allow-listed environment
+/// Which conversation a child goes on with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Conversation {
+    /// A new one.
+    #[default]
+    New,
+    /// The CLI conversation of this id (`--resume`).
+    Resume(String),
+    /// The directory's most recent one (`--continue`).
+    Continue,
+}
+
+/// The child a query asks for, checked: built once per query, compared with the live
+/// child's to decide whether that one serves, and rendered to argv once, at spawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildPlan {
+    pub program: PathBuf,
+    /// The conversation it goes on with.
+    pub conversation: Conversation,
+    /// Whether it gets our SDK MCP server (client-defined tools): `--mcp-config`, and
+    /// `initialize` says so.
+    pub client_tools: bool,
+    /// Every other option as checked flags (`--model=…`, `--allowedTools A B`, …).
+    pub settings: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// The complete environment; nothing of the server's own is inherited.
+    pub env: Vec<(String, String)>,
+    /// The sandbox it runs in (`sandbox.rs`), if any.
+    pub sandbox: Option<Jail>,
+}
+
+impl ChildPlan {
+    /// The same plan, continuing conversation `id`: any `continue` or `resume` the
+    /// client asked for is replaced, so a restarted child picks up where the last one was.
+    pub fn resuming(&self, id: &str) -> ChildPlan {
+        ChildPlan {
+            conversation: Conversation::Resume(id.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether the plan names a conversation itself (`resume` or `continue`).
+    pub fn picks_conversation(&self) -> bool {
+        self.conversation != Conversation::New
+    }
+
+    /// What `Child::spawn` takes: the plan as argv.
+    pub fn spec(&self) -> ChildSpec {
+        let mut args: Vec<String> = BASE_ARGS.iter().map(|s| s.to_string()).collect();
+        if self.client_tools {
+            args.push(format!("--mcp-config={}", tools::mcp_config()));
+        }
+        args.extend(self.settings.iter().cloned());
+        match &self.conversation {
+            Conversation::New => {}
+            Conversation::Resume(id) => args.push(format!("--resume={id}")),
+            Conversation::Continue => args.push("--continue".into()),
+        }
+        ChildSpec {
+            program: self.program.clone(),
+            args,
+            cwd: self.cwd.clone(),
+            env: self.env.clone(),
+            sandbox: self.sandbox.clone(),
+        }
+    }
+}
+
+/// Build the plan for a query's options. `env` is the allow-listed environment
 /// computed once at start-up.
 /// `tools` are the session's client-defined tools: the child then gets our SDK MCP
 /// server, and the tools are allowed without a prompt. `roots`: the workspace roots
@@ -66,13 +137,13 @@ pub fn build(
     options: &QueryOptions,
     tools: &Tools,
     roots: &[PathBuf],
-) -> Result<ChildSpec, ClientError> {
-    let mut args: Vec<String> = BASE_ARGS.iter().map(|s| s.to_string()).collect();
+) -> Result<ChildPlan, ClientError> {
+    let mut args: Vec<String> = Vec::new();
 
     let mut disallowed = config.disallowed_tools.clone();
     let mut allowed = options.allowed_tools.clone();
-    if !tools.is_empty() {
-        args.push(format!("--mcp-config={}", tools::mcp_config()));
+    let client_tools = !tools.is_empty();
+    if client_tools {
         allowed
             .get_or_insert_with(Vec::new)
             .extend(tools.cli_names());
@@ -109,12 +180,17 @@ pub fn build(
     if let Some(model) = &options.model {
         args.push(format!("--model={}", model_name(model)?));
     }
-    if options.continue_conversation == Some(true) {
-        args.push("--continue".into());
-    }
-    if let Some(id) = &options.resume {
-        args.push(format!("--resume={}", value(id, "resume")?));
-    }
+    // Both given: `resume` is checked all the same, and `--continue` is what the CLI
+    // acts on when it gets both (it looks at `--continue` first).
+    let resume = match &options.resume {
+        Some(id) => Some(value(id, "resume")?.to_string()),
+        None => None,
+    };
+    let conversation = match (resume, options.continue_conversation) {
+        (_, Some(true)) => Conversation::Continue,
+        (Some(id), _) => Conversation::Resume(id),
+        (None, _) => Conversation::New,
+    };
     if let Some(n) = options.max_turns {
         args.push(format!("--max-turns={n}"));
     }
@@ -134,23 +210,29 @@ pub fn build(
         Some(dir) => Some(confine_cwd(dir, roots)?),
         None => roots.first().cloned(),
     };
-    Ok(ChildSpec {
+    Ok(ChildPlan {
         program: config.claude_bin.clone(),
-        args,
+        conversation,
+        client_tools,
+        settings: args,
         cwd,
         env: env.to_vec(),
         sandbox: None,
     })
 }
 
-/// The same spec, continuing conversation `id`: any `--continue` or `--resume` the
-/// client asked for is replaced, so a restarted child picks up where the last one was.
-pub fn resuming(spec: &ChildSpec, id: &str) -> ChildSpec {
-    let mut s = spec.clone();
-    s.args
-        .retain(|a| a != "--continue" && !a.starts_with("--resume="));
-    s.args.push(format!("--resume={id}"));
-    s
+/// The query's options, with the session's live settings where the query sets none.
+pub fn with_settings(mut options: QueryOptions, settings: &QueryOptions) -> QueryOptions {
+    if options.permission_mode.is_none() {
+        options.permission_mode = settings.permission_mode.clone();
+    }
+    if options.model.is_none() {
+        options.model = settings.model.clone();
+    }
+    if options.max_thinking_tokens.is_none() {
+        options.max_thinking_tokens = settings.max_thinking_tokens;
+    }
+    options
 }
 
 /// A permission mode the CLI knows and the operator allows.
@@ -182,11 +264,6 @@ pub fn model_name(model: &str) -> Result<&str, ClientError> {
     value(model, "model")
 }
 
-/// Whether the spec gives the child our SDK MCP server (client-defined tools).
-pub fn has_client_tools(spec: &ChildSpec) -> bool {
-    spec.args.iter().any(|a| a.starts_with("--mcp-config="))
-}
-
 /// The CLI state directory of `principal` under `state_dir`: named by a hash, so no
 /// principal's name can reach outside it or collide with another's.
 pub fn principal_dir(state_dir: &Path, principal: &str) -> PathBuf {
@@ -196,39 +273,6 @@ pub fn principal_dir(state_dir: &Path, principal: &str) -> PathBuf {
     state_dir.join(name)
 }
 
-/// Where the conversation of a server session id is recorded, under a principal's
-/// directory.
-fn conversation_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
-    let safe = !session_id.is_empty()
-        && session_id.len() <= 64
-        && session_id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'-');
-    safe.then(|| dir.join("claude-ws-sessions").join(session_id))
-}
-
-/// Remember that server session `session_id` holds CLI conversation `conversation`.
-pub fn record_conversation(
-    dir: &Path,
-    session_id: &str,
-    conversation: &str,
-) -> std::io::Result<()> {
-    let file = conversation_file(dir, session_id)
-        .ok_or_else(|| std::io::Error::other("not a session id"))?;
-    if let Some(parent) = file.parent() {
-        create_private_dir(parent)?;
-    }
-    std::fs::write(file, conversation)
-}
-
-/// The CLI conversation recorded for server session `session_id`, if any.
-pub fn recorded_conversation(dir: &Path, session_id: &str) -> Option<String> {
-    let text = std::fs::read_to_string(conversation_file(dir, session_id)?).ok()?;
-    let id = text.trim();
-    (!id.is_empty() && id.len() <= 256 && !id.starts_with('-') && !id.contains(char::is_whitespace))
-        .then(|| id.to_string())
-}
-
 /// Create `dir` (and its parents) readable by this user only.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -236,13 +280,6 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-}
-
-/// Whether the spec names a conversation itself (`--resume` or `--continue`).
-pub fn picks_conversation(spec: &ChildSpec) -> bool {
-    spec.args
-        .iter()
-        .any(|a| a == "--continue" || a.starts_with("--resume="))
 }
 
 /// Push `--flag v1 v2 …`. Each value is its own argv entry, so none may look like a
@@ -400,7 +437,9 @@ mod tests {
             include_partial_messages: Some(true),
             ..Default::default()
         };
-        let s = build(&c, &[], &o, &Tools::default(), &c.workspace_roots).unwrap();
+        let s = build(&c, &[], &o, &Tools::default(), &c.workspace_roots)
+            .unwrap()
+            .spec();
         assert_eq!(&s.args[..7], BASE_ARGS);
         for want in [
             "--model=m1",
@@ -458,10 +497,10 @@ mod tests {
             resume: Some("old".into()),
             ..Default::default()
         };
-        let s = resuming(
-            &build(&c, &[], &o, &Tools::default(), &c.workspace_roots).unwrap(),
-            "new",
-        );
+        let s = build(&c, &[], &o, &Tools::default(), &c.workspace_roots)
+            .unwrap()
+            .resuming("new")
+            .spec();
         assert!(!s
             .args
             .iter()
@@ -481,8 +520,10 @@ mod tests {
             permission_prompts: Some(true),
             ..Default::default()
         };
-        let s = build(&c, &[], &o, &tools, &c.workspace_roots).unwrap();
-        assert!(has_client_tools(&s));
+        let plan = build(&c, &[], &o, &tools, &c.workspace_roots).unwrap();
+        assert!(plan.client_tools);
+        let s = plan.spec();
+        assert!(s.args.iter().any(|a| a.starts_with("--mcp-config=")));
         let at = s.args.iter().position(|a| a == "--allowedTools").unwrap();
         assert_eq!(&s.args[at + 1..at + 3], ["Write", "mcp__ws__Fmt"]);
         assert!(s
@@ -490,7 +531,7 @@ mod tests {
             .contains(&"--permission-prompt-tool=stdio".to_string()));
         // The server's default applies when the query does not say.
         c.permission_prompts = true;
-        let s = build(
+        let plan = build(
             &c,
             &[],
             &QueryOptions::default(),
@@ -498,15 +539,18 @@ mod tests {
             &c.workspace_roots,
         )
         .unwrap();
+        let s = plan.spec();
         assert!(s
             .args
             .contains(&"--permission-prompt-tool=stdio".to_string()));
-        assert!(!has_client_tools(&s));
+        assert!(!plan.client_tools);
         let no = QueryOptions {
             permission_prompts: Some(false),
             ..Default::default()
         };
-        let s = build(&c, &[], &no, &Tools::default(), &c.workspace_roots).unwrap();
+        let s = build(&c, &[], &no, &Tools::default(), &c.workspace_roots)
+            .unwrap()
+            .spec();
         assert!(!s
             .args
             .iter()

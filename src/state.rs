@@ -68,11 +68,11 @@ impl Shared {
         let reaper = Reaper::default();
         let features = Arc::new(crate::features::Detected::default());
         let warm = Warm::new(
-            (config.warm_children, config.child_idle),
+            (config.warm_children, config.timeouts.child_idle),
             crate::warm::serves(&config, &child_env, state_dir.is_some()),
             places.clone(),
             reaper.clone(),
-            (features.clone(), config.stop_grace),
+            (features.clone(), config.timeouts.stop_grace),
         );
         Shared {
             places,

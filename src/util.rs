@@ -50,6 +50,14 @@ pub fn new_session_id() -> String {
     )
 }
 
+/// Whether `id` can be a session id of this server: what [`new_session_id`] makes,
+/// with an instance prefix or not (`<instance>-<uuid>`) — hex digits and dashes, at
+/// most 64 bytes. The one check for every id a client names (a reattach, a `resume`,
+/// a file name under the state directory).
+pub fn is_session_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
 /// At most `max` characters of `s`, for echoing client or child text in errors.
 pub fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
@@ -83,6 +91,11 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
         assert_ne!(a, new_session_id());
+        assert!(is_session_id(&a));
+        assert!(is_session_id(&format!("0f-{a}")));
+        for bad in ["", "../x", "a b", &"a".repeat(65)] {
+            assert!(!is_session_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

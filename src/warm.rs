@@ -51,13 +51,13 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender, TryRecvErr
 use serde::Serialize;
 use serde_json::json;
 
-use crate::child::{Child, ChildEvent, ChildSpec, Reaper, Stop};
+use crate::child::{Child, ChildEvent, Reaper, Stop};
 use crate::cli::{self, CliEvent};
 use crate::config::Config;
 use crate::features::{Detected, AWAIT_CLAIM_FLAG};
 use crate::places::{ChildSlot, Places, ToPool};
 use crate::protocol::QueryOptions;
-use crate::spec;
+use crate::spec::{self, ChildPlan};
 use crate::tools::Tools;
 use crate::util::lock;
 
@@ -78,7 +78,7 @@ const CLAIM_ID: &str = "claude_ws_claim";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WarmFor {
     /// Everybody shares the CLI's state: children of this spec.
-    Everybody(ChildSpec),
+    Everybody(ChildPlan),
     /// Each principal has its own state: children for recently active principals.
     EachPrincipal,
 }
@@ -110,7 +110,7 @@ struct Waiting {
     /// It answered `initialize`: the CLI is up and reading stdin.
     initialised: bool,
     /// The spec it serves (a parked spare: as claimed; it was started elsewhere).
-    spec: ChildSpec,
+    spec: ChildPlan,
     /// The principal it was started for (`None`: anybody).
     principal: Option<String>,
     /// A parked spare (`--await-claim`): a session claims it.
@@ -120,7 +120,7 @@ struct Waiting {
 /// A principal that was active recently: a child is kept for it.
 struct Wanted {
     principal: String,
-    spec: ChildSpec,
+    spec: ChildPlan,
     seen: Instant,
 }
 
@@ -202,20 +202,20 @@ pub fn serves(
 }
 
 /// What a parked spare's claim may set: the spec without them.
-fn unclaimed(spec: &ChildSpec) -> ChildSpec {
+fn unclaimed(spec: &ChildPlan) -> ChildPlan {
     let mut s = spec.clone();
     s.cwd = None;
-    s.args.retain(|a| !a.starts_with("--permission-mode="));
+    s.settings.retain(|a| !a.starts_with("--permission-mode="));
     s
 }
 
 /// The `claim_session` request binding a spare to `spec` (the shape of the CLI's own
 /// schema and the TypeScript SDK's `SpareProcess.claim`).
-fn claim_request(spec: &ChildSpec) -> Option<serde_json::Value> {
+fn claim_request(spec: &ChildPlan) -> Option<serde_json::Value> {
     let cwd = spec.cwd.as_ref()?;
     let mut request = json!({"subtype": "claim_session", "cwd": cwd, "include_initialize": false});
     if let Some(mode) = spec
-        .args
+        .settings
         .iter()
         .find_map(|a| a.strip_prefix("--permission-mode="))
     {
@@ -226,7 +226,7 @@ fn claim_request(spec: &ChildSpec) -> Option<serde_json::Value> {
 
 /// Where a spare of `spec` is parked: `spares/` under its CLI state directory (as the
 /// TypeScript SDK's `prewarm()` does), a directory no session works in.
-fn parking(spec: &ChildSpec) -> Option<PathBuf> {
+fn parking(spec: &ChildPlan) -> Option<PathBuf> {
     let var = |name: &str| {
         spec.env
             .iter()
@@ -311,7 +311,7 @@ impl Warm {
     /// principal, keep a child of `spec` (its default query's) for it, started now if
     /// there is a free place. The least recently active principal beyond the target
     /// is forgotten, and its child stopped.
-    pub fn want(&self, principal: &str, spec: ChildSpec) {
+    pub fn want(&self, principal: &str, spec: ChildPlan) {
         if !self.keeps_principals() {
             return;
         }
@@ -351,7 +351,7 @@ impl Warm {
     /// A warm child for a session's first query, if one waiting serves `spec` and may
     /// be taken by `principal`. It has been sent `initialize` (and, a parked spare,
     /// claimed for `spec`); its place comes with it. The pool starts a replacement.
-    pub fn take(&self, principal: &str, spec: &ChildSpec) -> Option<(Child, ChildSlot)> {
+    pub fn take(&self, principal: &str, spec: &ChildPlan) -> Option<(Child, ChildSlot)> {
         let serves = |w: &Waiting| {
             let whose = w.principal.as_deref().is_none_or(|p| p == principal);
             let what = if w.parked {
@@ -522,7 +522,7 @@ impl Warm {
     }
 
     /// What to start next: the spec and whom it is for; `None`: the target is met.
-    fn next_wanted(&self, pool: &Pool) -> Option<(ChildSpec, Option<String>)> {
+    fn next_wanted(&self, pool: &Pool) -> Option<(ChildPlan, Option<String>)> {
         match self.serves.as_ref()? {
             WarmFor::Everybody(spec) => {
                 (pool.waiting.len() < self.target).then(|| (spec.clone(), None))
@@ -566,14 +566,14 @@ impl Warm {
             } else {
                 None
             };
-            let mut start = spec.clone();
+            let mut start = spec.spec();
             if let Some(dir) = &park {
                 start.cwd = Some(dir.clone());
                 start.args.push(AWAIT_CLAIM_FLAG.into());
             }
             match Child::spawn(&start, LABEL) {
                 Ok(child) => {
-                    let _ = child.send_line(&cli::initialize(false));
+                    let _ = child.send_line(&cli::initialize(spec.client_tools));
                     let mut pool = lock(&self.inner);
                     pool.started += 1;
                     let w = Waiting {
@@ -710,7 +710,7 @@ fn take_where(waiting: &mut Vec<Waiting>, which: impl Fn(&Waiting) -> bool) -> V
 /// written after the answer loses no time. What the spare printed before it (its
 /// `initialize` answer, `system` lines of its parking) is the pool's, as while it
 /// waited.
-fn claim(child: &Child, spec: &ChildSpec) -> Result<(), String> {
+fn claim(child: &Child, spec: &ChildPlan) -> Result<(), String> {
     let request = claim_request(spec).ok_or("the query has no working directory")?;
     child
         .send_line(&request)

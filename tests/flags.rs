@@ -196,13 +196,13 @@ fn an_embedders_config_meets_the_same_bounds() {
     c.max_sessions = usize::MAX; // `max_sessions * 4` and `+ 64` would overflow
     refused(c, "max_sessions");
     let mut c = base();
-    c.stall_timeout = Duration::ZERO;
+    c.timeouts.stall_timeout = Duration::ZERO;
     refused(c, "stall_timeout");
     let mut c = base();
-    c.handshake_timeout = Duration::MAX; // `Instant::now() + d` would panic
+    c.timeouts.handshake_timeout = Duration::MAX; // `Instant::now() + d` would panic
     refused(c, "handshake_timeout");
     let mut c = base();
-    c.child_idle = Some(Duration::ZERO);
+    c.timeouts.child_idle = Some(Duration::ZERO);
     refused(c, "child_idle");
     let mut c = base();
     c.rate_limit = (5, Duration::ZERO);

@@ -8,8 +8,8 @@ use serde_json::{json, Map, Value};
 use super::Session;
 use crate::cli;
 use crate::pending::{Ask, Unanswered};
-use crate::protocol::{Behavior, ClientError, ErrorCode, QueryOptions, ServerMessage, Setting};
-use crate::spec;
+use crate::protocol::{Behavior, ClientError, ErrorCode, ServerMessage, Setting};
+use crate::spec::{self, with_settings};
 use crate::tool_registry;
 use crate::tools::{self, Mcp};
 
@@ -38,7 +38,7 @@ impl Session<'_> {
                         .unwrap_or_else(|| json!([])),
                 };
                 log::info!("[{}] permission prompt {id}", self.label);
-                let deadline = now + config.permission_timeout;
+                let deadline = now + config.timeouts.permission_timeout;
                 self.pending.add(
                     id.to_string(),
                     Ask::Permission { input },
@@ -68,7 +68,7 @@ impl Session<'_> {
                             name,
                             input,
                         };
-                        let deadline = now + config.tool_timeout;
+                        let deadline = now + config.timeouts.tool_timeout;
                         self.pending.add(
                             id.to_string(),
                             Ask::ToolCall { id: rpc },
@@ -118,10 +118,10 @@ impl Session<'_> {
             None => {
                 // The live child now runs as a child built with the new setting would:
                 // the next query with the same options keeps it.
-                if self.last_spec.is_some() {
+                if self.seat.last_plan().is_some() {
                     let options = with_settings(self.last_options.clone(), &self.settings);
-                    if let Ok(spec) = self.spec_for(&options) {
-                        self.last_spec = Some(spec);
+                    if let Ok(plan) = self.spec_for(&options) {
+                        self.seat.replan(plan);
                         self.last_options = options;
                     }
                 }
@@ -140,7 +140,7 @@ impl Session<'_> {
 
     /// Send the CLI a successful `control_response`.
     pub(super) fn answer_cli(&self, request_id: &Value, response: Value) {
-        if let Some(c) = &self.child {
+        if let Some(c) = self.seat.live() {
             let _ = c
                 .child
                 .send_line(&cli::control_success(request_id, response));
@@ -305,7 +305,7 @@ impl Session<'_> {
             Setting::Model(m) => self.settings.model = Some(m.clone()),
             Setting::MaxThinkingTokens(n) => self.settings.max_thinking_tokens = Some(*n),
         }
-        let Some(c) = &self.child else {
+        let Some(c) = self.seat.live() else {
             return self.send(ServerMessage::SettingsUpdated {
                 setting: setting.name(),
                 value: setting.value(),
@@ -330,25 +330,11 @@ impl Session<'_> {
             self.label,
             subtype.escape_debug().to_string()
         );
-        if let Some(c) = &self.child {
+        if let Some(c) = self.seat.live() {
             let _ = c.child.send_line(&cli::control_error(
                 &request_id,
                 &format!("claude-ws does not support control request {subtype:?}"),
             ));
         }
     }
-}
-
-/// The query's options, with the session's live settings where the query sets none.
-pub(super) fn with_settings(mut options: QueryOptions, settings: &QueryOptions) -> QueryOptions {
-    if options.permission_mode.is_none() {
-        options.permission_mode = settings.permission_mode.clone();
-    }
-    if options.model.is_none() {
-        options.model = settings.model.clone();
-    }
-    if options.max_thinking_tokens.is_none() {
-        options.max_thinking_tokens = settings.max_thinking_tokens;
-    }
-    options
 }

@@ -17,28 +17,10 @@ use serde_json::Value;
 
 use super::{End, Lost, Session};
 use crate::link::Link;
-use crate::protocol::{Capabilities, ClientError, Closing, ErrorCode, ServerMessage};
+use crate::protocol::{ClientError, Closing, ErrorCode, ServerMessage};
 use crate::replay::Since;
 
 impl Session<'_> {
-    /// `connection_established`: the first message of a connection; `resumed` is
-    /// `true` on a reattach, `"conversation"` for a session resumed from disk.
-    pub(super) fn hello(&self, resumed: Option<Value>) -> ServerMessage<'static> {
-        ServerMessage::ConnectionEstablished {
-            session_id: self.id.clone(),
-            capabilities: Capabilities {
-                concurrent_input: true,
-                interrupt_query: true,
-                tool_definition: true,
-                permission_prompts: true,
-                live_settings: true,
-                image_input: true,
-                reattach: true,
-            },
-            resumed,
-        }
-    }
-
     /// The connection ended: the session ends too if the client closed with 1000;
     /// otherwise it is detached and waits for the client.
     pub(super) fn lose(&mut self, why: Lost) {
@@ -53,7 +35,7 @@ impl Session<'_> {
             Lost::HeartbeatTimeout => "no answer to pings".into(),
             Lost::Stalled => "client stopped reading".into(),
         };
-        let grace = self.shared.config.reconnect_grace;
+        let grace = self.shared.config.timeouts.reconnect_grace;
         if let Some(mut link) = self.link.take() {
             if matches!(why, Lost::Stalled) {
                 link.close(Closing::NotReading);
@@ -69,8 +51,6 @@ impl Session<'_> {
             self.label
         );
         self.detached_until = Some(Instant::now() + grace);
-        let state = self.state();
-        self.listing.update(|i| i.state = state);
     }
 
     /// The client is back, on `link`, having seen every message up to `last_seq`.
@@ -87,8 +67,6 @@ impl Session<'_> {
             self.link.as_ref().map_or(self.peer, Link::peer)
         );
         self.detached_until = None;
-        let state = self.state();
-        self.listing.update(|i| i.state = state);
         self.last_activity = Instant::now();
         self.send_unnumbered(&self.hello(Some(Value::Bool(true))));
         let mut frames: Vec<Vec<u8>> = Vec::new();
@@ -132,21 +110,5 @@ impl Session<'_> {
         }
         // Input that came with the reattach is already buffered: no wake-up for it.
         self.on_client_input();
-    }
-
-    /// A message outside the numbered stream (seq 0): the reattach's hello and its
-    /// replay-gap error.
-    fn send_unnumbered(&mut self, msg: &ServerMessage<'_>) {
-        let mut frame = Vec::new();
-        msg.write_frame(0, &mut frame);
-        self.resend(&frame);
-    }
-
-    /// Queue a frame already written (replayed) to the client.
-    fn resend(&mut self, frame: &[u8]) {
-        let Some(link) = &mut self.link else { return };
-        if let Err(e) = link.queue_text_with(|out| out.extend_from_slice(frame)) {
-            self.lose_link(e);
-        }
     }
 }

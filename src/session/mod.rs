@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 use tungstenite::Message;
 
-use crate::child::{Child, ChildEvent, ChildSpec, Stop, Undelivered};
+use crate::child::{ChildEvent, Stop, Undelivered};
 use crate::cli;
 use crate::cli::CliEvent;
 use crate::handshake::Newcomer;
@@ -39,14 +39,17 @@ use crate::protocol::{
 };
 mod asks;
 mod attach;
+mod output;
+mod seat;
 
-use asks::{with_settings, MAX_REGISTRY_REQUESTS};
+use asks::MAX_REGISTRY_REQUESTS;
+use seat::{Kept, Placed, Seat, Spawner};
 
-use crate::places::{Acquired, ChildSlot};
+use crate::places::ChildSlot;
 use crate::query::{Query, Step};
-use crate::registry::{Control, Listing, SessionInfo, SessionState};
+use crate::registry::{Control, Endpoint, Listing, SessionInfo, SessionState};
 use crate::replay::Replay;
-use crate::spec;
+use crate::spec::{with_settings, ChildPlan};
 use crate::state::Shared;
 use crate::tool_registry;
 use crate::tools::Tools;
@@ -79,28 +82,6 @@ enum Lost {
     Stalled,
 }
 
-/// A query waiting for a `--max-running` place.
-struct Queued {
-    prompt: Prompt,
-    spec: ChildSpec,
-    /// `input` sent while it waited, written after the prompt.
-    inputs: Vec<Prompt>,
-    deadline: Instant,
-    position: usize,
-}
-
-/// The session's live `claude` child and what belongs to it alone. Held as one
-/// `Option`, so nothing about a child outlives it by accident.
-struct LiveChild {
-    child: Child,
-    /// Its place among the server's `--max-running`, given back when it is gone.
-    slot: ChildSlot,
-    /// Whether it echoes our messages (seen at least once); see `query.rs`.
-    echoes: bool,
-    /// Since when it has had no query (for `--child-idle-secs`).
-    idle_since: Instant,
-}
-
 pub struct Session<'a> {
     shared: &'a Shared,
     id: String,
@@ -119,19 +100,9 @@ pub struct Session<'a> {
     state_dir: Option<PathBuf>,
     listing: Listing,
     control: Receiver<Control>,
-    /// Our own control channel, handed to `places` (evictions, queue moves).
-    control_tx: Sender<Control>,
-    /// Places for children arrive here when this session waited for one.
-    grant: (Sender<ChildSlot>, Receiver<ChildSlot>),
-    /// This session's number among `places`' waiters.
-    number: u64,
-    queued: Option<Queued>,
     seq: u64,
-    child: Option<LiveChild>,
-    /// The spec the last child was built from (before any `--resume` was added). It
-    /// outlives that child: the next query's options are compared with it to decide
-    /// whether the conversation goes on.
-    last_spec: Option<ChildSpec>,
+    /// The session's child, and the query waiting for a place to start one in.
+    seat: Seat<Spawner<'a>>,
     /// The options the last child was built from, with the live settings applied.
     last_options: QueryOptions,
     /// Settings changed during the session (`set_model`, …): they apply to every later
@@ -158,6 +129,35 @@ pub struct Session<'a> {
     resumed_conversation: bool,
     /// The server drains: end with 1012 once no query is running.
     draining: bool,
+    /// When the client last sent something or a query started or ended (Unix seconds),
+    /// and the directory of the last query's child, as `/sessions` shows them.
+    active_at: u64,
+    cwd: Option<String>,
+    /// The changing part of the `/sessions` row as last published (see [`Row`]).
+    listed: Row,
+}
+
+/// The part of a session's `/sessions` row that changes. Computed from the session at
+/// the end of each turn of its loop and published only when it differs from the last.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    state: SessionState,
+    claude_session_id: Option<String>,
+    last_activity: u64,
+    queries: u64,
+    cwd: Option<String>,
+    child_pid: Option<u32>,
+}
+
+impl Row {
+    fn write(self, i: &mut SessionInfo) {
+        i.state = self.state;
+        i.claude_session_id = self.claude_session_id;
+        i.last_activity = self.last_activity;
+        i.queries = self.queries;
+        i.cwd = self.cwd;
+        i.child_pid = self.child_pid;
+    }
 }
 
 /// Set up a session for a connection that passed the handshake, list it, and run it
@@ -176,6 +176,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
     let listing = shared.registry.list(
         SessionInfo {
             session_id: id.clone(),
+            endpoint: Endpoint::Ws,
             claude_session_id: conversation.clone(),
             state: SessionState::Idle,
             created_at: now,
@@ -207,23 +208,9 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
     drop(newcomer);
 }
 
-/// Keep message `seq` for a client that is not there to take it now.
-fn keep(replay: &mut Replay, seq: u64, msg: &ServerMessage<'_>) {
-    let mut frame = Vec::new();
-    msg.write_frame(seq, &mut frame);
-    crate::metrics::relayed(frame.len());
-    replay.push(seq, &frame);
-}
-
 /// How log lines name session `id`.
 fn label_of(id: &str) -> String {
     id.chars().take(8).collect()
-}
-
-/// A number for each session, for `places`.
-fn next_number() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl<'a> Session<'a> {
@@ -237,8 +224,15 @@ impl<'a> Session<'a> {
     ) -> Self {
         let now = Instant::now();
         let (n, window) = shared.config.rate_limit;
+        let label = label_of(&id);
+        let spawner = Spawner {
+            shared,
+            label: label.clone(),
+            principal: newcomer.principal.clone(),
+        };
         Session {
-            label: label_of(&id),
+            seat: Seat::new(spawner, shared.places.clone(), control_tx, &label),
+            label,
             id,
             shared,
             peer,
@@ -253,13 +247,7 @@ impl<'a> Session<'a> {
                 .map(|d| crate::spec::principal_dir(d, &newcomer.principal)),
             listing,
             control,
-            control_tx,
-            grant: bounded(1),
-            number: next_number(),
-            queued: None,
             seq: 0,
-            child: None,
-            last_spec: None,
             last_options: QueryOptions::default(),
             settings: QueryOptions::default(),
             settings_sent: Vec::new(),
@@ -273,9 +261,19 @@ impl<'a> Session<'a> {
             queries: 0,
             rate: RateWindow::new(n, window),
             last_activity: now,
-            next_ping: now + shared.config.ping_interval,
+            next_ping: now + shared.config.timeouts.ping_interval,
             ending: None,
             draining: false,
+            active_at: now_unix(),
+            cwd: None,
+            listed: Row {
+                state: SessionState::Idle,
+                claude_session_id: None,
+                last_activity: 0,
+                queries: 0,
+                cwd: None,
+                child_pid: None,
+            },
         }
     }
 
@@ -294,6 +292,7 @@ impl<'a> Session<'a> {
         // Frames that came with the handshake are already buffered: no wake-up for them.
         self.on_client_input();
         self.flush();
+        self.publish();
         let end = loop {
             if let Some(end) = self.ending.take() {
                 break end;
@@ -306,8 +305,8 @@ impl<'a> Session<'a> {
             };
             let control = self.control.clone();
             let registry = self.registry.1.clone();
-            let grant = self.grant.1.clone();
-            let events = match &self.child {
+            let grant = self.seat.grants().clone();
+            let events = match self.seat.live() {
                 Some(c) if self.pending_output() <= HIGH_WATER => c.child.events().clone(),
                 // No child, or back-pressure: the client must read first.
                 _ => never(),
@@ -327,7 +326,7 @@ impl<'a> Session<'a> {
                             if self.pending_output() > HIGH_WATER || self.ending.is_some() {
                                 break;
                             }
-                            let Some(c) = &self.child else { break };
+                            let Some(c) = self.seat.live() else { break };
                             match c.child.events().try_recv() {
                                 Ok(ev) => self.on_child_event(ev),
                                 Err(_) => break,
@@ -351,6 +350,7 @@ impl<'a> Session<'a> {
             self.on_timers(Instant::now());
             self.sync_drain();
             self.flush();
+            self.publish();
             if let (None, Some(link)) = (&self.query, &mut self.link) {
                 link.release_buffers(); // between queries a session stays small
             }
@@ -372,7 +372,7 @@ impl<'a> Session<'a> {
         let mut messages = Vec::new();
         let result = link.receive(|_, m| messages.push(m));
         if !messages.is_empty() {
-            self.listing.update(|i| i.last_activity = now_unix());
+            self.active_at = now_unix();
         }
         for m in messages {
             match m {
@@ -466,65 +466,29 @@ impl<'a> Session<'a> {
         self.send(ServerMessage::QueryStart {
             prompt: prompt.content(),
         });
-        self.query = Some(Query::new(config.interrupt_grace));
-        let (queries, cwd) = (
-            self.queries,
-            spec.cwd.as_ref().map(|p| p.display().to_string()),
-        );
-        self.listing.update(|i| {
-            i.state = SessionState::Running;
-            i.queries = queries;
-            i.last_activity = now_unix();
-            if cwd.is_some() {
-                i.cwd = cwd;
-            }
-        });
+        self.query = Some(Query::new(config.timeouts.interrupt_grace));
+        self.active_at = now_unix();
+        if let Some(cwd) = &spec.cwd {
+            self.cwd = Some(cwd.display().to_string());
+        }
         self.last_options = options;
         // The live child if it was built the same way; else a new one, in a place
         // among --max-running. (A child being stopped keeps its place until it is
         // reaped: a restart needs a place of its own.)
-        if self.child.is_some() {
-            if self.last_spec.as_ref() == Some(&spec) {
-                self.shared
-                    .places
-                    .set_idle(self.number, false, &self.control_tx);
-                return self.begin(&prompt, Vec::new());
-            }
-            log::info!("[{}] options changed; restarting claude", self.label);
-            self.stop_child(); // between queries: no turn to interrupt
+        let stop = Stop::Graceful(config.timeouts.stop_grace);
+        match self.seat.keep_or_stop(&spec, stop) {
+            Kept::Same => return self.begin(&prompt, Vec::new()),
+            Kept::Stopped => self.child_gone(),
+            Kept::None => {}
         }
-        if self.take_warm(&spec) {
-            return self.begin(&prompt, Vec::new());
-        }
-        let slot = match self
-            .shared
-            .places
-            .acquire(self.number, &self.grant.0, &self.control_tx)
+        let deadline = Instant::now() + config.timeouts.queue_timeout;
+        let conversation = self.claude_session_id.clone();
+        match self
+            .seat
+            .place(spec, conversation.as_deref(), prompt, deadline)
         {
-            Acquired::Now(slot) => slot,
-            Acquired::Queued(position) => {
-                log::info!(
-                    "[{}] all claude places taken; queued at {position}",
-                    self.label
-                );
-                self.queued = Some(Queued {
-                    prompt,
-                    spec,
-                    inputs: Vec::new(),
-                    deadline: Instant::now() + config.queue_timeout,
-                    position,
-                });
-                self.listing.update(|i| i.state = SessionState::Queued);
-                return self.send(ServerMessage::QueryQueued { position });
-            }
-        };
-        self.launch(spec, slot, &prompt, Vec::new());
-    }
-
-    /// Start the child for the running query in `slot`, and give it the prompt.
-    fn launch(&mut self, spec: ChildSpec, slot: ChildSlot, prompt: &Prompt, inputs: Vec<Prompt>) {
-        match self.start_child(spec, slot) {
-            Ok(()) => self.begin(prompt, inputs),
+            Ok(Placed::Ready(prompt)) => self.begin(&prompt, Vec::new()),
+            Ok(Placed::Queued(position)) => self.send(ServerMessage::QueryQueued { position }),
             Err(e) => {
                 self.send_error(e);
                 self.end_query(QueryOutcome::Error);
@@ -548,86 +512,31 @@ impl<'a> Session<'a> {
 
     /// A place came free for the query that waited for one.
     fn on_place(&mut self, slot: ChildSlot) {
-        let Some(q) = self.queued.take() else {
+        let conversation = self.claude_session_id.clone();
+        let Some(started) = self.seat.on_place(slot, conversation.as_deref()) else {
             return; // no longer waiting: dropping the slot hands it on
         };
-        log::info!("[{}] a claude place came free", self.label);
-        let state = self.state();
-        self.listing.update(|i| i.state = state);
-        self.launch(q.spec, slot, &q.prompt, q.inputs);
+        match started {
+            Ok((prompt, inputs)) => self.begin(&prompt, inputs),
+            Err(e) => {
+                self.send_error(e);
+                self.end_query(QueryOutcome::Error);
+            }
+        }
     }
 
-    /// The spec of a child for `options`: the policy's checks, and the principal's
+    /// The plan of a child for `options`: the policy's checks, and the principal's
     /// own CLI state directory, workspace and sandbox.
-    fn spec_for(&self, options: &QueryOptions) -> Result<ChildSpec, ClientError> {
-        let config = &self.shared.config;
-        let roots = crate::workspace::roots(self.shared, &self.principal)?;
-        let mut spec = spec::build(config, &self.shared.child_env, options, &self.tools, &roots)?;
-        if let Some(dir) = &self.state_dir {
-            spec.env.retain(|(k, _)| k != "CLAUDE_CONFIG_DIR");
-            spec.env
-                .push(("CLAUDE_CONFIG_DIR".into(), dir.display().to_string()));
-        }
-        crate::workspace::enclose(self.shared, &mut spec, self.state_dir.as_deref(), &roots)?;
-        Ok(spec)
+    fn spec_for(&self, options: &QueryOptions) -> Result<ChildPlan, ClientError> {
+        let dir = self.state_dir.as_deref();
+        crate::workspace::child_spec(self.shared, &self.principal, dir, options, &self.tools)
     }
 
     /// `resume` may name this server's session id: it means that session's
     /// conversation, if it is the same principal's.
-    fn own_conversation(&self, mut options: QueryOptions) -> QueryOptions {
-        if let Some(id) = &options.resume {
-            let known = self
-                .shared
-                .registry
-                .conversation_of(id, &self.principal)
-                .or_else(|| {
-                    let dir = self.state_dir.as_ref()?;
-                    spec::recorded_conversation(dir, id)
-                });
-            if let Some(conversation) = known {
-                options.resume = Some(conversation);
-            }
-        }
-        options
-    }
-
-    /// Start a child built from `spec`, holding `slot` for as long as it lives.
-    fn start_child(&mut self, spec: ChildSpec, slot: ChildSlot) -> Result<(), ClientError> {
-        // Continue this session's conversation, unless the client has just asked for
-        // a specific one (new options with `resume` or `continue_conversation`), or for
-        // another directory: the CLI keeps conversations per directory and cannot
-        // resume one elsewhere, so a new cwd starts a new conversation.
-        let new_options = self.last_spec.as_ref() != Some(&spec);
-        let asked_for_own = spec::picks_conversation(&spec) && new_options;
-        let moved = self
-            .last_spec
-            .as_ref()
-            .is_some_and(|last| last.cwd != spec.cwd);
-        let argv = match &self.claude_session_id {
-            Some(id) if !asked_for_own && !moved => spec::resuming(&spec, id),
-            _ => spec.clone(),
-        };
-        let child = Child::spawn(&argv, &self.label).map_err(|e| {
-            log::warn!("[{}] {e}", self.label);
-            ClientError::new(ErrorCode::ClaudeSpawnFailed, e.to_string())
-        })?;
-        let _ = child.send_line(&cli::initialize(spec::has_client_tools(&spec)));
-        self.adopt(child, slot, spec);
-        Ok(())
-    }
-
-    /// A warm child (`warm.rs`) for this query, if the session has no conversation
-    /// yet (a warm child cannot resume one) and `spec` is the one warm children have.
-    fn take_warm(&mut self, spec: &ChildSpec) -> bool {
-        if self.claude_session_id.is_some() {
-            return false;
-        }
-        let Some((child, slot)) = self.shared.warm.take(&self.principal, spec) else {
-            return false;
-        };
-        log::info!("[{}] took warm claude pid={}", self.label, child.pid());
-        self.adopt(child, slot, spec.clone());
-        true
+    fn own_conversation(&self, options: QueryOptions) -> QueryOptions {
+        let dir = self.state_dir.as_deref();
+        crate::workspace::own_conversation(self.shared, &self.principal, dir, options)
     }
 
     /// With a CLI state per principal: keep a warm child for this principal, built as
@@ -636,26 +545,14 @@ impl<'a> Session<'a> {
         if !self.shared.warm.keeps_principals() {
             return;
         }
-        if let Ok(spec) = self.spec_for(&QueryOptions::default()) {
-            self.shared.warm.want(&self.principal, spec);
+        if let Ok(plan) = self.spec_for(&QueryOptions::default()) {
+            self.shared.warm.want(&self.principal, plan);
         }
-    }
-
-    /// Make `child` (already sent `initialize`) the session's own.
-    fn adopt(&mut self, child: Child, slot: ChildSlot, spec: ChildSpec) {
-        self.listing.update(|i| i.child_pid = Some(child.pid()));
-        self.child = Some(LiveChild {
-            child,
-            slot,
-            echoes: false,
-            idle_since: Instant::now(),
-        });
-        self.last_spec = Some(spec);
     }
 
     /// Write a user message to the child for the running query.
     fn write_user_message(&mut self, prompt: &Prompt) -> Result<(), ClientError> {
-        let sent = match &self.child {
+        let sent = match self.seat.live() {
             Some(c) => c.child.send_line(&cli::user_message(prompt.content())),
             None => Err(Undelivered::Closed),
         };
@@ -696,7 +593,7 @@ impl<'a> Session<'a> {
         if let Err(e) = self.check_text(&text, "input") {
             return self.send_error(e);
         }
-        if let Some(q) = &mut self.queued {
+        if let Some(q) = self.seat.queued_mut() {
             // Written after the prompt, once a place comes free.
             q.inputs.push(text.clone());
             return self.send(ServerMessage::InputAcknowledged {
@@ -734,9 +631,8 @@ impl<'a> Session<'a> {
         };
         let step = q.interrupt(Instant::now());
         self.send(ServerMessage::InterruptAcknowledged {});
-        if self.queued.take().is_some() {
+        if self.seat.leave_queue().is_some() {
             // It never started: nothing to stop but the wait.
-            self.shared.places.leave_queue(self.number);
             return self.end_query(QueryOutcome::Interrupted);
         }
         if step == Step::Interrupt {
@@ -748,7 +644,7 @@ impl<'a> Session<'a> {
     }
 
     fn send_interrupt(&self) {
-        if let Some(c) = &self.child {
+        if let Some(c) = self.seat.live() {
             let _ = c.child.send_line(&cli::interrupt(self.queries));
         }
     }
@@ -797,7 +693,7 @@ impl<'a> Session<'a> {
             ChildEvent::Lines(chunk) => {
                 for event in cli::events(&chunk) {
                     self.on_child_line(event);
-                    if self.child.is_none() || self.ending.is_some() {
+                    if self.seat.live().is_none() || self.ending.is_some() {
                         break; // the child was stopped or the session ends: the rest is moot
                     }
                 }
@@ -828,7 +724,7 @@ impl<'a> Session<'a> {
                 }
             }
             CliEvent::Replay { text } => {
-                if let Some(c) = &mut self.child {
+                if let Some(c) = self.seat.live_mut() {
                     c.echoes = true;
                 }
                 if let Some(q) = &mut self.query {
@@ -840,9 +736,19 @@ impl<'a> Session<'a> {
                 is_error,
                 message,
             } => {
+                let missing = match &message {
+                    ServerMessage::ResultMessage(fields) => {
+                        crate::conversations::result_not_found(fields)
+                    }
+                    _ => None,
+                };
+                if let Some(why) = missing {
+                    self.send(message);
+                    return self.resume_failed(why);
+                }
                 self.learn_claude_session(session_id);
                 self.send(message);
-                let echoes = self.child.as_ref().is_some_and(|c| c.echoes);
+                let echoes = self.seat.live().is_some_and(|c| c.echoes);
                 if let Some(q) = &mut self.query {
                     let step = q.result(is_error, echoes, Instant::now());
                     self.apply(step);
@@ -869,17 +775,18 @@ impl<'a> Session<'a> {
             if let (Some(dir), Some(conversation)) = (&self.state_dir, &id) {
                 // So that `resume` by this session's id works after it has ended, here
                 // or on another instance sharing the state directory.
-                if let Err(e) = spec::record_conversation(dir, &self.id, conversation) {
+                if let Err(e) =
+                    crate::conversations::record_conversation(dir, &self.id, conversation)
+                {
                     log::warn!("[{}] cannot record the conversation id: {e}", self.label);
                 }
             }
-            self.claude_session_id = id.clone();
-            self.listing.update(|i| i.claude_session_id = id);
+            self.claude_session_id = id;
         }
     }
 
     fn on_child_exit(&mut self) {
-        let Some(live) = &mut self.child else {
+        let Some(live) = self.seat.live_mut() else {
             return;
         };
         // Its reader reports the end once the child has exited: this does not wait.
@@ -894,35 +801,48 @@ impl<'a> Session<'a> {
         let outcome = q.child_gone();
         if outcome == QueryOutcome::Error {
             let message = report.sentence("claude", " before the query finished", 1000);
+            if crate::conversations::says_not_found(&message) {
+                return self.resume_failed(message);
+            }
             self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
         }
         self.end_query(outcome);
     }
 
-    /// The child is gone (or going): it asks nothing any more, has no row, and is
-    /// no candidate for eviction.
+    /// The conversation a query resumed does not exist: the query ends with
+    /// `conversation_not_found`, and the session forgets it (and the child that was
+    /// started for it), so its next query starts a new conversation.
+    fn resume_failed(&mut self, why: String) {
+        log::info!("[{}] resume failed: {why}", self.label);
+        self.stop_child();
+        self.seat.forget_plan();
+        self.claude_session_id = None;
+        self.resumed_conversation = false;
+        self.send_error(ClientError::new(
+            ErrorCode::ConversationNotFound,
+            format!("{why}; the next query starts a new conversation"),
+        ));
+        self.end_query(QueryOutcome::Error);
+    }
+
+    /// The child is gone (or going): it asks nothing any more.
     fn child_gone(&mut self) {
         self.pending.refuse(None, Unanswered::ClientGone);
         self.settings_sent.clear();
-        self.listing.update(|i| i.child_pid = None);
-        self.shared
-            .places
-            .set_idle(self.number, false, &self.control_tx);
     }
 
     /// Hand the session's child, if it has one, to the reaper to stop as `how` says
     /// (its place among `--max-running` goes with it, given back once it is reaped).
     /// Returns at once.
     fn stop_child_with(&mut self, how: Stop) {
-        if let Some(LiveChild { child, slot, .. }) = self.child.take() {
+        if self.seat.stop(how) {
             self.child_gone();
-            self.shared.reaper.stop(child, how, slot, &self.label);
         }
     }
 
     /// Stop the child the way that keeps its conversation (close stdin, then escalate).
     fn stop_child(&mut self) {
-        self.stop_child_with(Stop::Graceful(self.shared.config.stop_grace));
+        self.stop_child_with(Stop::Graceful(self.shared.config.timeouts.stop_grace));
     }
 
     fn end_query(&mut self, outcome: QueryOutcome) {
@@ -936,23 +856,35 @@ impl<'a> Session<'a> {
         self.send(ServerMessage::QueryEnd { outcome });
         log::info!("[{}] query {} ended: {outcome:?}", self.label, self.queries);
         self.last_activity = Instant::now();
-        if let Some(c) = &mut self.child {
-            c.idle_since = self.last_activity;
-            // Idle now: its place may go to a query that waits for one.
-            self.shared
-                .places
-                .set_idle(self.number, true, &self.control_tx);
+        // Idle now: its place may go to a query that waits for one.
+        self.seat.idle(self.last_activity);
+        self.active_at = now_unix();
+    }
+
+    /// The session's `/sessions` row as it is now.
+    fn row(&self) -> Row {
+        Row {
+            state: self.state(),
+            claude_session_id: self.claude_session_id.clone(),
+            last_activity: self.active_at,
+            queries: self.queries,
+            cwd: self.cwd.clone(),
+            child_pid: self.seat.pid(),
         }
-        let state = self.state();
-        self.listing.update(|i| {
-            i.state = state;
-            i.last_activity = now_unix();
-        });
+    }
+
+    /// Publish the row if it changed: once per turn of the loop.
+    fn publish(&mut self) {
+        let row = self.row();
+        if row != self.listed {
+            self.listed = row.clone();
+            self.listing.update(|i| row.write(i));
+        }
     }
 
     /// What the session is doing, as `/sessions` shows it.
     fn state(&self) -> SessionState {
-        match (&self.link, &self.queued, &self.query) {
+        match (&self.link, self.seat.queued(), &self.query) {
             (None, ..) => SessionState::Detached,
             (_, Some(_), _) => SessionState::Queued,
             (_, None, Some(_)) => SessionState::Running,
@@ -966,7 +898,7 @@ impl<'a> Session<'a> {
         let config = &self.shared.config;
         let mut next = self.next_ping;
         if self.query.is_none() {
-            next = next.min(self.last_activity + config.session_timeout);
+            next = next.min(self.last_activity + config.timeouts.session_timeout);
         }
         if let Some(d) = self.query.as_ref().and_then(Query::deadline) {
             next = next.min(d);
@@ -974,10 +906,13 @@ impl<'a> Session<'a> {
         if let Some(d) = self.pending.deadline() {
             next = next.min(d);
         }
-        if let (Some(idle), Some(c), None) = (config.child_idle, &self.child, &self.query) {
-            next = next.min(c.idle_since + idle);
+        if let (Some(d), None) = (
+            self.seat.idle_deadline(config.timeouts.child_idle),
+            &self.query,
+        ) {
+            next = next.min(d);
         }
-        if let Some(q) = &self.queued {
+        if let Some(q) = self.seat.queued() {
             next = next.min(q.deadline);
         }
         if let Some(d) = self.detached_until {
@@ -986,7 +921,10 @@ impl<'a> Session<'a> {
         if let Some(link) = self.link.as_ref().filter(|l| l.pending() > 0) {
             // (Room in the socket wakes the session through `inbound`; this is the
             // deadline of a client that reads nothing.)
-            let left = config.stall_timeout.saturating_sub(link.stalled_for());
+            let left = config
+                .timeouts
+                .stall_timeout
+                .saturating_sub(link.stalled_for());
             next = next.min(Instant::now() + left);
         }
         next
@@ -995,9 +933,9 @@ impl<'a> Session<'a> {
     fn on_timers(&mut self, now: Instant) {
         let config = &self.shared.config;
         if now >= self.next_ping {
-            self.next_ping = now + config.ping_interval;
+            self.next_ping = now + config.timeouts.ping_interval;
             if let Some(link) = &mut self.link {
-                if now.duration_since(link.last_heard) > config.ping_interval * 2 {
+                if now.duration_since(link.last_heard) > config.timeouts.ping_interval * 2 {
                     return self.lose(Lost::HeartbeatTimeout);
                 }
                 if link.ping().is_err() {
@@ -1008,18 +946,17 @@ impl<'a> Session<'a> {
         if self.detached_until.is_some_and(|d| now >= d) {
             return self.end(End::GraceExpired);
         }
-        if self.query.is_none() && now >= self.last_activity + config.session_timeout {
+        if self.query.is_none() && now >= self.last_activity + config.timeouts.session_timeout {
             return self.end(End::IdleTimeout);
         }
-        if self.queued.as_ref().is_some_and(|q| now >= q.deadline) {
-            self.queued = None;
-            self.shared.places.leave_queue(self.number);
+        if self.seat.queued().is_some_and(|q| now >= q.deadline) {
+            self.seat.leave_queue();
             self.send_error(ClientError::new(
                 ErrorCode::ServerBusy,
                 format!(
                     "no claude place came free within {} s: all {} are busy \
                      (--max-running, --queue-timeout-secs); try again later",
-                    config.queue_timeout.as_secs_f64(),
+                    config.timeouts.queue_timeout.as_secs_f64(),
                     config.max_running
                 ),
             ));
@@ -1032,18 +969,14 @@ impl<'a> Session<'a> {
             log::warn!(
                 "[{}] interrupt not honoured within {:?}; ending claude's process group",
                 self.label,
-                config.interrupt_grace
+                config.timeouts.interrupt_grace
             );
             self.stop_child_with(Stop::Now);
             self.end_query(QueryOutcome::Interrupted);
         }
-        let idle_for = self
-            .child
-            .as_ref()
-            .filter(|_| self.query.is_none())
-            .map(|c| now.saturating_duration_since(c.idle_since));
-        if let (Some(idle), Some(idle_for)) = (config.child_idle, idle_for) {
-            if idle_for >= idle {
+        let idle = config.timeouts.child_idle;
+        if let (Some(d), None) = (self.seat.idle_deadline(idle), &self.query) {
+            if now >= d {
                 log::info!(
                     "[{}] claude idle for {idle:?}; stopping it until the next query",
                     self.label
@@ -1054,67 +987,19 @@ impl<'a> Session<'a> {
         if let Some(link) = self
             .link
             .as_ref()
-            .filter(|l| l.stalled_for() >= config.stall_timeout)
+            .filter(|l| l.stalled_for() >= config.timeouts.stall_timeout)
         {
             log::warn!(
                 "[{}] client kept its backlog above the high-water mark for {:?} ({} bytes waiting); disconnecting",
                 self.label,
-                config.stall_timeout,
+                config.timeouts.stall_timeout,
                 link.pending()
             );
             self.lose(Lost::Stalled);
         }
     }
 
-    // ---- output and ending ------------------------------------------------------
-
-    /// Send the next message of the session's stream (numbered, kept for replay).
-    fn send(&mut self, msg: ServerMessage<'_>) {
-        self.seq += 1;
-        let seq = self.seq;
-        let replay = &mut self.replay;
-        let Some(link) = &mut self.link else {
-            // Detached: kept for the client to fetch when it reattaches.
-            return keep(replay, seq, &msg);
-        };
-        let queued = link.queue_text_with(|out| {
-            let start = out.len();
-            msg.write_frame(seq, out);
-            crate::metrics::relayed(out.len() - start);
-            replay.push(seq, &out[start..]);
-        });
-        if let Err(e) = queued {
-            // Kept all the same: a reattaching client gets it.
-            keep(&mut self.replay, seq, &msg);
-            self.lose_link(e);
-        }
-    }
-
-    /// Bytes waiting for the client (none while detached).
-    fn pending_output(&self) -> usize {
-        self.link.as_ref().map_or(0, Link::pending)
-    }
-
-    fn send_error(&mut self, e: ClientError) {
-        log::debug!("[{}] error to client: {e}", self.label);
-        crate::metrics::error_sent(e.code);
-        self.send(e.into());
-    }
-
-    fn flush(&mut self) {
-        let Some(link) = &mut self.link else { return };
-        if let Err(e) = link.flush() {
-            self.lose_link(e);
-        }
-    }
-
-    fn lose_link(&mut self, e: LinkError) {
-        self.lose(match e {
-            LinkError::Closed(code) => Lost::Closed(code),
-            LinkError::Gone(why) => Lost::Gone(why),
-            LinkError::Protocol(why) => Lost::Protocol(why),
-        })
-    }
+    // ---- ending ------------------------------------------------------------------
 
     /// Messages from outside the session.
     fn on_control(&mut self, c: Control) {
@@ -1131,12 +1016,8 @@ impl<'a> Session<'a> {
             }
             Control::Evict => self.evict(),
             Control::QueueMoved => {
-                let now = self.shared.places.position(self.number);
-                if let (Some(q), Some(position)) = (&mut self.queued, now) {
-                    if q.position != position {
-                        q.position = position;
-                        self.send(ServerMessage::QueryQueued { position });
-                    }
+                if let Some(position) = self.seat.queue_moved() {
+                    self.send(ServerMessage::QueryQueued { position });
                 }
             }
             Control::Attach(link, last_seq) => self.attach(*link, last_seq),
@@ -1145,17 +1026,9 @@ impl<'a> Session<'a> {
 
     /// A queued query elsewhere needs this idle child's place.
     fn evict(&mut self) {
-        match &mut self.child {
-            Some(live) if self.query.is_none() => {
-                log::info!(
-                    "[{}] stopping the idle claude: a queued query needs its place",
-                    self.label
-                );
-                live.slot.mark_evicted();
-                self.stop_child();
-            }
-            // Busy again meanwhile (or gone): it keeps its place.
-            _ => self.shared.places.evicted(),
+        let how = Stop::Graceful(self.shared.config.timeouts.stop_grace);
+        if self.seat.evict(self.query.is_some(), how) {
+            self.child_gone();
         }
     }
 
@@ -1175,9 +1048,7 @@ impl<'a> Session<'a> {
             End::Drained => "the server drains".into(),
         };
         let draining = self.shared.is_draining();
-        if self.queued.take().is_some() {
-            self.shared.places.leave_queue(self.number);
-        }
+        self.seat.leave_queue();
         log::info!("[{}] session ending: {why}", self.label);
         let had_query = self.query.is_some();
         if let (End::Shutdown, Some(_)) = (&end, &self.query) {
