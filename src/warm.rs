@@ -325,7 +325,9 @@ impl Warm {
                 let w = pool.wanted.remove(i);
                 if w.spec != spec {
                     // Its default spec changed (a new workspace root?): a new child.
-                    take_where(&mut pool.waiting, |w| w.principal.as_deref() == Some(principal));
+                    take_where(&mut pool.waiting, |w| {
+                        w.principal.as_deref() == Some(principal)
+                    });
                 }
             }
             pool.wanted.push(Wanted {
@@ -343,7 +345,10 @@ impl Warm {
             forgotten
         };
         for w in forgotten {
-            self.reap(w, "stopping a warm claude: its principal is no longer among the most recent");
+            self.reap(
+                w,
+                "stopping a warm claude: its principal is no longer among the most recent",
+            );
         }
         self.wake();
     }
@@ -508,7 +513,11 @@ impl Warm {
         let quiet = {
             let mut pool = lock(&self.inner);
             let mut quiet = Vec::new();
-            while pool.wanted.first().is_some_and(|w| w.seen.elapsed() >= recent) {
+            while pool
+                .wanted
+                .first()
+                .is_some_and(|w| w.seen.elapsed() >= recent)
+            {
                 let gone = pool.wanted.remove(0);
                 quiet.extend(take_where(&mut pool.waiting, |w| {
                     w.principal.as_deref() == Some(gone.principal.as_str())
@@ -517,7 +526,10 @@ impl Warm {
             quiet
         };
         for w in quiet {
-            self.reap(w, "stopping a warm claude: its principal has been away too long");
+            self.reap(
+                w,
+                "stopping a warm claude: its principal has been away too long",
+            );
         }
     }
 
@@ -660,9 +672,9 @@ impl Warm {
         let w = {
             let mut pool = lock(&self.inner);
             let rank = |w: &Waiting| {
-                w.principal.as_ref().and_then(|p| {
-                    pool.wanted.iter().position(|x| &x.principal == p)
-                })
+                w.principal
+                    .as_ref()
+                    .and_then(|p| pool.wanted.iter().position(|x| &x.principal == p))
             };
             let i = (0..pool.waiting.len()).min_by_key(|&i| rank(&pool.waiting[i]));
             match (i, self.serves.as_ref()) {

@@ -275,7 +275,10 @@ fn shutdown_stops_warm_children() {
 /// 2.1.197 does not know it).
 fn parked_spares(s: &TestServer) -> bool {
     let h = health(s);
-    let version = h["claude"]["version"].as_str().unwrap_or_default().to_string();
+    let version = h["claude"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let probe = h["claude"]["features"]["await_claim"]["status"].clone();
     let path = h["claude"]["features"]["paths"]["warm"].clone();
     if version.starts_with("2.1.197") {
@@ -288,7 +291,11 @@ fn parked_spares(s: &TestServer) -> bool {
     let parked = probe == "accepted";
     assert_eq!(
         path,
-        if parked { "parked_spare" } else { "initialize_ahead" },
+        if parked {
+            "parked_spare"
+        } else {
+            "initialize_ahead"
+        },
         "{h}"
     );
     parked
@@ -383,6 +390,7 @@ fn login(s: &TestServer, user: &str) -> Client {
         .unwrap_or_else(|e| panic!("{user} could not connect: {e}\n{}", s.logs()));
     let hello = c.recv();
     assert_eq!(hello["type"], "connection_established", "{hello}");
+    c.session_id = hello["data"]["session_id"].as_str().unwrap().to_string();
     c
 }
 
@@ -401,7 +409,7 @@ fn new_warm(s: &TestServer, n: u64, principals: u64, known: &BTreeSet<u32>) -> B
 }
 
 fn session_child_of(s: &TestServer, session: &str) -> u32 {
-    let (status, v) = s.get("/sessions");
+    let (status, v) = s.get_with("/sessions", &[("Authorization", "Bearer adm")]);
     assert_eq!(status, 200, "{v}");
     v.as_array()
         .and_then(|rows| rows.iter().find(|r| r["session_id"] == session))
@@ -423,7 +431,10 @@ fn a_returning_user_is_answered_by_a_warm_child_of_their_own() {
     );
     let h = health(&s);
     assert_eq!(h["warm"]["serves"], "each_principal", "{h}");
-    assert_eq!(h["warm"]["ready"], 0, "nothing is started before anybody comes");
+    assert_eq!(
+        h["warm"]["ready"], 0,
+        "nothing is started before anybody comes"
+    );
     // alice connects: a child is started for her before she asks anything.
     let alice = login(&s, "alice");
     let alices = new_warm(&s, 1, 1, &BTreeSet::new());
@@ -431,7 +442,10 @@ fn a_returning_user_is_answered_by_a_warm_child_of_their_own() {
     // bob comes and asks at once: whatever serves him, never alice's child.
     let mut bob = login(&s, "bob");
     let msgs = bob.query("hello from bob", json!({}));
-    assert!(assistant_text(&msgs).contains("Echo: hello from bob"), "{msgs:?}");
+    assert!(
+        assistant_text(&msgs).contains("Echo: hello from bob"),
+        "{msgs:?}"
+    );
     let bobs = session_child_of(&s, &bob.session_id);
     assert!(!alices.contains(&bobs), "bob got alice's warm child");
     assert!(alices.iter().all(|&p| pid_alive(p)));
@@ -439,9 +453,15 @@ fn a_returning_user_is_answered_by_a_warm_child_of_their_own() {
     // alice's first query is answered by hers, in her own workspace.
     let mut alice = alice;
     let msgs = alice.query("hello from alice", json!({}));
-    assert!(assistant_text(&msgs).contains("Echo: hello from alice"), "{msgs:?}");
+    assert!(
+        assistant_text(&msgs).contains("Echo: hello from alice"),
+        "{msgs:?}"
+    );
     let hers = session_child_of(&s, &alice.session_id);
-    assert!(alices.contains(&hers), "{hers} is not alice's warm {alices:?}");
+    assert!(
+        alices.contains(&hers),
+        "{hers} is not alice's warm {alices:?}"
+    );
     let cwd = PathBuf::from(init_cwd(&msgs));
     assert_eq!(cwd.parent(), Some(s.workspace.as_path()), "{cwd:?}");
     end(alice);
@@ -450,7 +470,10 @@ fn a_returning_user_is_answered_by_a_warm_child_of_their_own() {
     let again = new_warm(&s, 2, 2, &known);
     let mut alice = login(&s, "alice");
     let msgs = alice.query("alice again", json!({}));
-    assert!(assistant_text(&msgs).contains("Echo: alice again"), "{msgs:?}");
+    assert!(
+        assistant_text(&msgs).contains("Echo: alice again"),
+        "{msgs:?}"
+    );
     let hers = session_child_of(&s, &alice.session_id);
     assert!(again.contains(&hers) || known.contains(&hers), "{hers}");
     assert_eq!(PathBuf::from(init_cwd(&msgs)), cwd, "not her workspace");

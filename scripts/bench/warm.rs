@@ -621,7 +621,15 @@ fn run(o: &Opts) -> Res<()> {
         let (cold50, cold99) = sequential(o, &api, 0)?;
         let (warm50, warm99) = sequential(o, &api, 1)?;
         table_head(&mut s);
-        row(&mut s, &format!("new session → first `assistant_message`, p50 ({} sessions, one warm)", o.sessions), cold50, warm50);
+        row(
+            &mut s,
+            &format!(
+                "new session → first `assistant_message`, p50 ({} sessions, one warm)",
+                o.sessions
+            ),
+            cold50,
+            warm50,
+        );
         let _ = writeln!(s, "| same, p99 | {} | {} | | |", ms(cold99), ms(warm99));
     }
 
