@@ -209,8 +209,11 @@ fn unclaimed(spec: &ChildPlan) -> ChildPlan {
     s
 }
 
-/// The `claim_session` request binding a spare to `spec` (the shape of the CLI's own
-/// schema and the TypeScript SDK's `SpareProcess.claim`).
+/// The `claim_session` request binding a spare to `spec`. Checked on 2.1.332: `cwd`
+/// moves it (a missing one is refused, `cwd_not_found: …`, and the spare is then
+/// unusable), `permission_mode` takes effect (a `system/status` line says so, and
+/// `system/init` shows it); the answer is `{"status":"ok","cwd",…,"session_id",
+/// "parked_ms","sdk_mcp_settled"}`. Model and thinking budget are not claim fields.
 fn claim_request(spec: &ChildPlan) -> Option<serde_json::Value> {
     let cwd = spec.cwd.as_ref()?;
     let mut request = json!({"subtype": "claim_session", "cwd": cwd, "include_initialize": false});
@@ -718,10 +721,11 @@ fn take_where(waiting: &mut Vec<Waiting>, which: impl Fn(&Waiting) -> bool) -> V
 }
 
 /// Bind the parked spare `child` to `spec` with `claim_session`, and wait for the
-/// answer: the CLI applies it before it reads the next line, so the user message
-/// written after the answer loses no time. What the spare printed before it (its
-/// `initialize` answer, `system` lines of its parking) is the pool's, as while it
-/// waited.
+/// answer (so a refused claim leaves the query to a child of its own, nothing of it
+/// lost). What the spare printed before the answer (its `initialize` answer, `system`
+/// lines of its parking and of the claim) is the pool's, as while it waited; nothing
+/// was seen after it before a user message (2.1.332), and what might come in the same
+/// chunk is logged, not relayed: no query is running to own it.
 fn claim(child: &Child, spec: &ChildPlan) -> Result<(), String> {
     let request = claim_request(spec).ok_or("the query has no working directory")?;
     child
@@ -732,12 +736,19 @@ fn claim(child: &Child, spec: &ChildPlan) -> Result<(), String> {
         let left = deadline.saturating_duration_since(Instant::now());
         match child.events().recv_timeout(left) {
             Ok(ChildEvent::Lines(chunk)) => {
-                for event in cli::events(&chunk) {
-                    if let CliEvent::ControlResponse { request_id, error } = event {
-                        if request_id == CLAIM_ID {
-                            return error.map_or(Ok(()), Err);
-                        }
+                let mut events = cli::events(&chunk);
+                let answer = events.by_ref().find_map(|event| match event {
+                    CliEvent::ControlResponse { request_id, error } if request_id == CLAIM_ID => {
+                        Some(error)
                     }
+                    _ => None,
+                });
+                if let Some(error) = answer {
+                    let after = events.count();
+                    if after > 0 {
+                        log::info!("a claimed spare printed {after} lines before its query");
+                    }
+                    return error.map_or(Ok(()), Err);
                 }
             }
             Ok(ChildEvent::Closed) => return Err("it exited".into()),
