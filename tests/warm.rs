@@ -481,3 +481,39 @@ fn a_returning_user_is_answered_by_a_warm_child_of_their_own() {
     assert!(h["warm"]["taken"].as_u64().unwrap() >= 2, "{h}");
     end(alice);
 }
+
+#[test]
+fn the_least_recently_active_principals_warm_child_gives_its_place_up_first() {
+    let api = MockApi::start();
+    let (s, _secrets) = users_server(
+        &api,
+        &["--warm-children=2", "--max-running=2", "--admin-token=adm"],
+    );
+    // alice, then bob: each gets a warm child, and the two hold both places.
+    let alice = login(&s, "alice");
+    let alices = new_warm(&s, 1, 1, &BTreeSet::new());
+    let mut bob = login(&s, "bob");
+    let bobs = new_warm(&s, 2, 2, &alices);
+    assert_eq!((alices.len(), bobs.len()), (1, 1), "{alices:?} {bobs:?}");
+    // bob asks with options no warm child has: his query needs a place of its own,
+    // and the warm child of alice (the less recently active) gives hers up.
+    let msgs = bob.query("bob needs a place", json!({"model": "claude-haiku-4-5"}));
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    assert!(assistant_text(&msgs).contains("Echo: bob needs a place"));
+    let his = session_child_of(&s, &bob.session_id);
+    assert!(!bobs.contains(&his) && !alices.contains(&his), "{his}");
+    let alice_gone = eventually(WAIT, || alices.iter().all(|&p| !pid_alive(p)));
+    assert!(alice_gone, "alice's warm child still runs: {}", health(&s));
+    assert!(
+        bobs.iter().all(|&p| pid_alive(p)),
+        "bob's warm child was stopped"
+    );
+    // Never more children than places.
+    assert!(
+        children_of(s.pid()).len() <= 2,
+        "{:?}",
+        children_of(s.pid())
+    );
+    end(bob);
+    end(alice);
+}
