@@ -318,17 +318,18 @@ impl Warm {
         if !self.keeps_principals() {
             return;
         }
-        let forgotten = {
+        let (changed, forgotten) = {
             let mut pool = lock(&self.inner);
             if pool.stopping {
                 return;
             }
             let known = pool.wanted.iter().position(|w| w.principal == principal);
+            let mut changed = Vec::new();
             if let Some(i) = known {
                 let w = pool.wanted.remove(i);
                 if w.spec != spec {
                     // Its default spec changed (a new workspace root?): a new child.
-                    take_where(&mut pool.waiting, |w| {
+                    changed = take_where(&mut pool.waiting, |w| {
                         w.principal.as_deref() == Some(principal)
                     });
                 }
@@ -345,8 +346,14 @@ impl Warm {
                     w.principal.as_deref() == Some(gone.principal.as_str())
                 }));
             }
-            forgotten
+            (changed, forgotten)
         };
+        for w in changed {
+            self.reap(
+                w,
+                "stopping a warm claude: its principal's default options changed",
+            );
+        }
         for w in forgotten {
             self.reap(
                 w,
