@@ -10,10 +10,12 @@
 //!   directly instead of behind `ToolSearch`; older ones (2.1.197, checked) accept the
 //!   key and change nothing, so no choice is needed — `/health` says whether tool
 //!   search was seen.
-//! - warm children: a child started ahead and sent `initialize` (`warm.rs`). The parked
-//!   spares of newer CLIs (`--await-claim` + `claim_session`) would be taken where
-//!   `--help` lists `--await-claim`; no supported version lists it yet (2.1.332 accepts
-//!   it as a hidden flag), so the server does not use it.
+//! - warm children (`warm.rs`): parked spares (`--await-claim`, bound by a
+//!   `claim_session` control request) where the CLI takes `--await-claim`, else a child
+//!   started ahead and sent `initialize`. 2.1.332 hides the flag from `--help`, so the
+//!   start-up check asks the CLI itself ([`ClaimProbe`]): a parked spare started with
+//!   stdin at its end exits 0 at once; a CLI that does not know the flag exits 1 with
+//!   `error: unknown option '--await-claim'` (2.1.197, checked).
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
@@ -23,7 +25,42 @@ use serde_json::{json, Map, Value};
 use crate::protocol::ServerMessage;
 
 /// The flag that starts a parked spare, claimed later with `claim_session`.
-const AWAIT_CLAIM_FLAG: &str = "--await-claim";
+pub const AWAIT_CLAIM_FLAG: &str = "--await-claim";
+
+/// What the CLI said to `--await-claim` (the start-up check's probe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimProbe {
+    /// It started as a parked spare (and exited when its stdin ended).
+    Accepted,
+    /// It refused the flag: `unknown option`.
+    Unknown,
+    /// Not asked: no warm children are kept.
+    NotAsked,
+    /// The probe failed otherwise (the reason): parked spares are not used.
+    Failed(String),
+}
+
+impl ClaimProbe {
+    /// Read the probe's exit: `ok` (exit status 0) and its stderr.
+    pub fn of(ok: bool, stderr: &str) -> ClaimProbe {
+        if ok {
+            ClaimProbe::Accepted
+        } else if stderr.contains("unknown option") && stderr.contains(AWAIT_CLAIM_FLAG) {
+            ClaimProbe::Unknown
+        } else {
+            ClaimProbe::Failed(crate::util::truncate(stderr.trim(), 300).to_string())
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            ClaimProbe::Accepted => "accepted",
+            ClaimProbe::Unknown => "unknown_option",
+            ClaimProbe::NotAsked => "not_asked",
+            ClaimProbe::Failed(_) => "failed",
+        }
+    }
+}
 
 /// The flags a `claude --help` text lists (`--name` words), sorted.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -95,6 +132,8 @@ pub struct Detected {
     pub help: OnceLock<Result<HelpFlags, String>>,
     /// The first `system/init` any child printed.
     pub init: OnceLock<InitFeatures>,
+    /// Whether the CLI takes `--await-claim` (asked once at start-up).
+    pub claim: OnceLock<ClaimProbe>,
 }
 
 impl Detected {
@@ -108,14 +147,11 @@ impl Detected {
         }
     }
 
-    /// Whether parked spares may be used: `--help` lists `--await-claim`.
+    /// Whether parked spares may be used: the CLI took `--await-claim` (or its
+    /// `--help` lists it).
     pub fn parked_spares(&self) -> bool {
-        matches!(self.help.get(), Some(Ok(f)) if self.parked_spares_in(f))
-    }
-
-    /// Whether `flags` would allow parked spares.
-    pub fn parked_spares_in(&self, flags: &HelpFlags) -> bool {
-        flags.has(AWAIT_CLAIM_FLAG)
+        self.claim.get() == Some(&ClaimProbe::Accepted)
+            || matches!(self.help.get(), Some(Ok(f)) if f.has(AWAIT_CLAIM_FLAG))
     }
 
     /// `/health`'s `claude.features`: what was detected and the paths in use.
@@ -126,12 +162,18 @@ impl Detected {
                 "await_claim": f.has(AWAIT_CLAIM_FLAG)}),
             Some(Err(e)) => json!({"status": "error", "error": e}),
         };
+        let claim = match self.claim.get() {
+            None => json!({"status": "checking"}),
+            Some(ClaimProbe::Failed(e)) => json!({"status": "failed", "error": e}),
+            Some(p) => json!({"status": p.name()}),
+        };
         let init = self.init.get().map_or(
             Value::Null,
             |i| json!({"capabilities": i.capabilities, "tool_search": i.tool_search}),
         );
         json!({
             "help": help,
+            "await_claim": claim,
             "init": init,
             "paths": {
                 "client_tools": "always_load",
@@ -186,5 +228,23 @@ mod tests {
         d.learn_init(&ServerMessage::SystemMessage(old));
         assert_eq!(d.health()["init"]["tool_search"], true);
         assert_eq!(d.health()["paths"]["warm"], "initialize_ahead");
+    }
+
+    #[test]
+    fn the_claim_probe_reads_the_exit() {
+        assert_eq!(ClaimProbe::of(true, ""), ClaimProbe::Accepted);
+        // 2.1.197's own words.
+        let old = "error: unknown option '--await-claim'\n";
+        assert_eq!(ClaimProbe::of(false, old), ClaimProbe::Unknown);
+        assert!(matches!(ClaimProbe::of(false, "boom"), ClaimProbe::Failed(e) if e == "boom"));
+        let d = Detected::default();
+        assert_eq!(d.health()["await_claim"]["status"], "checking");
+        d.claim.set(ClaimProbe::of(false, old)).unwrap();
+        assert!(!d.parked_spares());
+        let d = Detected::default();
+        d.claim.set(ClaimProbe::Accepted).unwrap();
+        assert!(d.parked_spares());
+        assert_eq!(d.health()["await_claim"]["status"], "accepted");
+        assert_eq!(d.health()["paths"]["warm"], "parked_spare");
     }
 }

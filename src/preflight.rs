@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::features::HelpFlags;
+use crate::features::{ClaimProbe, HelpFlags};
 use crate::state::Shared;
 use crate::sys;
 
@@ -69,18 +69,29 @@ pub fn start(shared: &Arc<Shared>) {
             // Before the version: readiness waits for the version, so the features are
             // known by the time a client is let in.
             match &help {
-                Ok(f) => log::info!(
-                    "claude offers {} flags; parked spares {}",
-                    f.len(),
-                    if shared.features.parked_spares_in(f) {
-                        "on"
-                    } else {
-                        "off (no --await-claim in --help)"
-                    }
-                ),
+                Ok(f) => log::info!("claude offers {} flags", f.len()),
                 Err(why) => log::warn!("cannot read claude --help: {why}"),
             }
+            let claim = if answer.is_err() {
+                ClaimProbe::Failed("claude cannot run".into())
+            } else if shared.config.warm_children == 0 {
+                ClaimProbe::NotAsked
+            } else {
+                claim_probe(bin, &shared.child_env)
+            };
+            log::info!(
+                "parked spares (--await-claim) {}",
+                match &claim {
+                    ClaimProbe::Accepted => "on".to_string(),
+                    ClaimProbe::Unknown => "off: this claude does not know the flag".into(),
+                    ClaimProbe::NotAsked => "not asked: no warm children".into(),
+                    ClaimProbe::Failed(why) => format!("off: the probe failed: {why}"),
+                }
+            );
             let _ = shared.features.help.set(help);
+            let _ = shared.features.claim.set(claim);
+            // The warm pool waits for the answer before it starts a child.
+            shared.warm.wake();
             let _ = shared.claude_version.set(answer);
         });
     if let Err(e) = spawned {
@@ -122,17 +133,49 @@ fn has_credentials(env: &[(String, String)]) -> bool {
         .any(|d| d.join(".credentials.json").is_file())
 }
 
+/// Whether the CLI takes `--await-claim`: a parked spare (stream-json both ways, as
+/// warm children run) whose stdin is at its end exits 0 at once; a CLI without the
+/// flag exits 1 saying `unknown option`. (`--help` cannot tell: 2.1.332 hides it.)
+fn claim_probe(bin: &Path, env: &[(String, String)]) -> ClaimProbe {
+    let mut args: Vec<&str> = crate::cli::BASE_ARGS.to_vec();
+    args.push(crate::features::AWAIT_CLAIM_FLAG);
+    match run(bin, env, &args, PROBE_LIMIT) {
+        Ok(o) => ClaimProbe::of(o.status.success(), &String::from_utf8_lossy(&o.stderr)),
+        Err(why) => ClaimProbe::Failed(why),
+    }
+}
+
 /// `BIN ARG` (`--version`, `--help`) with the children's environment: its output, or
-/// why it failed. After `limit` the probe's process group is killed (by its pid: the
-/// group is its own).
+/// why it failed.
 fn probe(
     bin: &Path,
     env: &[(String, String)],
     arg: &str,
     limit: Duration,
 ) -> Result<String, String> {
+    match run(bin, env, &[arg], limit)? {
+        o if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        o => Err(format!(
+            "{} {arg} failed ({}): {}",
+            bin.display(),
+            o.status,
+            crate::util::truncate(String::from_utf8_lossy(&o.stderr).trim(), 500)
+        )),
+    }
+}
+
+/// `BIN ARGS` with the children's environment and stdin at its end: how it exited and
+/// what it printed, or why it could not be run. After `limit` the probe's process group
+/// is killed (by its pid: the group is its own).
+fn run(
+    bin: &Path,
+    env: &[(String, String)],
+    args: &[&str],
+    limit: Duration,
+) -> Result<Output, String> {
+    let arg = args.join(" ");
     let mut cmd = Command::new(bin);
-    cmd.arg(arg)
+    cmd.args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -157,15 +200,7 @@ fn probe(
         return Err(format!("cannot wait for {} {arg}: {e}", bin.display()));
     }
     match rx.recv_timeout(limit) {
-        Ok(Ok(o)) if o.status.success() => {
-            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-        }
-        Ok(Ok(o)) => Err(format!(
-            "{} {arg} failed ({}): {}",
-            bin.display(),
-            o.status,
-            crate::util::truncate(String::from_utf8_lossy(&o.stderr).trim(), 500)
-        )),
+        Ok(Ok(o)) => Ok(o),
         Ok(Err(e)) => Err(format!("cannot read {} {arg}: {e}", bin.display())),
         Err(_) => {
             let _ = sys::signal_group(pid, sys::Signal::Kill);

@@ -46,7 +46,7 @@ pub struct Shared {
     /// The sandbox children run in (`sandbox.rs`); `None`: off.
     pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
     /// What that CLI offers (`features.rs`): its `--help` flags, its first `system/init`.
-    pub features: crate::features::Detected,
+    pub features: Arc<crate::features::Detected>,
 }
 
 impl Shared {
@@ -66,12 +66,13 @@ impl Shared {
         );
         let places = Places::new(config.max_running);
         let reaper = Reaper::default();
+        let features = Arc::new(crate::features::Detected::default());
         let warm = Warm::new(
-            config.warm_children,
-            crate::warm::default_spec(&config, &child_env, state_dir.is_some()),
+            (config.warm_children, config.timeouts.child_idle),
+            crate::warm::serves(&config, &child_env, state_dir.is_some()),
             places.clone(),
             reaper.clone(),
-            config.timeouts.stop_grace,
+            (features.clone(), config.timeouts.stop_grace),
         );
         Shared {
             places,
@@ -88,7 +89,7 @@ impl Shared {
             ws_addr,
             claude_version: OnceLock::new(),
             sandbox,
-            features: Default::default(),
+            features,
         }
     }
 

@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -269,11 +270,53 @@ fn shutdown_stops_warm_children() {
     assert!(s.stop().success());
 }
 
+/// What the start-up check found about parked spares, and the path it picked; checked
+/// against the versions this project tests (2.1.332 takes `--await-claim` hidden,
+/// 2.1.197 does not know it).
+fn parked_spares(s: &TestServer) -> bool {
+    let h = health(s);
+    let version = h["claude"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let probe = h["claude"]["features"]["await_claim"]["status"].clone();
+    let path = h["claude"]["features"]["paths"]["warm"].clone();
+    if version.starts_with("2.1.197") {
+        assert_eq!(probe, "unknown_option", "{h}");
+    }
+    if version.starts_with("2.1.332") {
+        assert_eq!(probe, "accepted", "{h}");
+    }
+    assert!(probe == "accepted" || probe == "unknown_option", "{h}");
+    let parked = probe == "accepted";
+    assert_eq!(
+        path,
+        if parked {
+            "parked_spare"
+        } else {
+            "initialize_ahead"
+        },
+        "{h}"
+    );
+    parked
+}
+
+/// The `cwd` of the `system/init` among `msgs`.
+fn init_cwd(msgs: &[Value]) -> String {
+    msgs.iter()
+        .find(|m| m["type"] == "system_message" && m["data"]["subtype"] == "init")
+        .and_then(|m| m["data"]["cwd"].as_str())
+        .unwrap_or_else(|| panic!("no system/init in {msgs:?}"))
+        .to_string()
+}
+
 #[test]
 fn the_real_cli_answers_from_a_warm_child() {
     let api = MockApi::start();
     let s = ServerOptions::real(&api).arg("--warm-children=1").start();
     let warm = warm_ready(&s, 1);
+    let parked = parked_spares(&s);
+    assert_eq!(health(&s)["warm"]["parked"], u64::from(parked));
     let mut c = s.connect();
     let msgs = c.query("hello warm", json!({}));
     assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
@@ -284,26 +327,193 @@ fn the_real_cli_answers_from_a_warm_child() {
     let child = session_child(&s).expect("a child");
     assert!(warm.contains(&child), "{child} not in {warm:?}");
     assert_eq!(api.user_texts().len(), 1, "{:?}", api.user_texts());
+    // A parked spare was claimed into the workspace, not left where it was parked.
+    let h = health(&s);
+    assert_eq!(h["warm"]["claimed"], u64::from(parked), "{h}");
+    assert_eq!(
+        std::fs::canonicalize(init_cwd(&msgs)).unwrap(),
+        std::fs::canonicalize(&s.workspace).unwrap()
+    );
 }
 
 #[test]
-fn per_principal_state_directories_turn_the_pool_off() {
-    let dir = TempDir::new("warm-state");
-    let s = ServerOptions::fake()
-        .arg("--warm-children=1")
-        .arg(&format!("--state-dir={}", dir.path().display()))
-        .start();
-    assert!(eventually(WAIT, || health(&s)["claude"]["status"] != "checking"));
-    let h = health(&s);
-    assert_eq!(h["warm"]["target"], 0, "{h}");
-    assert!(
-        h["warm"]["disabled"]
-            .as_str()
-            .is_some_and(|d| d.contains("state directory")),
-        "{h}"
-    );
-    assert!(children_of(s.pid()).is_empty());
+fn a_parked_spare_is_claimed_for_another_directory_and_permission_mode() {
+    let api = MockApi::start();
+    let s = ServerOptions::real(&api).arg("--warm-children=1").start();
+    let warm = warm_ready(&s, 1);
+    let parked = parked_spares(&s);
+    let sub = s.workspace.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
     let mut c = s.connect();
-    let msgs = c.query("hello", json!({}));
-    assert!(assistant_text(&msgs).contains("Echo: hello"));
+    let msgs = c.query(
+        "hello elsewhere",
+        json!({"cwd": sub.display().to_string(), "permission_mode": "acceptEdits"}),
+    );
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    assert!(assistant_text(&msgs).contains("Echo: hello elsewhere"));
+    assert_eq!(
+        std::fs::canonicalize(init_cwd(&msgs)).unwrap(),
+        std::fs::canonicalize(&sub).unwrap()
+    );
+    let init = msgs
+        .iter()
+        .find(|m| m["type"] == "system_message" && m["data"]["subtype"] == "init")
+        .unwrap();
+    assert_eq!(init["data"]["permissionMode"], "acceptEdits", "{init}");
+    // Only a parked spare can move; a child started ahead serves only its own spec.
+    let child = session_child(&s).expect("a child");
+    assert_eq!(warm.contains(&child), parked, "{child} / {warm:?}");
+    assert_eq!(health(&s)["warm"]["claimed"], u64::from(parked));
+}
+
+// ---- a warm child per principal (authentication on: each in its own sandbox) ----------
+
+const SECRET: &str = "warm-jwt-secret";
+
+/// A server with JWT users (so a CLI state and a bubblewrap sandbox per principal).
+fn users_server(api: &MockApi, extra: &[&str]) -> (TestServer, TempDir) {
+    let secrets = TempDir::new("warm-secrets");
+    let file = secrets.path().join("jwt-secret");
+    std::fs::write(&file, SECRET).unwrap();
+    let s = ServerOptions::real(api)
+        .arg(&format!("--jwt-secret-file={}", file.display()))
+        .args(extra)
+        .start();
+    assert_eq!(health(&s)["sandbox"], "bubblewrap");
+    (s, secrets)
+}
+
+fn login(s: &TestServer, user: &str) -> Client {
+    let token = format!("Bearer {}", support::jwt::user_jwt(SECRET, user));
+    let mut c = s
+        .try_connect(&s.ws_url, &[("Authorization", &token)])
+        .unwrap_or_else(|e| panic!("{user} could not connect: {e}\n{}", s.logs()));
+    let hello = c.recv();
+    assert_eq!(hello["type"], "connection_established", "{hello}");
+    c.session_id = hello["data"]["session_id"].as_str().unwrap().to_string();
+    c
+}
+
+/// The server's children (sandboxes) that are not `known`, once `n` warm children
+/// are ready for `principals` principals.
+fn new_warm(s: &TestServer, n: u64, principals: u64, known: &BTreeSet<u32>) -> BTreeSet<u32> {
+    let ok = eventually(WAIT, || {
+        let h = health(s);
+        h["warm"]["ready"] == n && h["warm"]["principals"] == principals
+    });
+    assert!(ok, "{n} warm children never ready: {}", health(s));
+    children_of(s.pid())
+        .into_iter()
+        .filter(|p| !known.contains(p))
+        .collect()
+}
+
+fn session_child_of(s: &TestServer, session: &str) -> u32 {
+    let (status, v) = s.get_with("/sessions", &[("Authorization", "Bearer adm")]);
+    assert_eq!(status, 200, "{v}");
+    v.as_array()
+        .and_then(|rows| rows.iter().find(|r| r["session_id"] == session))
+        .and_then(|r| r["child_pid"].as_u64())
+        .unwrap_or_else(|| panic!("no child for {session}: {v}")) as u32
+}
+
+fn end(mut c: Client) {
+    c.ws.close(Some(NORMAL_CLOSE)).unwrap();
+    c.closed();
+}
+
+#[test]
+fn a_returning_user_is_answered_by_a_warm_child_of_their_own() {
+    let api = MockApi::start();
+    let (s, _secrets) = users_server(
+        &api,
+        &["--warm-children=2", "--max-running=4", "--admin-token=adm"],
+    );
+    let h = health(&s);
+    assert_eq!(h["warm"]["serves"], "each_principal", "{h}");
+    assert_eq!(
+        h["warm"]["ready"], 0,
+        "nothing is started before anybody comes"
+    );
+    // alice connects: a child is started for her before she asks anything.
+    let alice = login(&s, "alice");
+    let alices = new_warm(&s, 1, 1, &BTreeSet::new());
+    assert_eq!(alices.len(), 1, "{alices:?}");
+    // bob comes and asks at once: whatever serves him, never alice's child.
+    let mut bob = login(&s, "bob");
+    let msgs = bob.query("hello from bob", json!({}));
+    assert!(
+        assistant_text(&msgs).contains("Echo: hello from bob"),
+        "{msgs:?}"
+    );
+    let bobs = session_child_of(&s, &bob.session_id);
+    assert!(!alices.contains(&bobs), "bob got alice's warm child");
+    assert!(alices.iter().all(|&p| pid_alive(p)));
+    end(bob);
+    // alice's first query is answered by hers, in her own workspace.
+    let mut alice = alice;
+    let msgs = alice.query("hello from alice", json!({}));
+    assert!(
+        assistant_text(&msgs).contains("Echo: hello from alice"),
+        "{msgs:?}"
+    );
+    let hers = session_child_of(&s, &alice.session_id);
+    assert!(
+        alices.contains(&hers),
+        "{hers} is not alice's warm {alices:?}"
+    );
+    let cwd = PathBuf::from(init_cwd(&msgs));
+    assert_eq!(cwd.parent(), Some(s.workspace.as_path()), "{cwd:?}");
+    end(alice);
+    // She comes back later: a new session, answered by the child kept for her.
+    let known: BTreeSet<u32> = children_of(s.pid()).into_iter().collect();
+    let again = new_warm(&s, 2, 2, &known);
+    let mut alice = login(&s, "alice");
+    let msgs = alice.query("alice again", json!({}));
+    assert!(
+        assistant_text(&msgs).contains("Echo: alice again"),
+        "{msgs:?}"
+    );
+    let hers = session_child_of(&s, &alice.session_id);
+    assert!(again.contains(&hers) || known.contains(&hers), "{hers}");
+    assert_eq!(PathBuf::from(init_cwd(&msgs)), cwd, "not her workspace");
+    let h = health(&s);
+    assert!(h["warm"]["taken"].as_u64().unwrap() >= 2, "{h}");
+    end(alice);
+}
+
+#[test]
+fn the_least_recently_active_principals_warm_child_gives_its_place_up_first() {
+    let api = MockApi::start();
+    let (s, _secrets) = users_server(
+        &api,
+        &["--warm-children=2", "--max-running=2", "--admin-token=adm"],
+    );
+    // alice, then bob: each gets a warm child, and the two hold both places.
+    let alice = login(&s, "alice");
+    let alices = new_warm(&s, 1, 1, &BTreeSet::new());
+    let mut bob = login(&s, "bob");
+    let bobs = new_warm(&s, 2, 2, &alices);
+    assert_eq!((alices.len(), bobs.len()), (1, 1), "{alices:?} {bobs:?}");
+    // bob asks with options no warm child has: his query needs a place of its own,
+    // and the warm child of alice (the less recently active) gives hers up.
+    let msgs = bob.query("bob needs a place", json!({"model": "claude-haiku-4-5"}));
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    assert!(assistant_text(&msgs).contains("Echo: bob needs a place"));
+    let his = session_child_of(&s, &bob.session_id);
+    assert!(!bobs.contains(&his) && !alices.contains(&his), "{his}");
+    let alice_gone = eventually(WAIT, || alices.iter().all(|&p| !pid_alive(p)));
+    assert!(alice_gone, "alice's warm child still runs: {}", health(&s));
+    assert!(
+        bobs.iter().all(|&p| pid_alive(p)),
+        "bob's warm child was stopped"
+    );
+    // Never more children than places.
+    assert!(
+        children_of(s.pid()).len() <= 2,
+        "{:?}",
+        children_of(s.pid())
+    );
+    end(bob);
+    end(alice);
 }

@@ -16,7 +16,12 @@
 //!    children (`--max-running 10`): time to the last session's first
 //!    `assistant_message`; RSS of the server and all its descendants, idle (pool full,
 //!    no session) and at its peak during the burst.
-//! 3. the CLI alone (no server): first answer of a process started by the message, of
+//! 3. authentication on (JWT users: a CLI state and a bubblewrap sandbox per principal):
+//!    a returning user's new sessions, one after another (p50 over the sessions after
+//!    the first, which makes the user known), with `--warm-children 0` and 1 (a child
+//!    kept for the recently active user, in their sandbox); and the same with
+//!    `--sandbox off` and no warm children: what the sandbox itself adds to a start.
+//! 4. the CLI alone (no server): first answer of a process started by the message, of
 //!    one started ahead (answered `initialize`), and of one started ahead and switched
 //!    with `set_model` + `set_permission_mode` before the message: whether a warm child
 //!    could serve other models or modes by switching live.
@@ -26,6 +31,8 @@
 
 #[path = "../../tests/support/cli.rs"]
 mod cli;
+#[path = "../../tests/support/jwt.rs"]
+mod jwt;
 #[path = "../../tests/support/procs.rs"]
 mod procs;
 
@@ -48,6 +55,8 @@ type Ws = WebSocket<TcpStream>;
 
 /// The longest any one step may take.
 const WAIT: Duration = Duration::from_secs(60);
+/// The JWT secret of the authentication runs.
+const SECRET: &str = "bench-warm-jwt-secret";
 
 struct Opts {
     server: PathBuf,
@@ -63,6 +72,14 @@ struct Opts {
     levels: Vec<usize>,
     /// Repetitions of each CLI-alone measurement.
     direct: usize,
+    /// The sections to run (`--only a,b`; all by default).
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn main() {
@@ -101,6 +118,11 @@ fn parse_args() -> Res<Opts> {
         burst: 10,
         levels: vec![0, 2, 10],
         direct: if quick { 3 } else { 5 },
+        only: std::env::args()
+            .skip_while(|a| a != "--only")
+            .nth(1)
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -179,9 +201,21 @@ struct Server {
     _home: cli::TempDir,
 }
 
-fn start_server(o: &Opts, api: &Mock, name: &str, warm: usize, max: usize) -> Res<Server> {
+fn start_server(
+    o: &Opts,
+    api: &Mock,
+    name: &str,
+    (warm, max): (usize, usize),
+    extra: &[String],
+) -> Res<Server> {
     let home = cli::TempDir::new("bench-warm");
     let work = home.subdir("work");
+    let secret = home.path().join("jwt-secret");
+    std::fs::write(&secret, SECRET).map_err(|e| format!("jwt secret: {e}"))?;
+    let extra: Vec<String> = extra
+        .iter()
+        .map(|a| a.replace("{secret}", &secret.display().to_string()))
+        .collect();
     let log = std::fs::File::create(o.out.join(format!("server-warm-{name}.log")))
         .map_err(|e| format!("server log: {e}"))?;
     let mut cmd = Command::new(&o.server);
@@ -198,6 +232,7 @@ fn start_server(o: &Opts, api: &Mock, name: &str, warm: usize, max: usize) -> Re
             "--rate-limit=1000000/1",
             "--stop-grace-secs=1",
         ])
+        .args(&extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
@@ -293,6 +328,12 @@ fn tree_rss_kb(pid: u32) -> u64 {
 // ---- sessions -----------------------------------------------------------------------
 
 fn connect(url: &str) -> Res<Ws> {
+    connect_as(url, None)
+}
+
+/// Connect, as `user` (a JWT signed with [`SECRET`]) when given.
+fn connect_as(url: &str, user: Option<&str>) -> Res<Ws> {
+    use tungstenite::client::IntoClientRequest;
     let addr = url
         .trim_start_matches("ws://")
         .trim_end_matches("/ws")
@@ -301,7 +342,15 @@ fn connect(url: &str) -> Res<Ws> {
     tcp.set_read_timeout(Some(WAIT))
         .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (mut ws, _) = tungstenite::client(url, tcp).map_err(|e| format!("handshake: {e}"))?;
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(user) = user {
+        let token = format!("Bearer {}", jwt::user_jwt(SECRET, user));
+        req.headers_mut().insert(
+            "Authorization",
+            token.parse().map_err(|e| format!("header: {e}"))?,
+        );
+    }
+    let (mut ws, _) = tungstenite::client(req, tcp).map_err(|e| format!("handshake: {e}"))?;
     let hello = next(&mut ws)?;
     if hello["type"] != "connection_established" {
         return Err(format!("expected connection_established, got {hello}"));
@@ -365,9 +414,10 @@ fn mb(kb: u64) -> String {
 
 // ---- sections -----------------------------------------------------------------------
 
-/// Sessions one after another: p50 and p99 of the time to the first answer.
-fn sequential(o: &Opts, api: &Mock, warm: usize) -> Res<(Duration, Duration)> {
-    let server = start_server(o, api, &format!("seq-{warm}"), warm, 4)?;
+/// Sessions one after another: p50 and p99 of the time to the first answer, and the
+/// warm path `/health` names (`parked_spare`, `initialize_ahead`).
+fn sequential(o: &Opts, api: &Mock, warm: usize) -> Res<(Duration, Duration, String)> {
+    let server = start_server(o, api, &format!("seq-{warm}"), (warm, 4), &[])?;
     let mut times = Vec::with_capacity(o.sessions);
     for _ in 0..o.sessions {
         server.settle(warm)?;
@@ -382,7 +432,54 @@ fn sequential(o: &Opts, api: &Mock, warm: usize) -> Res<(Duration, Duration)> {
         ms(p99),
         times.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
     );
-    Ok((p50, p99))
+    let path = server.health()?["claude"]["features"]["paths"]["warm"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    Ok((p50, p99, path))
+}
+
+/// With authentication on: a returning user's new sessions one after another (the
+/// first makes the user known and is not counted), `warm` warm children, `sandbox`
+/// or not. The p50 and p99, and the warm path `/health` names.
+fn returning_user(
+    o: &Opts,
+    api: &Mock,
+    warm: usize,
+    sandbox: bool,
+) -> Res<(Duration, Duration, String)> {
+    let name = format!("auth-{warm}{}", if sandbox { "" } else { "-nosandbox" });
+    let mut extra = vec!["--jwt-secret-file={secret}".to_string()];
+    if !sandbox {
+        extra.push("--sandbox=off".into());
+    }
+    let server = start_server(o, api, &name, (warm, 4), &extra)?;
+    let h = server.health()?;
+    let want = if sandbox { "bubblewrap" } else { "off" };
+    if h["sandbox"] != want {
+        return Err(format!("sandbox {} (wanted {want}): {h}", h["sandbox"]));
+    }
+    server.settle(0)?;
+    first_answer(connect_as(&server.ws, Some("returning"))?, send_query)?;
+    let mut times = Vec::with_capacity(o.sessions);
+    for _ in 0..o.sessions {
+        server.settle(warm)?;
+        let ws = connect_as(&server.ws, Some("returning"))?;
+        times.push(first_answer(ws, send_query)?);
+    }
+    let path = server.health()?["claude"]["features"]["paths"]["warm"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    times.sort();
+    let (p50, p99) = (pct(&times, 0.5), pct(&times, 0.99));
+    println!(
+        "  authenticated, {warm} warm, sandbox {want}: p50 {} p99 {} (all: {:?})",
+        ms(p50),
+        ms(p99),
+        times.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+    );
+    Ok((p50, p99, path))
 }
 
 struct Burst {
@@ -395,7 +492,7 @@ struct Burst {
 /// `o.burst` sessions sending their first query at once, with `warm` warm children.
 fn burst(o: &Opts, api: &Mock, warm: usize) -> Res<Burst> {
     let max = o.burst.max(warm);
-    let server = start_server(o, api, &format!("burst-{warm}"), warm, max)?;
+    let server = start_server(o, api, &format!("burst-{warm}"), (warm, max), &[])?;
     server.settle(warm)?;
     let idle_kb = tree_rss_kb(server.pid());
     let clients = (0..o.burst)
@@ -458,12 +555,14 @@ struct Direct {
     lines: std::io::Lines<BufReader<ChildStdout>>,
 }
 
-fn spawn_cli(o: &Opts, api: &Mock, home: &Path) -> Res<Direct> {
+/// `parked`: a parked spare (`--await-claim`), started in `park`.
+fn spawn_cli(o: &Opts, api: &Mock, home: &Path, parked: Option<&Path>) -> Res<Direct> {
     let mut cmd = Command::new(&o.claude);
     cmd.args(cli::STREAM_JSON_ARGS)
+        .args(parked.map(|_| "--await-claim"))
         .env_clear()
         .envs(cli::cli_env(home, &api.url))
-        .current_dir(home)
+        .current_dir(parked.unwrap_or(home))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -521,14 +620,30 @@ impl Direct {
 }
 
 /// The CLI alone: (cold, started ahead, started ahead and switched), medians, and what
-/// the switch printed before the answer.
-fn direct(o: &Opts, api: &Mock) -> Res<([Duration; 3], Vec<String>)> {
+/// the switch printed before the answer; and a parked spare's (claim sent → first
+/// answer), where the CLI takes `--await-claim`.
+#[allow(clippy::type_complexity)]
+fn direct(o: &Opts, api: &Mock) -> Res<([Duration; 3], Vec<String>, Option<Duration>)> {
     let home = cli::TempDir::new("bench-warm-direct");
+    let park = home.subdir("park");
     let mut runs: [Vec<Duration>; 3] = Default::default();
     let mut extra = Vec::new();
+    let mut parked = Vec::new();
     for _ in 0..o.direct {
+        let mut d = spawn_cli(o, api, home.path(), Some(&park))?;
+        if d.until("control_response").is_ok() {
+            let start = Instant::now();
+            d.write(&json!({"type": "control_request", "request_id": "claim",
+                            "request": {"subtype": "claim_session",
+                                        "cwd": home.path().display().to_string()}}))?;
+            d.until("control_response")?;
+            d.ask()?;
+            d.until("assistant")?;
+            parked.push(start.elapsed());
+            d.until("result")?;
+        }
         for (i, run) in runs.iter_mut().enumerate() {
-            let mut d = spawn_cli(o, api, home.path())?;
+            let mut d = spawn_cli(o, api, home.path(), None)?;
             if i > 0 {
                 d.until("control_response")?; // the answer to `initialize`: it is up
             }
@@ -552,7 +667,8 @@ fn direct(o: &Opts, api: &Mock) -> Res<([Duration; 3], Vec<String>)> {
         pct(v, 0.5)
     };
     let [a, b, c] = &mut runs;
-    Ok(([med(a), med(b), med(c)], extra))
+    let parked = (!parked.is_empty()).then(|| med(&mut parked));
+    Ok(([med(a), med(b), med(c)], extra, parked))
 }
 
 fn machine() -> String {
@@ -573,73 +689,135 @@ fn loadavg() -> String {
         .join(" ")
 }
 
+/// The head of a cold-vs-warm table.
+fn table_head(s: &mut String) {
+    let _ = writeln!(
+        s,
+        "\n| measurement | no warm children | with warm children | target | met |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---|:-:|");
+}
+
+/// A cold-vs-warm row, with the ratio and whether it meets the 25% target.
+fn row(s: &mut String, what: &str, cold: Duration, warm: Duration) {
+    let ratio = warm.as_secs_f64() / cold.as_secs_f64();
+    let _ = writeln!(
+        s,
+        "| {what} | {} | {} ({:.0}%) | warm ≤ 25% of cold | {} |",
+        ms(cold),
+        ms(warm),
+        ratio * 100.0,
+        if ratio <= 0.25 { "yes" } else { "**NO**" }
+    );
+}
+
 fn run(o: &Opts) -> Res<()> {
     std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
     let load_before = loadavg();
     let api = start_mock(o)?;
     let mut s = String::new();
-    let _ = writeln!(s, "## Warm children (issue 12)\n");
+    let _ = writeln!(s, "## Warm children (issues 12, 17, 18)\n");
     let _ = writeln!(s, "Machine: {}\n", machine());
 
-    println!("== new sessions one after another ({} each)", o.sessions);
-    let (cold50, cold99) = sequential(o, &api, 0)?;
-    let (warm50, warm99) = sequential(o, &api, 1)?;
-    let ratio = warm50.as_secs_f64() / cold50.as_secs_f64();
-    let _ = writeln!(
-        s,
-        "| measurement | no warm children | with warm children | target | met |"
-    );
-    let _ = writeln!(s, "|---|---:|---:|---|:-:|");
-    let _ = writeln!(
-        s,
-        "| new session → first `assistant_message`, p50 ({} sessions, one warm) | {} | {} ({:.0}%) | warm ≤ 25% of cold | {} |",
-        o.sessions,
-        ms(cold50),
-        ms(warm50),
-        ratio * 100.0,
-        if ratio <= 0.25 { "yes" } else { "**NO**" }
-    );
-    let _ = writeln!(s, "| same, p99 | {} | {} | | |", ms(cold99), ms(warm99));
-
-    println!("== {} sessions at once", o.burst);
-    let mut bursts = Vec::new();
-    for &n in &o.levels {
-        bursts.push((n, burst(o, &api, n)?));
+    if o.runs("sequential") {
+        println!("== new sessions one after another ({} each)", o.sessions);
+        let (cold50, cold99, _) = sequential(o, &api, 0)?;
+        let (warm50, warm99, path) = sequential(o, &api, 1)?;
+        table_head(&mut s);
+        row(
+            &mut s,
+            &format!(
+                "new session → first `assistant_message`, p50 ({} sessions, one warm; \
+                 warm path `{path}`)",
+                o.sessions
+            ),
+            cold50,
+            warm50,
+        );
+        let _ = writeln!(s, "| same, p99 | {} | {} | | |", ms(cold99), ms(warm99));
     }
-    let _ = writeln!(
-        s,
-        "\n| {} new sessions at once | last session's first `assistant_message` | median | RSS idle (server + children) | RSS peak in the burst |",
-        o.burst
-    );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-    for (n, b) in &bursts {
+
+    if o.runs("auth") {
+        println!(
+            "== authentication on: a returning user's new sessions ({} each)",
+            o.sessions
+        );
+        let (cold50, cold99, _) = returning_user(o, &api, 0, true)?;
+        let (warm50, warm99, path) = returning_user(o, &api, 1, true)?;
+        let (open50, open99, _) = returning_user(o, &api, 0, false)?;
+        table_head(&mut s);
+        row(
+            &mut s,
+            &format!(
+                "authenticated, sandboxed: a returning user's new session → first \
+                 `assistant_message`, p50 ({} sessions; warm path `{path}`)",
+                o.sessions
+            ),
+            cold50,
+            warm50,
+        );
+        let _ = writeln!(s, "| same, p99 | {} | {} | | |", ms(cold99), ms(warm99));
         let _ = writeln!(
             s,
-            "| {n} warm children | {} | {} | {} | {} |",
-            ms(b.last),
-            ms(b.median),
-            mb(b.idle_kb),
-            mb(b.peak_kb)
+            "\n| authenticated, no warm children, first `assistant_message` | p50 | p99 |\n\
+             |---|---:|---:|\n| in bubblewrap | {} | {} |\n| `--sandbox off` | {} | {} |\n\
+             | the sandbox's own start-up cost (p50) | {:+.0} ms | |",
+            ms(cold50),
+            ms(cold99),
+            ms(open50),
+            ms(open99),
+            (cold50.as_secs_f64() - open50.as_secs_f64()) * 1000.0
         );
     }
 
-    println!("== the CLI alone ({} runs each)", o.direct);
-    let ([cold, ahead, switched], extra) = direct(o, &api)?;
-    let _ = writeln!(
-        s,
-        "\n| the CLI alone, message → first `assistant` (median of {}) | |\n|---|---:|\n\
-         | started by the message | {} |\n| started ahead (answered `initialize`) | {} |\n\
-         | started ahead, then `set_model` + `set_permission_mode` | {} |",
-        o.direct,
-        ms(cold),
-        ms(ahead),
-        ms(switched)
-    );
-    let _ = writeln!(
-        s,
-        "\nThe switched child printed before its answer: {}.",
-        extra.join(", ")
-    );
+    if o.runs("burst") {
+        println!("== {} sessions at once", o.burst);
+        let mut bursts = Vec::new();
+        for &n in &o.levels {
+            bursts.push((n, burst(o, &api, n)?));
+        }
+        let _ = writeln!(
+            s,
+            "\n| {} new sessions at once | last session's first `assistant_message` | median | RSS idle (server + children) | RSS peak in the burst |",
+            o.burst
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+        for (n, b) in &bursts {
+            let _ = writeln!(
+                s,
+                "| {n} warm children | {} | {} | {} | {} |",
+                ms(b.last),
+                ms(b.median),
+                mb(b.idle_kb),
+                mb(b.peak_kb)
+            );
+        }
+    }
+
+    if o.runs("direct") {
+        println!("== the CLI alone ({} runs each)", o.direct);
+        let ([cold, ahead, switched], extra, parked) = direct(o, &api)?;
+        let _ = writeln!(
+            s,
+            "\n| the CLI alone, message → first `assistant` (median of {}) | |\n|---|---:|\n\
+             | started by the message | {} |\n| started ahead (answered `initialize`) | {} |\n\
+             | started ahead, then `set_model` + `set_permission_mode` | {} |",
+            o.direct,
+            ms(cold),
+            ms(ahead),
+            ms(switched)
+        );
+        let _ = writeln!(
+            s,
+            "| parked (`--await-claim`), `claim_session` sent → first `assistant` | {} |",
+            parked.map_or("this CLI has no parked spares".into(), ms)
+        );
+        let _ = writeln!(
+            s,
+            "\nThe switched child printed before its answer: {}.",
+            extra.join(", ")
+        );
+    }
     let _ = writeln!(
         s,
         "\nCommand: `scripts/bench.sh --warm`{}; load average before / after: {} / {} \

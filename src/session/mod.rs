@@ -231,6 +231,7 @@ impl<'a> Session<'a> {
         let spawner = Spawner {
             shared,
             label: label.clone(),
+            principal: newcomer.principal.clone(),
         };
         Session {
             seat: Seat::new(spawner, shared.places.clone(), control_tx, &label),
@@ -291,6 +292,7 @@ impl<'a> Session<'a> {
         };
         self.send(hello);
         self.flush();
+        self.warm_ahead();
         // Frames that came with the handshake are already buffered: no wake-up for them.
         self.on_client_input();
         self.flush();
@@ -549,6 +551,17 @@ impl<'a> Session<'a> {
     fn own_conversation(&self, options: QueryOptions) -> QueryOptions {
         let dir = self.history_dir();
         crate::workspace::own_conversation(self.shared, &self.principal, dir.as_deref(), options)
+    }
+
+    /// With a CLI state per principal: keep a warm child for this principal, built as
+    /// its default query's would be (`warm.rs`), ready before its first query.
+    fn warm_ahead(&self) {
+        if !self.shared.warm.keeps_principals() {
+            return;
+        }
+        if let Ok(plan) = self.spec_for(&QueryOptions::default()) {
+            self.shared.warm.want(&self.principal, plan);
+        }
     }
 
     /// Write a user message to the child for the running query.

@@ -354,6 +354,8 @@ fn next_number() -> u64 {
 pub(super) struct Spawner<'a> {
     pub shared: &'a Shared,
     pub label: String,
+    /// Whose session it is: a warm child kept for a principal is only its own.
+    pub principal: String,
 }
 
 impl Launcher for Spawner<'_> {
@@ -366,7 +368,7 @@ impl Launcher for Spawner<'_> {
     }
 
     fn take_warm(&mut self, plan: &ChildPlan) -> Option<(Child, ChildSlot)> {
-        self.shared.warm.take(plan)
+        self.shared.warm.take(&self.principal, plan)
     }
 
     fn stop(&mut self, child: Child, how: Stop, slot: ChildSlot) {

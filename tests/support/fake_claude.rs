@@ -18,7 +18,8 @@
 //! The first word of the prompt picks the behaviour; see [`Mode`]. Unknown flags are
 //! ignored, except that `--fake-exit-at-start` makes it exit 1 at once like the real CLI
 //! rejecting an option, and `--version` prints a version line and exits. `--resume ID` (or `--session-id ID`) sets the session id;
-//! `--model` and `--permission-mode` are echoed in the init line.
+//! `--model` and `--permission-mode` are echoed in the init line. Like newer CLIs it
+//! takes `--await-claim` (it ignores it), and `claim_session` moves it to the claim's `cwd`.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde_json::{json, Value};
@@ -64,6 +65,9 @@ enum Input {
     Interrupt(String),
     /// Any other `control_request` (e.g. `initialize`) with its request id.
     Control(String),
+    /// `claim_session` (a parked spare of newer CLIs, `--await-claim`): its request id
+    /// and `cwd`, where the stand-in moves, as the real CLI does.
+    Claim(String, String),
     /// A `control_response` (to one of our own control requests): its `response`.
     Response(Value),
     /// Stdin reached EOF (or failed).
@@ -114,6 +118,10 @@ fn read_stdin(tx: &Sender<Input>) {
                     .to_string();
                 match msg.pointer("/request/subtype").and_then(Value::as_str) {
                     Some("interrupt") => Input::Interrupt(id),
+                    Some("claim_session") => match msg.pointer("/request/cwd") {
+                        Some(Value::String(cwd)) => Input::Claim(id, cwd.clone()),
+                        _ => Input::Control(id),
+                    },
                     _ => Input::Control(id),
                 }
             }
@@ -337,6 +345,12 @@ impl Fake {
         match input {
             Input::User(prompt) => self.queued.push(prompt),
             Input::Control(id) => self.control_success(&id),
+            Input::Claim(id, cwd) => {
+                if std::env::set_current_dir(&cwd).is_ok() {
+                    self.cwd = cwd;
+                }
+                self.control_success(&id)
+            }
             Input::Response(r) => self.responses.push(r),
             Input::Interrupt(id) => {
                 self.control_success(&id);
