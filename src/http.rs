@@ -222,6 +222,7 @@ fn gauges(shared: &Shared) -> crate::metrics::Gauges {
     crate::metrics::Gauges {
         sessions: r.session_count(),
         detached: r.detached_count(),
+        viewers: r.viewer_count(),
         running: r.running_count(),
         children: shared.places.used(),
         queued: shared.places.queued(),

@@ -201,6 +201,8 @@ fn labelled<'v>(
 pub struct Gauges {
     pub sessions: usize,
     pub detached: usize,
+    /// Connections to sessions (a session may have several viewers).
+    pub viewers: usize,
     pub running: usize,
     pub children: usize,
     pub queued: usize,
@@ -231,6 +233,13 @@ pub fn render(gauges: &Gauges) -> String {
             ("connected", sessions.saturating_sub(detached) as u64),
             ("detached", detached as u64),
         ],
+    );
+    single(
+        &mut out,
+        "claude_ws_viewers",
+        "gauge",
+        "Connections to open sessions (a session may have several viewers).",
+        gauges.viewers as u64,
     );
     single(
         &mut out,

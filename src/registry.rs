@@ -47,6 +47,8 @@ pub struct SessionInfo {
     pub user: Option<String>,
     /// The pid of the session's live `claude` child, if it has one.
     pub child_pid: Option<u32>,
+    /// How many connections (viewers) the session has (0 while detached).
+    pub viewers: usize,
     /// Whom the session belongs to (see `auth::Principal`); not shown.
     #[serde(skip)]
     pub principal: String,
@@ -234,6 +236,11 @@ impl Registry {
     }
 
     /// Sessions waiting for their client to reattach.
+    /// Connections to sessions (viewers), over every session.
+    pub fn viewer_count(&self) -> usize {
+        lock(&self.sessions).values().map(|e| e.info.viewers).sum()
+    }
+
     pub fn detached_count(&self) -> usize {
         lock(&self.sessions)
             .values()
