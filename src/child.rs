@@ -300,10 +300,16 @@ impl Child {
     /// Queue one line (a JSON object, newline added here) for the child's stdin without
     /// blocking. Callers that do not care whether it got there may ignore the result.
     pub fn send_line(&self, json: &Value) -> Result<(), Undelivered> {
+        self.send_text(json.to_string())
+    }
+
+    /// Queue one line of JSON text as it is (one object, no newline in it; the newline
+    /// is added here): `/sdk` writes its client's frames unchanged.
+    pub fn send_text(&self, json: String) -> Result<(), Undelivered> {
         let Some(tx) = &self.stdin else {
             return Err(Undelivered::Closed);
         };
-        let mut line = json.to_string().into_bytes();
+        let mut line = json.into_bytes();
         line.push(b'\n');
         tx.try_send(line).map_err(|e| match e {
             TrySendError::Full(_) => Undelivered::Busy,

@@ -282,6 +282,7 @@ fn fast(text: &[u8]) -> Result<(Option<CliEvent<'_>>, usize), Declined> {
                 content,
                 model,
                 parent_tool_use_id,
+                structured_patch: None,
             }))
         }
         (Some(br#""stream_event""#), _, Some(event)) => {
@@ -309,6 +310,7 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
                 content: Raw::of(message.get("content").unwrap_or(&Value::Array(vec![]))),
                 model: message.get("model").map(Raw::of),
                 parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
+                structured_patch: None,
             })
         }
         // The CLI reports a live setting change as a replayed local command: not an
@@ -352,10 +354,18 @@ fn translate(mut line: Map<String, Value>) -> CliEvent<'static> {
                 // The CLI echoing user text ("[Request interrupted by user]", replays).
                 CliEvent::Internal
             } else {
+                // An edit's result also says where, as hunks: kept, the rest of
+                // `tool_use_result` (it can hold the whole original file) is not.
+                let structured_patch = line
+                    .get("tool_use_result")
+                    .and_then(|r| r.get("structuredPatch"))
+                    .filter(|p| p.as_array().is_some_and(|hunks| !hunks.is_empty()))
+                    .map(Raw::of);
                 CliEvent::Forward(ServerMessage::AssistantMessage {
                     content: Raw::of(&Value::Array(results)),
                     model: None,
                     parent_tool_use_id: non_null(line.remove("parent_tool_use_id")),
+                    structured_patch,
                 })
             }
         }
@@ -475,6 +485,28 @@ mod tests {
             other => panic!("nothing to send: {other:?}"),
         };
         serde_json::from_str(&m.to_frame(1)).unwrap()
+    }
+
+    /// An edit's result carries the CLI's hunks as `structured_patch`; the rest of
+    /// `tool_use_result` (the original file among it) stays behind, and a result
+    /// without hunks gets no such field.
+    #[test]
+    fn an_edit_result_keeps_its_structured_patch() {
+        let hunks = json!([{"oldStart": 2, "oldLines": 1, "newStart": 2, "newLines": 2,
+                            "lines": ["-b", "+B", "+c"]}]);
+        let line = json!({"type": "user", "message": {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": "updated"}]},
+            "parent_tool_use_id": null,
+            "tool_use_result": {"filePath": "/f", "originalFile": "a\nb\n",
+                                "structuredPatch": hunks}});
+        let sent = frame(translate(obj(line)));
+        assert_eq!(sent["data"]["structured_patch"], hunks, "{sent}");
+        assert!(!sent.to_string().contains("originalFile"), "{sent}");
+        let line = json!({"type": "user", "message": {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t2", "content": "created"}]},
+            "tool_use_result": {"type": "create", "structuredPatch": []}});
+        let sent = frame(translate(obj(line)));
+        assert!(sent["data"].get("structured_patch").is_none(), "{sent}");
     }
 
     /// Lines newer CLIs write (2.1.332) are never relayed as errors nor dropped

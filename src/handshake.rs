@@ -17,9 +17,9 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::auth;
-use crate::protocol::WS_PATH;
 use crate::protocol::{http_error_body, ErrorCode};
-use crate::registry::{AttachRefusal, Control, Slot, SlotRefusal};
+use crate::protocol::{SDK_PATH, WS_PATH};
+use crate::registry::{AttachRefusal, Control, Endpoint, Slot, SlotRefusal};
 use crate::state::Shared;
 
 /// What a successful handshake hands on.
@@ -50,6 +50,8 @@ pub struct Newcomer {
     /// Set when the client resumes a session another instance (or an earlier life of
     /// this one) held: the session keeps this id and conversation.
     pub resumed: Option<Resumed>,
+    /// It came to `/sdk` (the CLI's stream-json relayed, `sdk/`), not `/ws`.
+    pub sdk: bool,
 }
 
 /// A session resumed from the state directory.
@@ -71,11 +73,12 @@ pub fn check(
     admitted: &mut Option<Admission>,
 ) -> Result<Response, ErrorResponse> {
     let config = &shared.config;
-    if req.uri().path() != WS_PATH {
+    let sdk = req.uri().path() == SDK_PATH;
+    if req.uri().path() != WS_PATH && !sdk {
         return Err(refuse(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
-            &format!("the WebSocket endpoint is {WS_PATH}"),
+            &format!("the WebSocket endpoints are {WS_PATH} and {}", SDK_PATH),
         ));
     }
     if shared.is_shutting_down() {
@@ -113,7 +116,9 @@ pub fn check(
         }
     }
     let principal = auth::principal(config, auth.user.as_deref());
-    let reattach = match reattach_params(req.uri().query()) {
+    // `/sdk` counts frames, not `seq`s (docs/sdk.md).
+    let seq_key = if sdk { "last_frame" } else { "last_seq" };
+    let reattach = match reattach_params(req.uri().query(), seq_key) {
         Ok(r) => r,
         Err(why) => {
             log::warn!("refused {peer}: {why}");
@@ -124,7 +129,8 @@ pub fn check(
     if let Some((session_id, last_seq)) = reattach {
         // A session held here takes its client back even while the server drains: its
         // query goes on, and the drain closes it with 1012 once that is over.
-        match shared.registry.attach(&session_id, &principal) {
+        let endpoint = if sdk { Endpoint::Sdk } else { Endpoint::Ws };
+        match shared.registry.attach(&session_id, &principal, endpoint) {
             Ok(control) => {
                 *admitted = Some(Admission::Reattach {
                     session_id,
@@ -134,9 +140,10 @@ pub fn check(
                 return Ok(resp);
             }
             Err(AttachRefusal::Unknown) => {
-                let recorded = shared.state_dir.as_ref().and_then(|dir| {
+                // `/sdk` resumes a conversation on disk with `options.resume` instead.
+                let recorded = shared.state_dir.as_ref().filter(|_| !sdk).and_then(|dir| {
                     let dir = crate::spec::principal_dir(dir, &principal);
-                    crate::spec::recorded_conversation(&dir, &session_id)
+                    crate::conversations::recorded_conversation(&dir, &session_id)
                 });
                 let Some(conversation) = recorded else {
                     return Err(refuse(
@@ -226,19 +233,20 @@ pub fn check(
         client_ip,
         limit_key,
         resumed,
+        sdk,
     }));
     Ok(resp)
 }
 
 /// `session_id` and `last_seq` of a reattach (`/ws?session_id=S&last_seq=N`), each at
 /// most once; `last_seq` defaults to 0 (send again everything still held).
-fn reattach_params(query: Option<&str>) -> Result<Option<(String, u64)>, String> {
+fn reattach_params(query: Option<&str>, seq_key: &str) -> Result<Option<(String, u64)>, String> {
     let (mut id, mut seq) = (None, None);
     for pair in query.unwrap_or("").split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let slot = match k {
             "session_id" => &mut id,
-            "last_seq" => &mut seq,
+            k if k == seq_key => &mut seq,
             _ => continue,
         };
         if slot.replace(v).is_some() {
@@ -247,7 +255,7 @@ fn reattach_params(query: Option<&str>) -> Result<Option<(String, u64)>, String>
     }
     let Some(id) = id else {
         return match seq {
-            Some(_) => Err("last_seq needs a session_id".into()),
+            Some(_) => Err(format!("{seq_key} needs a session_id")),
             None => Ok(None),
         };
     };
@@ -258,7 +266,7 @@ fn reattach_params(query: Option<&str>) -> Result<Option<(String, u64)>, String>
         None => 0,
         Some(s) => s
             .parse()
-            .map_err(|_| "last_seq must be a whole number (the last seq received)".to_string())?,
+            .map_err(|_| format!("{seq_key} must be a whole number (the last one received)"))?,
     };
     Ok(Some((id.to_string(), seq)))
 }

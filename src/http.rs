@@ -99,6 +99,15 @@ fn route(req: &Request, shared: &Arc<Shared>) -> (u16, String) {
         (Method::Get, "/metrics") => (200, crate::metrics::render(&gauges(shared))),
         (Method::Get, "/ready") => match unready(shared) {
             None => (200, json!({"ready": true}).to_string()),
+            Some(reason)
+                if crate::preflight::missing_credentials(&shared.child_env).as_ref()
+                    == Some(&reason) =>
+            {
+                (
+                    503,
+                    json!({"ready": false, "status": "degraded", "reason": reason}).to_string(),
+                )
+            }
             Some(reason) => (503, json!({"ready": false, "reason": reason}).to_string()),
         },
         (Method::Post, "/drain") => drain(req, shared),
@@ -147,7 +156,7 @@ fn unready(shared: &Shared) -> Option<String> {
         match shared.claude_version.get() {
             None => Some("checking that claude runs".into()),
             Some(Err(e)) => Some(format!("claude cannot run: {e}")),
-            Some(Ok(_)) => None,
+            Some(Ok(_)) => crate::preflight::missing_credentials(&shared.child_env),
         }
     }
 }
@@ -179,7 +188,8 @@ fn drain(req: &Request, shared: &Arc<Shared>) -> (u16, String) {
     }
 }
 
-/// `status` is `ok`, or `degraded` with a `reason` once the `claude` check failed;
+/// `status` is `ok`, or `degraded` with a `reason` once the `claude` check failed or
+/// when the children have no credentials for the model;
 /// `claude.status` is `checking` until that check has answered.
 pub(crate) fn health(shared: &Shared) -> serde_json::Value {
     let r = &shared.registry;
@@ -195,6 +205,7 @@ pub(crate) fn health(shared: &Shared) -> serde_json::Value {
             Some(format!("claude cannot run: {error}")),
         ),
     };
+    let problem = problem.or_else(|| crate::preflight::missing_credentials(&shared.child_env));
     let mut v = json!({
         "status": if problem.is_some() { "degraded" } else { "ok" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -221,6 +232,7 @@ fn gauges(shared: &Shared) -> crate::metrics::Gauges {
     let warm = shared.warm.health();
     crate::metrics::Gauges {
         sessions: r.session_count(),
+        sdk_sessions: r.endpoint_count(crate::registry::Endpoint::Sdk),
         detached: r.detached_count(),
         viewers: r.viewer_count(),
         running: r.running_count(),

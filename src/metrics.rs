@@ -76,6 +76,8 @@ static CHILD_STARTS: AtomicU64 = AtomicU64::new(0);
 static CHILD_START_SECONDS: Histogram<10> =
     Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0]);
 static EVENTS_RELAYED: AtomicU64 = AtomicU64::new(0);
+/// Of [`EVENTS_RELAYED`], the frames of `/sdk` sessions (the rest are `/ws`'s).
+static SDK_EVENTS_RELAYED: AtomicU64 = AtomicU64::new(0);
 static BYTES_RELAYED: AtomicU64 = AtomicU64::new(0);
 /// Rare (one per `error` message): a map under a lock is plenty.
 static ERRORS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
@@ -102,6 +104,13 @@ pub fn child_ready(took: Duration) {
 pub fn relayed(bytes: usize) {
     EVENTS_RELAYED.fetch_add(1, Relaxed);
     BYTES_RELAYED.fetch_add(bytes as u64, Relaxed);
+}
+
+/// A frame of `bytes` bytes went to an `/sdk` client (or was kept for its return):
+/// counted as [`relayed`] and apart, for the `endpoint` label.
+pub fn relayed_sdk(bytes: usize) {
+    relayed(bytes);
+    SDK_EVENTS_RELAYED.fetch_add(1, Relaxed);
 }
 
 /// An `error` message with `code` went to a client.
@@ -200,6 +209,8 @@ fn labelled<'v>(
 /// The gauges of one server, read by the side port when `/metrics` is scraped.
 pub struct Gauges {
     pub sessions: usize,
+    /// Of `sessions`, those that came to `/sdk`.
+    pub sdk_sessions: usize,
     pub detached: usize,
     /// Connections to sessions (a session may have several viewers).
     pub viewers: usize,
@@ -232,6 +243,17 @@ pub fn render(gauges: &Gauges) -> String {
         [
             ("connected", sessions.saturating_sub(detached) as u64),
             ("detached", detached as u64),
+        ],
+    );
+    labelled(
+        &mut out,
+        "claude_ws_endpoint_sessions",
+        "gauge",
+        "Open sessions, by the WebSocket endpoint they came to (/ws or /sdk).",
+        "endpoint",
+        [
+            ("ws", sessions.saturating_sub(gauges.sdk_sessions) as u64),
+            ("sdk", gauges.sdk_sessions as u64),
         ],
     );
     single(
@@ -339,6 +361,18 @@ pub fn render(gauges: &Gauges) -> String {
         "counter",
         "Messages sent to clients (or kept for a detached client's return).",
         EVENTS_RELAYED.load(Relaxed),
+    );
+    let (all, sdk) = (
+        EVENTS_RELAYED.load(Relaxed),
+        SDK_EVENTS_RELAYED.load(Relaxed),
+    );
+    labelled(
+        &mut out,
+        "claude_ws_endpoint_events_relayed_total",
+        "counter",
+        "The messages of claude_ws_events_relayed_total, by endpoint (/sdk: lines of the CLI as it wrote them).",
+        "endpoint",
+        [("ws", all.saturating_sub(sdk)), ("sdk", sdk)],
     );
     single(
         &mut out,

@@ -33,13 +33,8 @@ const CREDENTIAL_VARS: &[&str] = &[
 /// Log the warnings that need nothing slow, and start the `claude` probe, which stores
 /// its answer in `shared.claude_version` and logs it.
 pub fn start(shared: &Arc<Shared>) {
-    if !has_credentials(&shared.child_env) {
-        log::warn!(
-            "no credentials for the model in the children's environment (none of {} is \
-             set, and there is no .credentials.json in ~/.claude or $CLAUDE_CONFIG_DIR): \
-             queries will fail unless claude finds credentials another way",
-            CREDENTIAL_VARS[..3].join(", ")
-        );
+    if let Some(why) = missing_credentials(&shared.child_env) {
+        log::warn!("{why}: queries will fail unless claude finds credentials another way");
     }
     let config = &shared.config;
     let ip = shared.ws_addr().ip();
@@ -93,6 +88,19 @@ pub fn start(shared: &Arc<Shared>) {
             .claude_version
             .set(Err(format!("cannot start the check of claude: {e}")));
     }
+}
+
+/// Why the children's environment (`env`) gives the CLI no credentials, if it gives
+/// none (`/health` and `/ready` report it; checked on each request, since a stored
+/// login may appear later).
+pub fn missing_credentials(env: &[(String, String)]) -> Option<String> {
+    (!has_credentials(env)).then(|| {
+        format!(
+            "no credentials for the model: none of {} is set for the children, and there \
+             is no stored login (.credentials.json) in ~/.claude or $CLAUDE_CONFIG_DIR",
+            CREDENTIAL_VARS[..3].join(", ")
+        )
+    })
 }
 
 /// Whether the children's environment (`env`) gives the CLI any credentials.

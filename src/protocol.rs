@@ -10,8 +10,11 @@ use serde_json::{Map, Value};
 
 pub use crate::json::Raw;
 
-/// The only path that upgrades to the WebSocket.
+/// The path that upgrades to the WebSocket of claude-ws's own protocol.
 pub const WS_PATH: &str = "/ws";
+
+/// The path that upgrades to the CLI's own stream-json, for the Agent SDKs (`sdk/`).
+pub const SDK_PATH: &str = "/sdk";
 
 /// A stable, machine-readable reason carried by every `error` message.
 ///
@@ -66,6 +69,9 @@ pub enum ErrorCode {
     ToolRegistryError,
     /// The CLI refused a live setting (`set_model`, …).
     SettingFailed,
+    /// A `resume` named a conversation the CLI does not have (here, for this user).
+    /// The query ends; the session forgets it, so its next query starts fresh.
+    ConversationNotFound,
     // The codes below answer HTTP requests (a refused handshake, the side port).
     /// The upgrade request is malformed or ambiguous: no valid `Host`, a `Host`,
     /// `Origin` or `Authorization` field given twice, or a token presented twice.
@@ -118,6 +124,7 @@ impl ErrorCode {
             ErrorCode::TooManyViewers => "too_many_viewers",
             ErrorCode::ToolRegistryError => "tool_registry_error",
             ErrorCode::SettingFailed => "setting_failed",
+            ErrorCode::ConversationNotFound => "conversation_not_found",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -191,6 +198,8 @@ pub enum Closing {
     SessionGone,
     /// The session has `--max-viewers` connections already (4004).
     TooManyViewers,
+    /// `/sdk`: the start was refused, or a frame is not one the CLI reads (1008).
+    Refused,
 }
 
 impl Closing {
@@ -208,6 +217,7 @@ impl Closing {
             Closing::Replaced => (4002, "session taken over by a new connection"),
             Closing::SessionGone => (4003, "the session has ended"),
             Closing::TooManyViewers => (4004, "the session has --max-viewers connections"),
+            Closing::Refused => (1008, "refused"),
         }
     }
 }
@@ -646,6 +656,12 @@ pub struct Capabilities {
     pub image_input: bool,
     /// A dropped client may reattach (`/ws?session_id=…&last_seq=…`).
     pub reattach: bool,
+    /// The `permission_mode`s a query may ask for (`--allowed-permission-modes`);
+    /// any other is refused with `permission_mode_not_allowed`.
+    pub permission_modes: Vec<String>,
+    /// A query may choose its `cwd` (inside the workspace roots; else
+    /// `cwd_not_allowed`).
+    pub choose_cwd: bool,
 }
 
 /// How a query ended, carried by `query_end`.
@@ -722,6 +738,10 @@ pub enum ServerMessage<'a> {
         content: Raw<'a>,
         model: Option<Raw<'a>>,
         parent_tool_use_id: Option<Raw<'a>>,
+        /// On a `user` line carrying an edit's result: the CLI's `structuredPatch`
+        /// (hunks with `oldStart`, `newStart` and `lines`), sent as `structured_patch`
+        /// so a client can show the diff with its line numbers.
+        structured_patch: Option<Raw<'a>>,
     },
     /// A `system` line of the CLI, all its fields (including `subtype`) kept.
     SystemMessage(Map<String, Value>),
@@ -836,7 +856,8 @@ impl ServerMessage<'_> {
                 content,
                 model,
                 parent_tool_use_id,
-            } => content.get().len() + raw(model) + raw(parent_tool_use_id),
+                structured_patch,
+            } => content.get().len() + raw(model) + raw(parent_tool_use_id) + raw(structured_patch),
             ServerMessage::StreamEvent {
                 event,
                 session_id,
@@ -860,12 +881,14 @@ impl ServerMessage<'_> {
                 content,
                 model,
                 parent_tool_use_id,
+                structured_patch,
             } => raw_object(
                 out,
                 [
                     ("content", Some(content)),
                     ("model", model.as_ref()),
                     ("parent_tool_use_id", parent_tool_use_id.as_ref()),
+                    ("structured_patch", structured_patch.as_ref()),
                 ],
             ),
             ServerMessage::StreamEvent {
@@ -937,6 +960,33 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+/// The `/sdk` endpoint's own frames (docs/sdk.md); everything else on it is the CLI's
+/// stdout as written.
+pub mod sdk {
+    use serde_json::json;
+
+    use super::ClientError;
+
+    /// `{"type":"sdk_started","session_id":S}` (`"resumed":true` on a reattach).
+    pub fn started(session_id: &str, resumed: bool) -> String {
+        let mut v = json!({"type": "sdk_started", "session_id": session_id});
+        if resumed {
+            v["resumed"] = true.into();
+        }
+        v.to_string()
+    }
+
+    /// `{"type":"sdk_queued","position":N}`: waiting for a `--max-running` place.
+    pub fn queued(position: usize) -> String {
+        json!({"type": "sdk_queued", "position": position}).to_string()
+    }
+
+    /// `{"type":"error","data":{"code":…,"error":…}}`.
+    pub fn error(e: &ClientError) -> String {
+        json!({"type": "error", "data": {"code": e.code.as_str(), "error": e.message}}).to_string()
+    }
 }
 
 impl From<ClientError> for ServerMessage<'static> {

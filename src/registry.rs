@@ -32,10 +32,21 @@ pub enum SessionState {
     Closing,
 }
 
+/// The WebSocket endpoint a session came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// `/ws`: claude-ws's own protocol.
+    Ws,
+    /// `/sdk`: the CLI's stream-json relayed for the Agent SDKs (`sdk/`).
+    Sdk,
+}
+
 /// One row of `/sessions`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionInfo {
     pub session_id: String,
+    pub endpoint: Endpoint,
     pub claude_session_id: Option<String>,
     pub state: SessionState,
     /// Seconds since the Unix epoch.
@@ -235,6 +246,14 @@ impl Registry {
             .count()
     }
 
+    /// Sessions listed that came to `endpoint`.
+    pub fn endpoint_count(&self, endpoint: Endpoint) -> usize {
+        lock(&self.sessions)
+            .values()
+            .filter(|e| e.info.endpoint == endpoint)
+            .count()
+    }
+
     /// Sessions waiting for their client to reattach.
     /// Connections to sessions (viewers), over every session.
     pub fn viewer_count(&self) -> usize {
@@ -249,9 +268,18 @@ impl Registry {
     }
 
     /// The control channel of session `id`, for a client of `principal` reattaching.
-    pub fn attach(&self, id: &str, principal: &str) -> Result<Sender<Control>, AttachRefusal> {
+    /// A session of the other endpoint is unknown here.
+    pub fn attach(
+        &self,
+        id: &str,
+        principal: &str,
+        endpoint: Endpoint,
+    ) -> Result<Sender<Control>, AttachRefusal> {
         let sessions = lock(&self.sessions);
-        let e = sessions.get(id).ok_or(AttachRefusal::Unknown)?;
+        let e = sessions
+            .get(id)
+            .filter(|e| e.info.endpoint == endpoint)
+            .ok_or(AttachRefusal::Unknown)?;
         if e.info.principal != principal {
             return Err(AttachRefusal::NotYours);
         }

@@ -333,7 +333,11 @@ fn serve_connection(guard: ConnectionGuard, n: u64, tcp: TcpStream) {
                 .name(format!("session-{n}"))
                 .stack_size(SESSION_STACK)
                 .spawn(move || {
-                    session::serve(&guard.0, link, peer, newcomer);
+                    if newcomer.sdk {
+                        crate::sdk::serve(&guard.0, link, peer, newcomer);
+                    } else {
+                        session::serve(&guard.0, link, peer, newcomer);
+                    }
                     drop(guard);
                 });
             if let Err(e) = spawned {

@@ -273,34 +273,6 @@ pub fn principal_dir(state_dir: &Path, principal: &str) -> PathBuf {
     state_dir.join(name)
 }
 
-/// Where the conversation of a server session id is recorded, under a principal's
-/// directory.
-fn conversation_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
-    crate::util::is_session_id(session_id).then(|| dir.join("claude-ws-sessions").join(session_id))
-}
-
-/// Remember that server session `session_id` holds CLI conversation `conversation`.
-pub fn record_conversation(
-    dir: &Path,
-    session_id: &str,
-    conversation: &str,
-) -> std::io::Result<()> {
-    let file = conversation_file(dir, session_id)
-        .ok_or_else(|| std::io::Error::other("not a session id"))?;
-    if let Some(parent) = file.parent() {
-        create_private_dir(parent)?;
-    }
-    std::fs::write(file, conversation)
-}
-
-/// The CLI conversation recorded for server session `session_id`, if any.
-pub fn recorded_conversation(dir: &Path, session_id: &str) -> Option<String> {
-    let text = std::fs::read_to_string(conversation_file(dir, session_id)?).ok()?;
-    let id = text.trim();
-    (!id.is_empty() && id.len() <= 256 && !id.starts_with('-') && !id.contains(char::is_whitespace))
-        .then(|| id.to_string())
-}
-
 /// Create `dir` (and its parents) readable by this user only.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -258,8 +258,23 @@ impl Tools {
 /// accept the key and change nothing, so one entry serves every supported version
 /// (docs/cli-versions.md).
 pub fn mcp_config() -> String {
-    json!({"mcpServers": {MCP_SERVER: {"type": "sdk", "name": MCP_SERVER, "alwaysLoad": true}}})
-        .to_string()
+    mcp_config_for(&[MCP_SERVER])
+}
+
+/// `--mcp-config`'s value naming in-process (`sdk`) servers of the client: `/ws`'s own
+/// `ws`, or an `/sdk` client's `sdk_mcp_servers`.
+pub fn mcp_config_for<S: AsRef<str>>(names: &[S]) -> String {
+    let servers: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|n| {
+            let n = n.as_ref();
+            (
+                n.to_string(),
+                json!({"type": "sdk", "name": n, "alwaysLoad": true}),
+            )
+        })
+        .collect();
+    json!({ "mcpServers": servers }).to_string()
 }
 
 /// What an `mcp_message` asks of us.

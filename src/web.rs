@@ -16,8 +16,30 @@ use crate::protocol::WS_PATH;
 use crate::protocol::{http_error_body, ErrorCode};
 use crate::state::Shared;
 
-/// The chat page: HTML, CSS and JS in one file, no build step.
-const PAGE: &str = include_str!("page.html");
+/// The chat page's own HTML, CSS and JS, in one file, no build step.
+const PAGE_HTML: &str = include_str!("page.html");
+
+/// Where in [`PAGE_HTML`] the vendored libraries go, each in a `<script>` of its own.
+const LIBS_MARKER: &str = "<!-- page-libs -->";
+
+/// The libraries the page uses (src/page-libs/, vendored from npm by
+/// scripts/update-page-libs.sh, licences in src/page-libs/THIRD-PARTY.md): Markdown,
+/// sanitising what it makes, and highlighting code.
+const PAGE_LIBS: [(&str, &str); 3] = [
+    ("marked", include_str!("page-libs/marked.js")),
+    ("DOMPurify", include_str!("page-libs/purify.js")),
+    ("highlight.js", include_str!("page-libs/highlight.js")),
+];
+
+/// The page as served: [`PAGE_HTML`] with [`PAGE_LIBS`] inlined at [`LIBS_MARKER`], so
+/// it still loads nothing from anywhere.
+static PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let libs: String = PAGE_LIBS
+        .iter()
+        .map(|(name, js)| format!("<script data-lib=\"{name}\">\n{js}</script>\n"))
+        .collect();
+    PAGE_HTML.replacen(LIBS_MARKER, &libs, 1)
+});
 
 /// The most bytes a request head may take (request line and header fields); browsers
 /// send a few hundred, tungstenite takes at most 124 header fields.
@@ -183,7 +205,7 @@ fn route<'h>(shared: &Shared, head: &'h [u8]) -> (Option<&'h str>, Answer) {
         "/" => Answer {
             status: 200,
             content_type: "text/html; charset=utf-8",
-            body: PAGE.to_string(),
+            body: PAGE.clone(),
             extra: vec![
                 ("Content-Security-Policy", PAGE_CSP),
                 ("Referrer-Policy", "no-referrer"),
@@ -343,15 +365,29 @@ mod tests {
     #[test]
     fn the_page_is_self_contained() {
         assert!(PAGE.contains(r#"<meta charset="utf-8">"#));
-        // Nothing fetched from elsewhere: no external script, style or font.
-        for banned in [
-            "<script src",
-            "<link rel=\"stylesheet\"",
-            "@import",
-            "http://",
-            "https://",
-        ] {
+        // Nothing fetched from elsewhere: no external script, style or font. (The
+        // libraries name their home pages in comments, namespaces in strings, and
+        // highlight.js knows CSS's `@import` as a keyword.)
+        for banned in ["<script src", "<link rel=\"stylesheet\""] {
             assert!(!PAGE.contains(banned), "the page contains {banned:?}");
+        }
+        for banned in ["@import", "http://", "https://"] {
+            assert!(!PAGE_HTML.contains(banned), "page.html contains {banned:?}");
+        }
+    }
+
+    #[test]
+    fn the_libraries_are_inlined_whole() {
+        assert_eq!(PAGE_HTML.matches(LIBS_MARKER).count(), 1);
+        assert!(!PAGE.contains(LIBS_MARKER));
+        for (name, js) in PAGE_LIBS {
+            // Inside a <script> element none of these may appear, or the HTML parser
+            // would end (or stop ending) the element early.
+            let lower = js.to_ascii_lowercase();
+            for opener in ["</script", "<script", "<!--"] {
+                assert!(!lower.contains(opener), "{name} holds {opener:?}");
+            }
+            assert!(PAGE.contains(js), "{name} is not in the page");
         }
     }
 }

@@ -6,9 +6,51 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::protocol::{ClientError, ErrorCode};
+use crate::protocol::{ClientError, ErrorCode, QueryOptions};
 use crate::spec;
 use crate::state::Shared;
+use crate::tools::Tools;
+
+/// The spec of a child of `principal` for `options` (`/ws` and `/sdk` alike): the
+/// policy's checks (`spec::build`), the principal's own CLI state directory, workspace
+/// and sandbox.
+pub fn child_spec(
+    shared: &Shared,
+    principal: &str,
+    state_dir: Option<&Path>,
+    options: &QueryOptions,
+    tools: &Tools,
+) -> Result<spec::ChildPlan, ClientError> {
+    let roots = roots(shared, principal)?;
+    let mut spec = spec::build(&shared.config, &shared.child_env, options, tools, &roots)?;
+    if let Some(dir) = state_dir {
+        spec.env.retain(|(k, _)| k != "CLAUDE_CONFIG_DIR");
+        spec.env
+            .push(("CLAUDE_CONFIG_DIR".into(), dir.display().to_string()));
+    }
+    enclose(shared, &mut spec, state_dir, &roots)?;
+    Ok(spec)
+}
+
+/// `resume` may name this server's session id: it means that session's conversation,
+/// if it is the same principal's (listed, or recorded in its state directory).
+pub fn own_conversation(
+    shared: &Shared,
+    principal: &str,
+    state_dir: Option<&Path>,
+    mut options: QueryOptions,
+) -> QueryOptions {
+    if let Some(id) = &options.resume {
+        let known = shared
+            .registry
+            .conversation_of(id, principal)
+            .or_else(|| crate::conversations::recorded_conversation(state_dir?, id));
+        if let Some(conversation) = known {
+            options.resume = Some(conversation);
+        }
+    }
+    options
+}
 
 /// The workspace roots `principal`'s `cwd` must be inside, the first its default.
 pub fn roots(shared: &Shared, principal: &str) -> Result<Vec<PathBuf>, ClientError> {

@@ -22,12 +22,14 @@ const FLOORS: &[&[&str]] = &[
     // The two ends: the child process and the client socket; the CLI's stream-json.
     &["pending", "cli", "tool_registry", "child", "link"],
     &["registry", "spec"],
-    &["places"],
+    // The on-disk records of conversations (`resume` by a session id, history).
+    &["places", "conversations"],
     &["warm"],
     // What every thread shares.
     &["state"],
     &["handle", "preflight", "handshake", "workspace"],
-    &["session"],
+    // A connection's session: claude-ws's protocol (`/ws`), the SDKs' relay (`/sdk`).
+    &["session", "sdk"],
     // The side port, plain HTTP on the WebSocket port, the accept loop.
     &["http"],
     &["web"],

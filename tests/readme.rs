@@ -97,6 +97,46 @@ fn every_message_type_has_an_example() {
     }
 }
 
+/// `/sdk`'s own frames have an example, and each control-request subtype its policy
+/// passes or refuses is in the table of docs/protocol.md.
+#[test]
+fn the_sdk_frames_and_subtypes_are_documented() {
+    let reference = protocol();
+    for kind in ["sdk_start", "sdk_started", "sdk_queued", "sdk_end_input"] {
+        assert!(
+            reference.contains(&format!("{{\"type\":\"{kind}\"")),
+            "no example of the /sdk frame {kind} in docs/protocol.md"
+        );
+    }
+    let policy = doc("src/sdk/policy.rs");
+    let start = policy
+        .find("pub const PASSED")
+        .expect("the passed subtypes");
+    let end = policy
+        .find("pub enum Verdict")
+        .expect("after the refused subtypes");
+    let lists = &policy[start..end];
+    let subtypes: Vec<String> = lists
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('"') || l.starts_with("(\""))
+        .filter_map(|l| {
+            l.trim_start_matches('(')
+                .split('"')
+                .nth(1)
+                .map(str::to_string)
+        })
+        .filter(|s| !s.contains(' '))
+        .collect();
+    assert!(subtypes.len() >= 14, "{subtypes:?}");
+    for s in subtypes {
+        assert!(
+            reference.contains(&format!("| `{s}` |")),
+            "the /sdk subtype {s} is not in docs/protocol.md's table"
+        );
+    }
+}
+
 #[test]
 fn every_error_code_is_listed() {
     let source = protocol_source();

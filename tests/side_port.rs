@@ -202,3 +202,28 @@ fn json_logs_are_one_object_per_line() {
     assert!(levels.iter().any(|l| l == "INFO"), "{logs}");
     assert!(logs.contains("evil.example"), "{logs}");
 }
+
+#[test]
+fn health_and_ready_say_degraded_without_credentials() {
+    // No key, no token, no stored login in the server's (private) HOME.
+    let s = ServerOptions::fake().env("ANTHROPIC_API_KEY", "").start();
+    let (status, health) = s.get("/health");
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["claude"]["status"], "ok", "{health}");
+    let reason = health["reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("no credentials") && reason.contains("ANTHROPIC_API_KEY"),
+        "{reason}"
+    );
+    let (status, ready) = s.get("/ready");
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["reason"], reason, "{ready}");
+    // A stored login counts: the CLI's config dir under HOME.
+    let dir = s.home.subdir(".claude");
+    std::fs::write(dir.join(".credentials.json"), "{}").unwrap();
+    let (_, health) = s.get("/health");
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(s.get("/ready").0, 200);
+}

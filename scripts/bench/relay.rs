@@ -810,6 +810,66 @@ fn relay_claude_ws(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(
     result
 }
 
+/// A JSON frame's `type`, whatever its key order.
+fn frame_type(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    Some(v.get("type")?.as_str()?.to_string())
+}
+
+/// `n` `/sdk` sessions at once, each replaying `file` in one turn: (seconds, events).
+/// The same stand-in and stream as [`relay_claude_ws`], its lines relayed untranslated.
+fn relay_sdk(server: &Server, n: usize, file: &Path, expect: u64) -> Res<(f64, u64)> {
+    let user = |text: &str| {
+        let mut l = user_line(text);
+        l.pop(); // a frame is one line, without its newline
+        String::from_utf8(l)
+            .map(Message::text)
+            .map_err(|e| e.to_string())
+    };
+    let until_result = |ws: &mut Ws| -> Res<u64> {
+        let mut n = 0;
+        loop {
+            let t = next_text(ws)?;
+            // The stand-in writes `type` first; other lines (the CLI's result, the
+            // server's own frames) may have their keys in any order.
+            if t.starts_with("{\"type\":\"assistant\"") {
+                n += 1;
+            } else if frame_type(&t).as_deref() == Some("result") {
+                return Ok(n);
+            }
+        }
+    };
+    let prompt = format!("replay {}", file.display());
+    let result = run_clients(
+        n,
+        expect,
+        "claude-ws /sdk session",
+        || {
+            let mut ws = connect(&server.addr, "/sdk", None)?;
+            ws.send(Message::text(r#"{"type":"sdk_start","options":{}}"#))
+                .map_err(|e| format!("send: {e}"))?;
+            let started = next_text(&mut ws)?;
+            if frame_type(&started).as_deref() != Some("sdk_started") {
+                return Err(format!("expected sdk_started, got {started}"));
+            }
+            // Warm-up: the first turn, as the /ws sessions have one.
+            ws.send(user("warm up")?)
+                .map_err(|e| format!("send: {e}"))?;
+            until_result(&mut ws)?;
+            Ok(ws)
+        },
+        |mut ws| {
+            ws.send(user(&prompt)?).map_err(|e| format!("send: {e}"))?;
+            let count = until_result(&mut ws)?;
+            let end = Instant::now(); // `result` arrived
+            close(ws);
+            Ok((count, end))
+        },
+    );
+    server.settle(Duration::from_secs(10));
+    result
+}
+
 /// `n` websocketd connections at once, each relaying the file: (seconds, frames).
 fn relay_websocketd(addr: &str, n: usize, expect: u64) -> Res<(f64, u64)> {
     run_clients(
@@ -979,6 +1039,15 @@ fn section_relay(o: &Opts, rep: &mut Report) -> Res<()> {
             "claude-ws during the relay runs: peak RSS {}, {threads} threads after them",
             mb(proc_field(server.pid(), "VmHWM:"))
         ));
+        let (sdk, _) = measure_rates(o, server.pid(), expect, "claude-ws /sdk", |n| {
+            relay_sdk(&server, n, &file, expect)
+        })?;
+        for (&n, &r) in &sdk {
+            let ws = measured.0.get(&n).copied().unwrap_or(f64::NAN);
+            rep.row(format!("relay /sdk, {n} session(s) (events/s)"), rate(r))
+                .vs(format!("/ws {}", rate(ws)), format!("{:.2}×", r / ws))
+                .target("≥ 1.0× /ws (nothing translated)", r >= ws);
+        }
         measured
     };
 

@@ -122,6 +122,8 @@ impl Session<'_> {
                 Some(first)
             }
         };
+        // The questions still waiting that the replay does not carry.
+        let asked_before = gap.map_or(last_seq, |first| last_seq.max(first - 1));
         if let Some(first) = gap {
             log::info!(
                 "[{}] replay gap: the client has {last_seq}, the oldest kept is {first}",
@@ -144,11 +146,16 @@ impl Session<'_> {
             self.resend(viewer, frame);
         }
         // Questions the client saw before it went may be lost with its state (a
-        // reloaded page): ask them again.
+        // reloaded page), and a new viewer never saw them: ask them again — of this
+        // viewer only (outside the numbered stream) when others are watching.
         let again: Vec<ServerMessage<'static>> =
-            self.pending.messages_up_to(last_seq).cloned().collect();
+            self.pending.messages_up_to(asked_before).cloned().collect();
         for m in again {
-            self.send(m);
+            if joined {
+                self.send_unnumbered(viewer, &m);
+            } else {
+                self.send(m);
+            }
         }
         if joined {
             let viewers = self.viewers.len();

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, never, select, Receiver, Sender};
+use crossbeam_channel::{bounded, never, Receiver, Select, Sender};
 use tungstenite::Message;
 
 use crate::child::{ChildEvent, Stop, Undelivered};
@@ -31,7 +31,8 @@ use crate::cli;
 use crate::cli::CliEvent;
 use crate::handshake::Newcomer;
 use crate::limits::RateWindow;
-use crate::link::{Link, LinkError, HIGH_WATER};
+use crate::link::{Link, HIGH_WATER};
+use output::Viewer;
 use crate::pending::{Pending, Unanswered};
 use crate::protocol::{
     parse_client_text, parse_client_value, ClientError, ClientMessage, Closing, ErrorCode, Prompt,
@@ -47,9 +48,9 @@ use seat::{Kept, Placed, Seat, Spawner};
 
 use crate::places::ChildSlot;
 use crate::query::{Query, Step};
-use crate::registry::{Control, Listing, SessionInfo, SessionState};
+use crate::registry::{Control, Endpoint, Listing, SessionInfo, SessionState};
 use crate::replay::Replay;
-use crate::spec::{self, with_settings, ChildPlan};
+use crate::spec::{with_settings, ChildPlan};
 use crate::state::Shared;
 use crate::tool_registry;
 use crate::tools::Tools;
@@ -86,8 +87,12 @@ pub struct Session<'a> {
     shared: &'a Shared,
     id: String,
     label: String,
-    /// The client's connection; `None` while detached.
-    link: Option<Link>,
+    /// The session's connections (viewers), oldest first; none while detached.
+    viewers: Vec<Viewer>,
+    /// The number the last viewer got (they count from 1).
+    next_viewer: u64,
+    /// The viewer whose message is being handled (answers name it).
+    speaker: u64,
     /// While detached: when the session ends unless its client reattaches.
     detached_until: Option<Instant>,
     /// The messages sent lately, for a client that reattaches.
@@ -147,6 +152,7 @@ struct Row {
     queries: u64,
     cwd: Option<String>,
     child_pid: Option<u32>,
+    viewers: usize,
 }
 
 impl Row {
@@ -157,6 +163,7 @@ impl Row {
         i.queries = self.queries;
         i.cwd = self.cwd;
         i.child_pid = self.child_pid;
+        i.viewers = self.viewers;
     }
 }
 
@@ -176,6 +183,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
     let listing = shared.registry.list(
         SessionInfo {
             session_id: id.clone(),
+            endpoint: Endpoint::Ws,
             claude_session_id: conversation.clone(),
             state: SessionState::Idle,
             created_at: now,
@@ -185,6 +193,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
             cwd: None,
             user: newcomer.user.clone(),
             child_pid: None,
+            viewers: 1,
             principal: newcomer.principal.clone(),
         },
         control_tx.clone(),
@@ -234,7 +243,9 @@ impl<'a> Session<'a> {
             id,
             shared,
             peer,
-            link: Some(link),
+            viewers: vec![Viewer { link, id: 1 }],
+            next_viewer: 1,
+            speaker: 1,
             detached_until: None,
             replay: Replay::new(shared.config.replay_buffer_bytes),
             principal: newcomer.principal.clone(),
@@ -271,6 +282,7 @@ impl<'a> Session<'a> {
                 queries: 0,
                 cwd: None,
                 child_pid: None,
+                viewers: 1,
             },
         }
     }
@@ -280,14 +292,14 @@ impl<'a> Session<'a> {
     fn run(mut self) {
         log::info!("[{}] session open, peer {}", self.label, self.peer);
         let hello = if self.resumed_conversation {
-            self.hello(Some("conversation".into()))
+            self.hello(Some("conversation".into()), 1)
         } else {
-            self.hello(None)
+            self.hello(None, 1)
         };
         self.send(hello);
         self.flush();
         // Frames that came with the handshake are already buffered: no wake-up for them.
-        self.on_client_input();
+        self.on_client_input(1);
         self.flush();
         self.publish();
         let end = loop {
@@ -296,10 +308,11 @@ impl<'a> Session<'a> {
             }
             // Clones for this turn of the loop only: a clone kept longer would keep a
             // stopped child's reader from seeing that nobody listens any more.
-            let inbound = match &self.link {
-                Some(l) => l.inbound().clone(),
-                None => never(),
-            };
+            let inbound: Vec<(u64, Receiver<()>)> = self
+                .viewers
+                .iter()
+                .map(|v| (v.id, v.link.inbound().clone()))
+                .collect();
             let control = self.control.clone();
             let registry = self.registry.1.clone();
             let grant = self.seat.grants().clone();
@@ -311,45 +324,50 @@ impl<'a> Session<'a> {
             let wait = self
                 .next_deadline()
                 .saturating_duration_since(Instant::now());
-            select! {
-                recv(inbound) -> m => match m {
-                    Ok(()) => self.on_client_input(),
-                    Err(_) => self.lose(Lost::Gone("connection closed".into())),
-                },
-                recv(events) -> ev => match ev {
-                    Ok(ev) => {
-                        self.on_child_event(ev);
-                        for _ in 1..EVENT_BATCH {
-                            if self.pending_output() > HIGH_WATER || self.ending.is_some() {
-                                break;
-                            }
-                            let Some(c) = self.seat.live() else { break };
-                            match c.child.events().try_recv() {
-                                Ok(ev) => self.on_child_event(ev),
-                                Err(_) => break,
-                            }
-                        }
+            // One receiver per viewer: a `Select` rather than `select!`.
+            let mut choice = Select::new();
+            for (_, r) in &inbound {
+                choice.recv(r);
+            }
+            let on_events = choice.recv(&events);
+            let on_control = choice.recv(&control);
+            let on_grant = choice.recv(&grant);
+            let on_registry = choice.recv(&registry);
+            if let Ok(op) = choice.select_timeout(wait) {
+                let i = op.index();
+                if let Some((viewer, r)) = inbound.get(i) {
+                    match op.recv(r) {
+                        Ok(()) => self.on_client_input(*viewer),
+                        Err(_) => self.lose(*viewer, Lost::Gone("connection closed".into())),
                     }
-                    // The reader thread ended without saying so: treat it as an exit.
-                    Err(_) => self.on_child_exit(),
-                },
-                recv(control) -> c => if let Ok(c) = c {
-                    self.on_control(c)
-                },
-                recv(grant) -> slot => if let Ok(slot) = slot {
-                    self.on_place(slot)
-                },
-                recv(registry) -> r => if let Ok(r) = r {
-                    self.on_registry_reply(r)
-                },
-                default(wait) => {}
+                } else if i == on_events {
+                    match op.recv(&events) {
+                        Ok(ev) => self.on_child_events(ev),
+                        // The reader thread ended without saying so: treat it as an exit.
+                        Err(_) => self.on_child_exit(),
+                    }
+                } else if i == on_control {
+                    if let Ok(c) = op.recv(&control) {
+                        self.on_control(c)
+                    }
+                } else if i == on_grant {
+                    if let Ok(slot) = op.recv(&grant) {
+                        self.on_place(slot)
+                    }
+                } else if i == on_registry {
+                    if let Ok(r) = op.recv(&registry) {
+                        self.on_registry_reply(r)
+                    }
+                }
             }
             self.on_timers(Instant::now());
             self.sync_drain();
             self.flush();
             self.publish();
-            if let (None, Some(link)) = (&self.query, &mut self.link) {
-                link.release_buffers(); // between queries a session stays small
+            if self.query.is_none() {
+                for v in &mut self.viewers {
+                    v.link.release_buffers(); // between queries a session stays small
+                }
             }
         };
         self.finish(end);
@@ -362,12 +380,32 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// A child event, and those that wait behind it, up to [`EVENT_BATCH`] while the
+    /// viewers keep up.
+    fn on_child_events(&mut self, ev: ChildEvent) {
+        self.on_child_event(ev);
+        for _ in 1..EVENT_BATCH {
+            if self.pending_output() > HIGH_WATER || self.ending.is_some() {
+                break;
+            }
+            let Some(c) = self.seat.live() else { break };
+            match c.child.events().try_recv() {
+                Ok(ev) => self.on_child_event(ev),
+                Err(_) => break,
+            }
+        }
+    }
+
     // ---- client side ------------------------------------------------------------
 
-    fn on_client_input(&mut self) {
-        let Some(link) = &mut self.link else { return };
+    /// Viewer `viewer` sent something (or its socket has room again).
+    fn on_client_input(&mut self, viewer: u64) {
+        let Some(v) = self.viewers.iter_mut().find(|v| v.id == viewer) else {
+            return;
+        };
         let mut messages = Vec::new();
-        let result = link.receive(|_, m| messages.push(m));
+        let result = v.link.receive(|_, m| messages.push(m));
+        self.speaker = viewer;
         if !messages.is_empty() {
             self.active_at = now_unix();
         }
@@ -388,9 +426,7 @@ impl<'a> Session<'a> {
         }
         match result {
             Ok(()) => {}
-            Err(LinkError::Closed(code)) => self.lose(Lost::Closed(code)),
-            Err(LinkError::Gone(why)) => self.lose(Lost::Gone(why)),
-            Err(LinkError::Protocol(why)) => self.lose(Lost::Protocol(why)),
+            Err(e) => self.lose_link(viewer, e),
         }
     }
 
@@ -525,35 +561,15 @@ impl<'a> Session<'a> {
     /// The plan of a child for `options`: the policy's checks, and the principal's
     /// own CLI state directory, workspace and sandbox.
     fn spec_for(&self, options: &QueryOptions) -> Result<ChildPlan, ClientError> {
-        let config = &self.shared.config;
-        let roots = crate::workspace::roots(self.shared, &self.principal)?;
-        let mut spec = spec::build(config, &self.shared.child_env, options, &self.tools, &roots)?;
-        if let Some(dir) = &self.state_dir {
-            spec.env.retain(|(k, _)| k != "CLAUDE_CONFIG_DIR");
-            spec.env
-                .push(("CLAUDE_CONFIG_DIR".into(), dir.display().to_string()));
-        }
-        crate::workspace::enclose(self.shared, &mut spec, self.state_dir.as_deref(), &roots)?;
-        Ok(spec)
+        let dir = self.state_dir.as_deref();
+        crate::workspace::child_spec(self.shared, &self.principal, dir, options, &self.tools)
     }
 
     /// `resume` may name this server's session id: it means that session's
     /// conversation, if it is the same principal's.
-    fn own_conversation(&self, mut options: QueryOptions) -> QueryOptions {
-        if let Some(id) = &options.resume {
-            let known = self
-                .shared
-                .registry
-                .conversation_of(id, &self.principal)
-                .or_else(|| {
-                    let dir = self.state_dir.as_ref()?;
-                    spec::recorded_conversation(dir, id)
-                });
-            if let Some(conversation) = known {
-                options.resume = Some(conversation);
-            }
-        }
-        options
+    fn own_conversation(&self, options: QueryOptions) -> QueryOptions {
+        let dir = self.state_dir.as_deref();
+        crate::workspace::own_conversation(self.shared, &self.principal, dir, options)
     }
 
     /// Write a user message to the child for the running query.
@@ -742,6 +758,16 @@ impl<'a> Session<'a> {
                 is_error,
                 message,
             } => {
+                let missing = match &message {
+                    ServerMessage::ResultMessage(fields) => {
+                        crate::conversations::result_not_found(fields)
+                    }
+                    _ => None,
+                };
+                if let Some(why) = missing {
+                    self.send(message);
+                    return self.resume_failed(why);
+                }
                 self.learn_claude_session(session_id);
                 self.send(message);
                 let echoes = self.seat.live().is_some_and(|c| c.echoes);
@@ -771,7 +797,9 @@ impl<'a> Session<'a> {
             if let (Some(dir), Some(conversation)) = (&self.state_dir, &id) {
                 // So that `resume` by this session's id works after it has ended, here
                 // or on another instance sharing the state directory.
-                if let Err(e) = spec::record_conversation(dir, &self.id, conversation) {
+                if let Err(e) =
+                    crate::conversations::record_conversation(dir, &self.id, conversation)
+                {
                     log::warn!("[{}] cannot record the conversation id: {e}", self.label);
                 }
             }
@@ -795,9 +823,28 @@ impl<'a> Session<'a> {
         let outcome = q.child_gone();
         if outcome == QueryOutcome::Error {
             let message = report.sentence("claude", " before the query finished", 1000);
+            if crate::conversations::says_not_found(&message) {
+                return self.resume_failed(message);
+            }
             self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
         }
         self.end_query(outcome);
+    }
+
+    /// The conversation a query resumed does not exist: the query ends with
+    /// `conversation_not_found`, and the session forgets it (and the child that was
+    /// started for it), so its next query starts a new conversation.
+    fn resume_failed(&mut self, why: String) {
+        log::info!("[{}] resume failed: {why}", self.label);
+        self.stop_child();
+        self.seat.forget_plan();
+        self.claude_session_id = None;
+        self.resumed_conversation = false;
+        self.send_error(ClientError::new(
+            ErrorCode::ConversationNotFound,
+            format!("{why}; the next query starts a new conversation"),
+        ));
+        self.end_query(QueryOutcome::Error);
     }
 
     /// The child is gone (or going): it asks nothing any more.
@@ -845,6 +892,7 @@ impl<'a> Session<'a> {
             queries: self.queries,
             cwd: self.cwd.clone(),
             child_pid: self.seat.pid(),
+            viewers: self.viewers.len(),
         }
     }
 
@@ -859,8 +907,8 @@ impl<'a> Session<'a> {
 
     /// What the session is doing, as `/sessions` shows it.
     fn state(&self) -> SessionState {
-        match (&self.link, self.seat.queued(), &self.query) {
-            (None, ..) => SessionState::Detached,
+        match (self.viewers.is_empty(), self.seat.queued(), &self.query) {
+            (true, ..) => SessionState::Detached,
             (_, Some(_), _) => SessionState::Queued,
             (_, None, Some(_)) => SessionState::Running,
             (_, None, None) => SessionState::Idle,
@@ -893,13 +941,13 @@ impl<'a> Session<'a> {
         if let Some(d) = self.detached_until {
             next = next.min(d);
         }
-        if let Some(link) = self.link.as_ref().filter(|l| l.pending() > 0) {
+        for v in self.viewers.iter().filter(|v| v.link.pending() > 0) {
             // (Room in the socket wakes the session through `inbound`; this is the
             // deadline of a client that reads nothing.)
             let left = config
                 .timeouts
                 .stall_timeout
-                .saturating_sub(link.stalled_for());
+                .saturating_sub(v.link.stalled_for());
             next = next.min(Instant::now() + left);
         }
         next
@@ -909,13 +957,16 @@ impl<'a> Session<'a> {
         let config = &self.shared.config;
         if now >= self.next_ping {
             self.next_ping = now + config.timeouts.ping_interval;
-            if let Some(link) = &mut self.link {
-                if now.duration_since(link.last_heard) > config.timeouts.ping_interval * 2 {
-                    return self.lose(Lost::HeartbeatTimeout);
+            let mut gone = Vec::new();
+            for v in &mut self.viewers {
+                if now.duration_since(v.link.last_heard) > config.timeouts.ping_interval * 2 {
+                    gone.push((v.id, Lost::HeartbeatTimeout));
+                } else if v.link.ping().is_err() {
+                    gone.push((v.id, Lost::Gone("ping failed".into())));
                 }
-                if link.ping().is_err() {
-                    return self.lose(Lost::Gone("ping failed".into()));
-                }
+            }
+            for (viewer, why) in gone {
+                self.lose(viewer, why);
             }
         }
         if self.detached_until.is_some_and(|d| now >= d) {
@@ -959,18 +1010,23 @@ impl<'a> Session<'a> {
                 self.stop_child();
             }
         }
-        if let Some(link) = self
-            .link
-            .as_ref()
-            .filter(|l| l.stalled_for() >= config.timeouts.stall_timeout)
-        {
+        let stalled: Vec<(u64, usize)> = self
+            .viewers
+            .iter()
+            .filter(|v| {
+                v.link.stalled_for() >= config.timeouts.stall_timeout
+                    || v.link.pending() > self.max_behind()
+            })
+            .map(|v| (v.id, v.link.pending()))
+            .collect();
+        for (viewer, pending) in stalled {
             log::warn!(
-                "[{}] client kept its backlog above the high-water mark for {:?} ({} bytes waiting); disconnecting",
+                "[{}] viewer {viewer} kept its backlog above the high-water mark for {:?} \
+                 ({pending} bytes waiting); disconnecting",
                 self.label,
                 config.timeouts.stall_timeout,
-                link.pending()
             );
-            self.lose(Lost::Stalled);
+            self.lose(viewer, Lost::Stalled);
         }
     }
 
@@ -1039,7 +1095,8 @@ impl<'a> Session<'a> {
             self.flush();
         }
         self.listing.update(|i| i.state = SessionState::Closing);
-        if let Some(link) = &mut self.link {
+        for v in &mut self.viewers {
+            let link = &mut v.link;
             match &end {
                 // A drain's clients reconnect through the balancer to another instance.
                 End::Shutdown if draining => link.close(Closing::Restarting),
@@ -1058,8 +1115,14 @@ impl<'a> Session<'a> {
             self.send_interrupt();
         }
         self.query = None;
-        if let Some(link) = &mut self.link {
-            link.finish(Duration::from_secs(1));
+        // Each viewer's close on a thread of its own but the last (the session's):
+        // one slow peer does not hold up the others'.
+        let last = self.viewers.pop();
+        for v in self.viewers.drain(..) {
+            v.link.finish_elsewhere(Duration::from_secs(1));
+        }
+        if let Some(mut v) = last {
+            v.link.finish(Duration::from_secs(1));
         }
         self.stop_child();
         log::info!("[{}] session closed", self.label);

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::{Lost, Session};
-use crate::link::{Link, LinkError};
+use crate::link::{Link, LinkError, HIGH_WATER};
 use crate::protocol::{Capabilities, ClientError, ServerMessage};
 
 /// One connection of the session.
@@ -30,6 +30,8 @@ impl Session<'_> {
                 live_settings: true,
                 image_input: true,
                 reattach: true,
+                permission_modes: self.shared.config.allowed_permission_modes.clone(),
+                choose_cwd: !self.shared.config.workspace_roots.is_empty(),
             },
             resumed,
             viewers: self.viewers.len(),
@@ -61,6 +63,15 @@ impl Session<'_> {
         for (id, e) in failed {
             self.lose_link(id, e);
         }
+    }
+
+    /// Most bytes a viewer may have waiting: a whole replay (what a reattach queues at
+    /// once) and a few child batches. Only a viewer slower than another gets there (the
+    /// session takes no child output while the quickest has [`HIGH_WATER`] waiting);
+    /// it is dropped as stalled then, without waiting for the stall timeout, so the
+    /// memory a slow viewer holds stays bounded however fast the others read.
+    pub(super) fn max_behind(&self) -> usize {
+        self.shared.config.replay_buffer_bytes.max(HIGH_WATER) + 4 * HIGH_WATER
     }
 
     /// Bytes waiting for the quickest viewer (none while detached): a slow viewer does

@@ -149,6 +149,12 @@ impl<L: Launcher> Seat<L> {
         self.last_plan.as_ref()
     }
 
+    /// Forget how the last child was built (its conversation could not be resumed):
+    /// the next query's child is planned afresh.
+    pub fn forget_plan(&mut self) {
+        self.last_plan = None;
+    }
+
     /// The live child runs as a child built from `plan` would (a live setting took).
     pub fn replan(&mut self, plan: ChildPlan) {
         if self.last_plan.is_some() {
