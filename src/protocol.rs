@@ -192,7 +192,7 @@ pub enum Closing {
     IdleTimeout,
     /// The client read none of its pending output for the stall timeout (4001).
     NotReading,
-    /// Another connection of the same client took the session over (4002).
+    /// `/sdk`: another connection of the same client took the session over (4002).
     Replaced,
     /// A reattach came too late: the session ended meanwhile (4003).
     SessionGone,

@@ -106,7 +106,11 @@ fn the_second_viewer_interrupts_the_first_viewers_query() {
     let seen_a = a.until("query_end");
     let seen_b = b.until("query_end");
     for seen in [&seen_a, &seen_b] {
-        assert_eq!(only(seen, "query_end")["outcome"], "interrupted", "{seen:?}");
+        assert_eq!(
+            only(seen, "query_end")["outcome"],
+            "interrupted",
+            "{seen:?}"
+        );
         assert!(types(seen).contains(&"interrupt_acknowledged".to_string()));
     }
     assert_eq!(seen_a.last(), seen_b.last());
@@ -267,7 +271,10 @@ fn max_viewers_bounds_the_connections_of_a_session() {
     assert_eq!(hello["type"], "error", "{hello}");
     assert_eq!(hello["data"]["code"], "too_many_viewers", "{hello}");
     assert!(
-        hello["data"]["error"].as_str().unwrap().contains("--max-viewers"),
+        hello["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-viewers"),
         "{hello}"
     );
     assert!(c.closed().starts_with("close 4004"));
@@ -317,5 +324,8 @@ fn a_slow_viewer_is_dropped_without_slowing_the_other() {
             Ok(n) => total += n,
         }
     }
-    assert!(total < 64 << 20, "the slow viewer got everything ({total} bytes)");
+    assert!(
+        total < 64 << 20,
+        "the slow viewer got everything ({total} bytes)"
+    );
 }

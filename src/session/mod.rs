@@ -14,7 +14,10 @@
 //! A query: `query` → `query_start` → the child's events translated → `query_end`.
 //! Exactly one `query_end` follows every `query_start`, whatever happens.
 //!
-//! A session outlives its connection: when the client goes away without ending it (a
+//! A session may have several connections (viewers, `attach.rs`): each gets every
+//! message, and the child is read while the quickest keeps up.
+//!
+//! A session outlives its connections: when the last goes away without ending it (a
 //! close other than 1000, or `end_session`), it is detached for
 //! `--reconnect-grace-secs`, its query still running and its messages kept
 //! (`replay.rs`), until the client reattaches (`attach.rs`) or the grace passes.
@@ -32,12 +35,12 @@ use crate::cli::CliEvent;
 use crate::handshake::Newcomer;
 use crate::limits::RateWindow;
 use crate::link::{Link, HIGH_WATER};
-use output::Viewer;
 use crate::pending::{Pending, Unanswered};
 use crate::protocol::{
     parse_client_text, parse_client_value, ClientError, ClientMessage, Closing, ErrorCode, Prompt,
     QueryOptions, QueryOutcome, ServerMessage, Setting,
 };
+use output::Viewer;
 mod asks;
 mod attach;
 mod output;

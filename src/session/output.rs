@@ -44,16 +44,39 @@ impl Session<'_> {
     pub(super) fn send(&mut self, msg: ServerMessage<'_>) {
         self.seq += 1;
         let seq = self.seq;
+        let replay = &mut self.replay;
+        if let [only] = self.viewers.as_mut_slice() {
+            // The common case, one viewer: the frame is written straight into its
+            // output queue and kept from there (no buffer of its own, one copy less).
+            let queued = only.link.queue_text_with(|out| {
+                let start = out.len();
+                msg.write_frame(seq, out);
+                crate::metrics::relayed(out.len() - start);
+                replay.push(seq, &out[start..]);
+            });
+            let Err(e) = queued else { return };
+            // Nothing was written: kept all the same, for it to fetch when it reattaches.
+            let viewer = only.id;
+            self.keep(seq, &msg);
+            return self.lose_link(viewer, e);
+        }
+        // Detached (kept for the client to fetch when it reattaches), or several
+        // viewers: written once, kept, and queued to each.
+        let frame = self.keep(seq, &msg);
+        self.queue_for_every_viewer(&frame);
+    }
+
+    /// Keep message `seq` for replay; its frame.
+    fn keep(&mut self, seq: u64, msg: &ServerMessage<'_>) -> Vec<u8> {
         let mut frame = Vec::new();
         msg.write_frame(seq, &mut frame);
         crate::metrics::relayed(frame.len());
-        // Kept all the same when a viewer cannot take it: a reattaching one gets it.
         self.replay.push(seq, &frame);
-        self.to_every_viewer(&frame);
+        frame
     }
 
     /// Queue `frame` to every viewer; a viewer whose connection failed is lost.
-    fn to_every_viewer(&mut self, frame: &[u8]) {
+    fn queue_for_every_viewer(&mut self, frame: &[u8]) {
         let mut failed = Vec::new();
         for v in &mut self.viewers {
             if let Err(e) = v.link.queue_text_with(|out| out.extend_from_slice(frame)) {
