@@ -631,6 +631,13 @@ impl Link {
         self.ws.get_ref().stalled_for()
     }
 
+    /// When a client that reads nothing more is given up (`timeout` of stall), if
+    /// output waits for it. (Room in the socket wakes the session through `inbound`;
+    /// this is the deadline of a client that reads nothing.)
+    pub fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
+        (self.pending() > 0).then(|| Instant::now() + timeout.saturating_sub(self.stalled_for()))
+    }
+
     /// Send a close frame saying why (best effort).
     pub fn close(&mut self, why: Closing) {
         self.failed = None;

@@ -9,34 +9,10 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::thread;
 
+use support::examples::{install_deps, repo};
 use support::*;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs scripts/install-example-deps.sh once per test binary (two tests at once must
-/// not both install).
-fn install_deps() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let out = Command::new(repo().join("scripts/install-example-deps.sh"))
-            .current_dir(repo())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/install-example-deps.sh");
-        assert!(
-            out.status.success(),
-            "scripts/install-example-deps.sh failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
 
 fn python() -> PathBuf {
     repo().join(".examples-venv/bin/python")

@@ -11,38 +11,15 @@ mod support;
 
 use std::fmt;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::examples::{install_deps, repo};
 use support::*;
 use tungstenite::Message;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// scripts/install-example-deps.sh, once per test binary.
-fn install_deps() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let out = Command::new(repo().join("scripts/install-example-deps.sh"))
-            .current_dir(repo())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/install-example-deps.sh");
-        assert!(
-            out.status.success(),
-            "scripts/install-example-deps.sh failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
 
 /// A scenario's run: what it printed and how it ended.
 struct Run {

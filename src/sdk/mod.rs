@@ -764,12 +764,12 @@ impl Relay<'_> {
         if let Some(d) = self.detached_until {
             next = next.min(d);
         }
-        if let Some(link) = self.link.as_ref().filter(|l| l.pending() > 0) {
-            let left = config
-                .timeouts
-                .stall_timeout
-                .saturating_sub(link.stalled_for());
-            next = next.min(Instant::now() + left);
+        if let Some(d) = self
+            .link
+            .as_ref()
+            .and_then(|l| l.stall_deadline(config.timeouts.stall_timeout))
+        {
+            next = next.min(d);
         }
         next
     }

@@ -944,14 +944,13 @@ impl<'a> Session<'a> {
         if let Some(d) = self.detached_until {
             next = next.min(d);
         }
-        for v in self.viewers.iter().filter(|v| v.link.pending() > 0) {
-            // (Room in the socket wakes the session through `inbound`; this is the
-            // deadline of a client that reads nothing.)
-            let left = config
-                .timeouts
-                .stall_timeout
-                .saturating_sub(v.link.stalled_for());
-            next = next.min(Instant::now() + left);
+        let stall = config.timeouts.stall_timeout;
+        for d in self
+            .viewers
+            .iter()
+            .filter_map(|v| v.link.stall_deadline(stall))
+        {
+            next = next.min(d);
         }
         next
     }

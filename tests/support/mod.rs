@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test crate uses a different part of this module
 
 pub mod cli;
+pub mod examples;
 pub mod frames;
 pub mod jwt;
 pub mod mock_api;
