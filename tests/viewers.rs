@@ -349,3 +349,35 @@ fn a_slow_viewer_is_dropped_without_slowing_the_other() {
         "the slow viewer got everything ({total} bytes)"
     );
 }
+
+#[test]
+fn only_the_sessions_own_user_may_join_it() {
+    const SECRET: &str = "viewers-test-secret";
+    let s = ServerOptions::fake()
+        .env("CLAUDE_WS_JWT_SECRET", SECRET)
+        .start();
+    let token = |sub: &str| support::jwt::user_jwt(SECRET, sub);
+    let mut a = s
+        .try_connect(&format!("{}?token={}", s.ws_url, token("alice")), &[])
+        .unwrap();
+    let id = a.recv()["data"]["session_id"].as_str().unwrap().to_string();
+    let join_as = |sub: &str| {
+        s.try_connect(
+            &format!(
+                "{}?token={}&session_id={id}&last_seq=1",
+                s.ws_url,
+                token(sub)
+            ),
+            &[],
+        )
+    };
+    let e = join_as("bob").err().expect("bob is refused");
+    assert!(e.starts_with("HTTP 403"), "{e}");
+    // Alice's second device joins; Alice's first one hears of it, of nobody else.
+    let mut phone = join_as("alice").unwrap();
+    let hello = phone.recv();
+    assert_eq!(hello["data"]["viewers"], 2, "{hello}");
+    let joined = a.recv();
+    assert_eq!(joined["type"], "viewer_joined", "{joined}");
+    assert_eq!(joined["data"]["viewers"], 2, "{joined}");
+}
