@@ -96,6 +96,8 @@ pub struct Session<'a> {
     next_viewer: u64,
     /// The viewer whose message is being handled (answers name it).
     speaker: u64,
+    /// The largest frame sent to several viewers (see `max_behind`).
+    largest_frame: usize,
     /// While detached: when the session ends unless its client reattaches.
     detached_until: Option<Instant>,
     /// The messages sent lately, for a client that reattaches.
@@ -249,6 +251,7 @@ impl<'a> Session<'a> {
             viewers: vec![Viewer { link, id: 1 }],
             next_viewer: 1,
             speaker: 1,
+            largest_frame: 0,
             detached_until: None,
             replay: Replay::new(shared.config.replay_buffer_bytes),
             principal: newcomer.principal.clone(),
@@ -1012,19 +1015,19 @@ impl<'a> Session<'a> {
                 self.stop_child();
             }
         }
+        let behind = self.max_behind();
         let stalled: Vec<(u64, usize)> = self
             .viewers
             .iter()
             .filter(|v| {
-                v.link.stalled_for() >= config.timeouts.stall_timeout
-                    || v.link.pending() > self.max_behind()
+                v.link.stalled_for() >= config.timeouts.stall_timeout || v.link.pending() > behind
             })
             .map(|v| (v.id, v.link.pending()))
             .collect();
         for (viewer, pending) in stalled {
             log::warn!(
-                "[{}] viewer {viewer} kept its backlog above the high-water mark for {:?} \
-                 ({pending} bytes waiting); disconnecting",
+                "[{}] client kept its backlog above the high-water mark for {:?}, or fell \
+                 behind the others (viewer {viewer}, {pending} bytes waiting); disconnecting",
                 self.label,
                 config.timeouts.stall_timeout,
             );

@@ -77,6 +77,9 @@ impl Session<'_> {
 
     /// Queue `frame` to every viewer; a viewer whose connection failed is lost.
     fn queue_for_every_viewer(&mut self, frame: &[u8]) {
+        if self.viewers.len() > 1 {
+            self.largest_frame = self.largest_frame.max(frame.len());
+        }
         let mut failed = Vec::new();
         for v in &mut self.viewers {
             if let Err(e) = v.link.queue_text_with(|out| out.extend_from_slice(frame)) {
@@ -88,13 +91,19 @@ impl Session<'_> {
         }
     }
 
-    /// Most bytes a viewer may have waiting: a whole replay (what a reattach queues at
-    /// once) and a few child batches. Only a viewer slower than another gets there (the
-    /// session takes no child output while the quickest has [`HIGH_WATER`] waiting);
-    /// it is dropped as stalled then, without waiting for the stall timeout, so the
-    /// memory a slow viewer holds stays bounded however fast the others read.
+    /// Most bytes a viewer may have waiting while the session has others: a whole
+    /// replay (what a join queues at once), the largest frame sent, and a few child
+    /// batches. Only a viewer slower than another gets there (the session takes no
+    /// child output while the quickest has [`HIGH_WATER`] waiting); it is dropped as
+    /// stalled then, without waiting for the stall timeout, so the memory a slow viewer
+    /// holds stays bounded however fast the others read. A lone viewer has no such
+    /// bound: the session waits for it (and the stall timeout applies).
     pub(super) fn max_behind(&self) -> usize {
-        self.shared.config.replay_buffer_bytes.max(HIGH_WATER) + 4 * HIGH_WATER
+        if self.viewers.len() < 2 {
+            return usize::MAX;
+        }
+        let replay = self.shared.config.replay_buffer_bytes.max(HIGH_WATER);
+        replay + self.largest_frame + 4 * HIGH_WATER
     }
 
     /// Bytes waiting for the quickest viewer (none while detached): a slow viewer does
