@@ -278,7 +278,7 @@ fn end_session_by_one_viewer_ends_it_for_all() {
 #[test]
 fn max_viewers_bounds_the_connections_of_a_session() {
     let s = ServerOptions::fake().arg("--max-viewers=2").start();
-    let (mut a, _b, _) = two_viewers(&s);
+    let (mut a, mut b, _) = two_viewers(&s);
     let url = format!("{}?session_id={}&last_seq=1", s.ws_url, a.session_id);
     let mut c = s.try_connect(&url, &[]).unwrap();
     let hello = c.recv();
@@ -292,9 +292,22 @@ fn max_viewers_bounds_the_connections_of_a_session() {
         "{hello}"
     );
     assert!(c.closed().starts_with("close 4004"));
-    // The two go on, and nobody was told of a third.
+    // The two go on, and nobody was told of a third. A ping is answered to the
+    // viewer that sent it alone (seq 0: outside the stream the others share).
     a.send(json!({"type": "ping"}));
-    assert_eq!(a.recv()["type"], "pong");
+    let pong = a.recv();
+    assert_eq!(pong["type"], "pong", "{pong}");
+    assert_eq!(pong["seq"], 0, "{pong}");
+    b.send(json!({"type": "ping"}));
+    let pong = b.recv();
+    assert_eq!(pong["type"], "pong", "{pong}");
+    a.send(json!({"type": "get_tools"}));
+    assert_eq!(
+        a.recv()["type"],
+        "tools_list",
+        "the other's pong came here too"
+    );
+    assert_eq!(b.recv()["type"], "tools_list");
     assert!(
         eventually(WAIT, || viewers_listed(&s) == 2),
         "{:?}",

@@ -441,7 +441,7 @@ impl<'a> Session<'a> {
             ClientMessage::Query { prompt, options } => self.start_query(prompt, options),
             ClientMessage::Interrupt => self.interrupt(),
             ClientMessage::Input { text } => self.input(text),
-            ClientMessage::Ping => self.send(ServerMessage::Pong {}),
+            ClientMessage::Ping => self.reply(ServerMessage::Pong {}),
             ClientMessage::PermissionResponse {
                 request_id,
                 behavior,

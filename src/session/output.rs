@@ -75,6 +75,17 @@ impl Session<'_> {
         frame
     }
 
+    /// An answer for the viewer whose message is being handled, which concerns nobody
+    /// else (`pong`; what a request about the principal's history answers): while the
+    /// session has other viewers it goes to that one alone, outside the numbered stream
+    /// (seq 0, not replayed); with one viewer it is the next message of the stream.
+    pub(super) fn reply(&mut self, msg: ServerMessage<'_>) {
+        if self.viewers.len() < 2 {
+            return self.send(msg);
+        }
+        self.send_unnumbered(self.speaker, &msg);
+    }
+
     /// Queue `frame` to every viewer; a viewer whose connection failed is lost.
     fn queue_for_every_viewer(&mut self, frame: &[u8]) {
         if self.viewers.len() > 1 {
