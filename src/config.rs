@@ -68,6 +68,10 @@ pub struct Config {
     /// Most sessions one principal (the authenticated user, else the client address)
     /// may hold, 1 to 100,000. Defaults to 64.
     pub max_sessions_per_peer: usize,
+    /// Most connections (viewers) one session may have at once, 1 to 1,000: a
+    /// connection to `/ws?session_id=S` of a session that has a connection joins it.
+    /// Defaults to 8.
+    pub max_viewers: usize,
     /// Longest prompt or input text accepted, in bytes, 1 to 1 GiB. Defaults to 256 KiB.
     pub max_prompt_bytes: usize,
     /// Whether queries ask the client before a tool runs (`permission_request`) unless
@@ -231,6 +235,7 @@ impl Default for Config {
             max_running: 16,
             warm_children: 1,
             max_sessions_per_peer: 64,
+            max_viewers: 8,
             max_prompt_bytes: 256 * 1024,
             permission_prompts: false,
             tool_registry_url: None,
@@ -852,6 +857,14 @@ const FLAGS: &[Flag] = &[
         "most sessions one user (else one client address) may hold",
         "max_sessions_per_peer",
         count!(max_sessions_per_peer, 1, MAX_COUNT),
+    ),
+    flag(
+        "max-viewers",
+        "MAX_VIEWERS",
+        "N",
+        "most connections one session may have at once (more are refused)",
+        "max_viewers",
+        count!(max_viewers, 1, 1000),
     ),
     flag(
         "max-message-bytes",

@@ -235,6 +235,7 @@ fn gauges(shared: &Shared) -> crate::metrics::Gauges {
         sessions: r.session_count(),
         sdk_sessions: r.endpoint_count(crate::registry::Endpoint::Sdk),
         detached: r.detached_count(),
+        viewers: r.viewer_count(),
         running: r.running_count(),
         children: shared.places.used(),
         queued: shared.places.queued(),

@@ -21,7 +21,7 @@
 //! | child stderr drain (1 per child) | pipe reads | keeps the last 4 KiB |
 //! | child stdin writer (1 per child) | its queue; pipe writes | queue of 64 lines, filled with `try_send` |
 //! | spawner (1) | its queue of spawns | a session waits for its own fork and exec only |
-//! | linger (1 per connection a live session lets go of: detached, or taken over) | socket reads, to let the close frame reach the peer | 200 ms |
+//! | linger (1 per connection a live session lets go of: detached, a viewer gone, or taken over) | socket reads, to let the close frame reach the peer | 200 ms |
 //! | reaper (1 per stopping child) | the child's pidfd, with the stop ladder's deadlines | one per `--max-running` place |
 //! | tool-registry request (≤ 4 per session) | one HTTP exchange | 3 s |
 //! | side port (4 workers + tiny_http's accept thread): `/health`, `/sessions`, `/metrics` | requests | `/health` never waits for the start-up check |

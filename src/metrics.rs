@@ -212,6 +212,8 @@ pub struct Gauges {
     /// Of `sessions`, those that came to `/sdk`.
     pub sdk_sessions: usize,
     pub detached: usize,
+    /// Connections to sessions (a session may have several viewers).
+    pub viewers: usize,
     pub running: usize,
     pub children: usize,
     pub queued: usize,
@@ -253,6 +255,13 @@ pub fn render(gauges: &Gauges) -> String {
             ("ws", sessions.saturating_sub(gauges.sdk_sessions) as u64),
             ("sdk", gauges.sdk_sessions as u64),
         ],
+    );
+    single(
+        &mut out,
+        "claude_ws_viewers",
+        "gauge",
+        "Connections to open sessions (a session may have several viewers).",
+        gauges.viewers as u64,
     );
     single(
         &mut out,

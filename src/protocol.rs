@@ -63,6 +63,8 @@ pub enum ErrorCode {
     /// A `permission_response` or `tool_result` names no request that is waiting
     /// (unknown, already answered, or timed out).
     UnknownRequest,
+    /// A connection to a session that has `--max-viewers` connections already.
+    TooManyViewers,
     /// The tool registry (`--tool-registry-url`) did not answer, or answered an error.
     ToolRegistryError,
     /// The CLI refused a live setting (`set_model`, …).
@@ -121,6 +123,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::UnknownRequest => "unknown_request",
+            ErrorCode::TooManyViewers => "too_many_viewers",
             ErrorCode::ToolRegistryError => "tool_registry_error",
             ErrorCode::SettingFailed => "setting_failed",
             ErrorCode::ConversationNotFound => "conversation_not_found",
@@ -192,10 +195,12 @@ pub enum Closing {
     IdleTimeout,
     /// The client read none of its pending output for the stall timeout (4001).
     NotReading,
-    /// Another connection of the same client took the session over (4002).
+    /// `/sdk`: another connection of the same client took the session over (4002).
     Replaced,
     /// A reattach came too late: the session ended meanwhile (4003).
     SessionGone,
+    /// The session has `--max-viewers` connections already (4004).
+    TooManyViewers,
     /// `/sdk`: the start was refused, or a frame is not one the CLI reads (1008).
     Refused,
 }
@@ -214,6 +219,7 @@ impl Closing {
             Closing::NotReading => (4001, "client is not reading"),
             Closing::Replaced => (4002, "session taken over by a new connection"),
             Closing::SessionGone => (4003, "the session has ended"),
+            Closing::TooManyViewers => (4004, "the session has --max-viewers connections"),
             Closing::Refused => (1008, "refused"),
         }
     }
@@ -328,7 +334,7 @@ fn is_base64(s: &str) -> bool {
 }
 
 /// A client's answer to a `permission_request`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Behavior {
     Allow,
@@ -766,6 +772,35 @@ pub enum ServerMessage<'a> {
         /// and `seq` starts again at 1).
         #[serde(skip_serializing_if = "Option::is_none")]
         resumed: Option<Value>,
+        /// How many connections (viewers) the session has now, this one included.
+        viewers: usize,
+        /// This connection's number among the session's viewers (as `viewer_joined`,
+        /// `permission_resolved` … name it).
+        viewer: u64,
+    },
+    /// Another connection joined the session (`/ws?session_id=S`): `viewers` now.
+    ViewerJoined {
+        viewer: u64,
+        viewers: usize,
+    },
+    /// A connection of the session went: `viewers` now.
+    ViewerLeft {
+        viewer: u64,
+        viewers: usize,
+    },
+    /// A `permission_request` was answered by viewer `viewer` (sent while the session
+    /// has more than one viewer): no other answer is wanted.
+    PermissionResolved {
+        request_id: String,
+        behavior: Behavior,
+        viewer: u64,
+    },
+    /// A `tool_call` was answered by viewer `viewer` (sent while the session has more
+    /// than one viewer): no other `tool_result` is wanted.
+    ToolCallResolved {
+        call_id: String,
+        is_error: bool,
+        viewer: u64,
     },
     QueryStart {
         prompt: Value,
@@ -888,6 +923,10 @@ impl ServerMessage<'_> {
     pub fn kind(&self) -> &'static str {
         match self {
             ServerMessage::ConnectionEstablished { .. } => "connection_established",
+            ServerMessage::ViewerJoined { .. } => "viewer_joined",
+            ServerMessage::ViewerLeft { .. } => "viewer_left",
+            ServerMessage::PermissionResolved { .. } => "permission_resolved",
+            ServerMessage::ToolCallResolved { .. } => "tool_call_resolved",
             ServerMessage::QueryStart { .. } => "query_start",
             ServerMessage::AssistantMessage { .. } => "assistant_message",
             ServerMessage::SystemMessage(_) => "system_message",

@@ -58,6 +58,8 @@ pub struct SessionInfo {
     pub user: Option<String>,
     /// The pid of the session's live `claude` child, if it has one.
     pub child_pid: Option<u32>,
+    /// How many connections (viewers) the session has (0 while detached).
+    pub viewers: usize,
     /// Whom the session belongs to (see `auth::Principal`); not shown.
     #[serde(skip)]
     pub principal: String,
@@ -339,6 +341,11 @@ impl Registry {
     }
 
     /// Sessions waiting for their client to reattach.
+    /// Connections to sessions (viewers), over every session.
+    pub fn viewer_count(&self) -> usize {
+        lock(&self.sessions).values().map(|e| e.info.viewers).sum()
+    }
+
     pub fn detached_count(&self) -> usize {
         lock(&self.sessions)
             .values()
@@ -456,6 +463,7 @@ mod tests {
             child_pid: None,
             principal: principal.into(),
             query_running: busy,
+            viewers: usize::from(state != SessionState::Detached),
         }
     }
 

@@ -233,6 +233,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, newcomer: Newcomer) 
             cwd: None,
             user: newcomer.user.clone(),
             child_pid: None,
+            viewers: 1,
             principal: newcomer.principal.clone(),
             query_running: false,
         },
@@ -678,7 +679,10 @@ impl Relay<'_> {
             self.label
         );
         self.detached_until = Some(Instant::now() + grace);
-        self.listing.update(|i| i.state = SessionState::Detached);
+        self.listing.update(|i| {
+            i.state = SessionState::Detached;
+            i.viewers = 0;
+        });
     }
 
     /// The client is back, having seen `last_frame` frames after `sdk_started`.
@@ -698,7 +702,10 @@ impl Relay<'_> {
         } else {
             SessionState::Idle
         };
-        self.listing.update(|i| i.state = state);
+        self.listing.update(|i| {
+            i.state = state;
+            i.viewers = 1;
+        });
         self.send_raw(frames::started(&self.id, true).as_bytes());
         let (gap, held): (Option<u64>, Vec<Vec<u8>>) = match self.replay.since(last_frame) {
             Since::All(f) => (None, f.iter().map(|b| b.to_vec()).collect()),

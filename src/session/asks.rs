@@ -167,8 +167,19 @@ impl Session<'_> {
             .answer_permission(request_id, behavior, updated_input, message)
         {
             Some((id, response)) => {
-                log::info!("[{}] permission {id}: {behavior:?}", self.label);
-                self.answer_cli(&Value::String(id), response);
+                let viewer = self.speaker;
+                log::info!(
+                    "[{}] permission {id}: {behavior:?} (viewer {viewer})",
+                    self.label
+                );
+                self.answer_cli(&Value::String(id.clone()), response);
+                if self.viewers.len() > 1 {
+                    self.send(ServerMessage::PermissionResolved {
+                        request_id: id,
+                        behavior,
+                        viewer,
+                    });
+                }
             }
             None => self.send_error(ClientError::new(
                 ErrorCode::UnknownRequest,
@@ -185,7 +196,17 @@ impl Session<'_> {
             return self.send_error(e);
         }
         match self.pending.answer_tool_call(call_id, content, is_error) {
-            Some((id, response)) => self.answer_cli(&Value::String(id), response),
+            Some((id, response)) => {
+                self.answer_cli(&Value::String(id.clone()), response);
+                if self.viewers.len() > 1 {
+                    let viewer = self.speaker;
+                    self.send(ServerMessage::ToolCallResolved {
+                        call_id: id,
+                        is_error,
+                        viewer,
+                    });
+                }
+            }
             None => self.send_error(ClientError::new(
                 ErrorCode::UnknownRequest,
                 format!(

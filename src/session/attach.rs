@@ -10,38 +10,60 @@
 //! `/ws?session_id=S&last_seq=N` within `--reconnect-grace-secs` gets
 //! `connection_established` with `resumed: true` (numbered 0: not part of the stream),
 //! every message after `seq` N, the questions still waiting, then the live stream.
+//!
+//! Such a connection to a session that has a connection already joins it as another
+//! viewer (up to `--max-viewers`; past it: `too_many_viewers`, close 4004): every viewer
+//! gets every later message with the same `seq`, any may send anything, and the others
+//! learn of it (`viewer_joined`, `viewer_left`). A viewer that goes (a close 1000
+//! included) leaves the others working; the last one ends or detaches the session as
+//! above.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::output::Viewer;
 use super::{End, Lost, Session};
 use crate::link::Link;
 use crate::protocol::{ClientError, Closing, ErrorCode, ServerMessage};
 use crate::replay::Since;
 
 impl Session<'_> {
-    /// The connection ended: the session ends too if the client closed with 1000;
-    /// otherwise it is detached and waits for the client.
-    pub(super) fn lose(&mut self, why: Lost) {
-        if self.link.is_none() || self.ending.is_some() {
+    /// Viewer `viewer`'s connection ended. A close with 1000 removes that viewer; if it
+    /// was the last, the session ends. Any other end removes it too; if it was the
+    /// last, the session is detached and waits for its client.
+    pub(super) fn lose(&mut self, viewer: u64, why: Lost) {
+        if self.ending.is_some() {
             return;
         }
+        let Some(at) = self.viewers.iter().position(|v| v.id == viewer) else {
+            return;
+        };
+        let last = self.viewers.len() == 1;
         let reason = match &why {
-            Lost::Closed(Some(1000)) => return self.end(End::ClientEnded),
+            Lost::Closed(Some(1000)) if last => return self.end(End::ClientEnded),
+            Lost::Closed(Some(1000)) => "the viewer closed with 1000".to_string(),
             Lost::Closed(code) => format!("the client closed with {code:?}"),
             Lost::Gone(why) => format!("connection lost ({why})"),
             Lost::Protocol(why) => format!("protocol error ({why})"),
             Lost::HeartbeatTimeout => "no answer to pings".into(),
             Lost::Stalled => "client stopped reading".into(),
         };
-        let grace = self.shared.config.timeouts.reconnect_grace;
-        if let Some(mut link) = self.link.take() {
-            if matches!(why, Lost::Stalled) {
-                link.close(Closing::NotReading);
-            }
-            link.finish_elsewhere(Duration::from_millis(200));
+        let mut gone = self.viewers.remove(at);
+        if matches!(why, Lost::Stalled) {
+            gone.link.close(Closing::NotReading);
         }
+        gone.link.finish_elsewhere(Duration::from_millis(200));
+        if !last {
+            log::info!(
+                "[{}] viewer {viewer} gone: {reason}; {} left",
+                self.label,
+                self.viewers.len()
+            );
+            let viewers = self.viewers.len();
+            return self.send(ServerMessage::ViewerLeft { viewer, viewers });
+        }
+        let grace = self.shared.config.timeouts.reconnect_grace;
         if grace.is_zero() {
             log::info!("[{}] {reason}; no reconnect grace", self.label);
             return self.end(End::GraceExpired);
@@ -53,22 +75,42 @@ impl Session<'_> {
         self.detached_until = Some(Instant::now() + grace);
     }
 
-    /// The client is back, on `link`, having seen every message up to `last_seq`.
-    pub(super) fn attach(&mut self, link: Link, last_seq: u64) {
-        if let Some(mut old) = self.link.replace(link) {
-            // The same client twice (it reconnected before the old connection was
-            // seen to drop): the newer one wins.
-            old.close(Closing::Replaced);
-            old.finish_elsewhere(Duration::from_millis(200));
+    /// A client connects to the session on `link`, having seen every message up to
+    /// `last_seq`: it comes back to a detached session, or joins the viewers of an
+    /// attached one (up to `--max-viewers`).
+    pub(super) fn attach(&mut self, mut link: Link, last_seq: u64) {
+        let max = self.shared.config.max_viewers;
+        if self.viewers.len() >= max {
+            log::info!(
+                "[{}] refused a viewer from {}: {max} already (--max-viewers)",
+                self.label,
+                link.peer()
+            );
+            let error: ServerMessage = ClientError::new(
+                ErrorCode::TooManyViewers,
+                format!("the session has {max} connections already (--max-viewers)"),
+            )
+            .into();
+            crate::metrics::error_sent(ErrorCode::TooManyViewers);
+            let mut frame = Vec::new();
+            error.write_frame(0, &mut frame);
+            let _ = link.queue_text_with(|out| out.extend_from_slice(&frame));
+            link.close(Closing::TooManyViewers);
+            return link.finish_elsewhere(Duration::from_millis(200));
         }
+        self.next_viewer += 1;
+        let viewer = self.next_viewer;
+        let joined = !self.viewers.is_empty();
         log::info!(
-            "[{}] client reattached, peer {}, after seq {last_seq}",
+            "[{}] client {}, peer {}, after seq {last_seq}",
             self.label,
-            self.link.as_ref().map_or(self.peer, Link::peer)
+            if joined { "joined" } else { "reattached" },
+            link.peer()
         );
+        self.viewers.push(Viewer { link, id: viewer });
         self.detached_until = None;
         self.last_activity = Instant::now();
-        self.send_unnumbered(&self.hello(Some(Value::Bool(true))));
+        self.send_unnumbered(viewer, &self.hello(Some(Value::Bool(true)), viewer));
         let mut frames: Vec<Vec<u8>> = Vec::new();
         let gap = match self.replay.since(last_seq) {
             Since::All(f) => {
@@ -80,6 +122,8 @@ impl Session<'_> {
                 Some(first)
             }
         };
+        // The questions still waiting that the replay does not carry.
+        let asked_before = gap.map_or(last_seq, |first| last_seq.max(first - 1));
         if let Some(first) = gap {
             log::info!(
                 "[{}] replay gap: the client has {last_seq}, the oldest kept is {first}",
@@ -96,19 +140,28 @@ impl Session<'_> {
             )
             .into();
             crate::metrics::error_sent(ErrorCode::ReplayGap);
-            self.send_unnumbered(&error);
+            self.send_unnumbered(viewer, &error);
         }
         for frame in &frames {
-            self.resend(frame);
+            self.resend(viewer, frame);
         }
         // Questions the client saw before it went may be lost with its state (a
-        // reloaded page): ask them again.
+        // reloaded page), and a new viewer never saw them: ask them again — of this
+        // viewer only (outside the numbered stream) when others are watching.
         let again: Vec<ServerMessage<'static>> =
-            self.pending.messages_up_to(last_seq).cloned().collect();
+            self.pending.messages_up_to(asked_before).cloned().collect();
         for m in again {
-            self.send(m);
+            if joined {
+                self.send_unnumbered(viewer, &m);
+            } else {
+                self.send(m);
+            }
+        }
+        if joined {
+            let viewers = self.viewers.len();
+            self.send(ServerMessage::ViewerJoined { viewer, viewers });
         }
         // Input that came with the reattach is already buffered: no wake-up for it.
-        self.on_client_input();
+        self.on_client_input(viewer);
     }
 }

@@ -14,7 +14,10 @@
 //! A query: `query` → `query_start` → the child's events translated → `query_end`.
 //! Exactly one `query_end` follows every `query_start`, whatever happens.
 //!
-//! A session outlives its connection: when the client goes away without ending it (a
+//! A session may have several connections (viewers, `attach.rs`): each gets every
+//! message, and the child is read while the quickest keeps up.
+//!
+//! A session outlives its connections: when the last goes away without ending it (a
 //! close other than 1000, or `end_session`), it is detached for
 //! `--reconnect-grace-secs`, its query still running and its messages kept
 //! (`replay.rs`), until the client reattaches (`attach.rs`) or the grace passes.
@@ -23,7 +26,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, never, select, Receiver, Sender};
+use crossbeam_channel::{bounded, never, Receiver, Select, Sender};
 use tungstenite::Message;
 
 use crate::child::{ChildEvent, Stop, Undelivered};
@@ -31,12 +34,13 @@ use crate::cli;
 use crate::cli::CliEvent;
 use crate::handshake::Newcomer;
 use crate::limits::RateWindow;
-use crate::link::{Link, LinkError, HIGH_WATER};
+use crate::link::{Link, HIGH_WATER};
 use crate::pending::{Pending, Unanswered};
 use crate::protocol::{
     parse_client_text, parse_client_value, ClientError, ClientMessage, Closing, ErrorCode, Prompt,
     QueryOptions, QueryOutcome, ServerMessage, Setting,
 };
+use output::Viewer;
 mod asks;
 mod attach;
 mod output;
@@ -86,8 +90,14 @@ pub struct Session<'a> {
     shared: &'a Shared,
     id: String,
     label: String,
-    /// The client's connection; `None` while detached.
-    link: Option<Link>,
+    /// The session's connections (viewers), oldest first; none while detached.
+    viewers: Vec<Viewer>,
+    /// The number the last viewer got (they count from 1).
+    next_viewer: u64,
+    /// The viewer whose message is being handled (answers name it).
+    speaker: u64,
+    /// The largest frame sent to several viewers (see `max_behind`).
+    largest_frame: usize,
     /// While detached: when the session ends unless its client reattaches.
     detached_until: Option<Instant>,
     /// The messages sent lately, for a client that reattaches.
@@ -148,6 +158,7 @@ struct Row {
     cwd: Option<String>,
     child_pid: Option<u32>,
     query_running: bool,
+    viewers: usize,
 }
 
 impl Row {
@@ -159,6 +170,7 @@ impl Row {
         i.cwd = self.cwd;
         i.child_pid = self.child_pid;
         i.query_running = self.query_running;
+        i.viewers = self.viewers;
     }
 }
 
@@ -188,6 +200,7 @@ pub fn serve(shared: &Shared, link: Link, peer: SocketAddr, mut newcomer: Newcom
             cwd: None,
             user: newcomer.user.clone(),
             child_pid: None,
+            viewers: 1,
             principal: newcomer.principal.clone(),
             query_running: false,
         },
@@ -239,7 +252,10 @@ impl<'a> Session<'a> {
             id,
             shared,
             peer,
-            link: Some(link),
+            viewers: vec![Viewer { link, id: 1 }],
+            next_viewer: 1,
+            speaker: 1,
+            largest_frame: 0,
             detached_until: None,
             replay: Replay::new(shared.config.replay_buffer_bytes),
             principal: newcomer.principal.clone(),
@@ -277,6 +293,7 @@ impl<'a> Session<'a> {
                 cwd: None,
                 child_pid: None,
                 query_running: false,
+                viewers: 1,
             },
         }
     }
@@ -286,15 +303,15 @@ impl<'a> Session<'a> {
     fn run(mut self) {
         log::info!("[{}] session open, peer {}", self.label, self.peer);
         let hello = if self.resumed_conversation {
-            self.hello(Some("conversation".into()))
+            self.hello(Some("conversation".into()), 1)
         } else {
-            self.hello(None)
+            self.hello(None, 1)
         };
         self.send(hello);
         self.flush();
         self.warm_ahead();
         // Frames that came with the handshake are already buffered: no wake-up for them.
-        self.on_client_input();
+        self.on_client_input(1);
         self.flush();
         self.publish();
         let end = loop {
@@ -303,10 +320,11 @@ impl<'a> Session<'a> {
             }
             // Clones for this turn of the loop only: a clone kept longer would keep a
             // stopped child's reader from seeing that nobody listens any more.
-            let inbound = match &self.link {
-                Some(l) => l.inbound().clone(),
-                None => never(),
-            };
+            let inbound: Vec<(u64, Receiver<()>)> = self
+                .viewers
+                .iter()
+                .map(|v| (v.id, v.link.inbound().clone()))
+                .collect();
             let control = self.control.clone();
             let registry = self.registry.1.clone();
             let grant = self.seat.grants().clone();
@@ -318,45 +336,50 @@ impl<'a> Session<'a> {
             let wait = self
                 .next_deadline()
                 .saturating_duration_since(Instant::now());
-            select! {
-                recv(inbound) -> m => match m {
-                    Ok(()) => self.on_client_input(),
-                    Err(_) => self.lose(Lost::Gone("connection closed".into())),
-                },
-                recv(events) -> ev => match ev {
-                    Ok(ev) => {
-                        self.on_child_event(ev);
-                        for _ in 1..EVENT_BATCH {
-                            if self.pending_output() > HIGH_WATER || self.ending.is_some() {
-                                break;
-                            }
-                            let Some(c) = self.seat.live() else { break };
-                            match c.child.events().try_recv() {
-                                Ok(ev) => self.on_child_event(ev),
-                                Err(_) => break,
-                            }
-                        }
+            // One receiver per viewer: a `Select` rather than `select!`.
+            let mut choice = Select::new();
+            for (_, r) in &inbound {
+                choice.recv(r);
+            }
+            let on_events = choice.recv(&events);
+            let on_control = choice.recv(&control);
+            let on_grant = choice.recv(&grant);
+            let on_registry = choice.recv(&registry);
+            if let Ok(op) = choice.select_timeout(wait) {
+                let i = op.index();
+                if let Some((viewer, r)) = inbound.get(i) {
+                    match op.recv(r) {
+                        Ok(()) => self.on_client_input(*viewer),
+                        Err(_) => self.lose(*viewer, Lost::Gone("connection closed".into())),
                     }
-                    // The reader thread ended without saying so: treat it as an exit.
-                    Err(_) => self.on_child_exit(),
-                },
-                recv(control) -> c => if let Ok(c) = c {
-                    self.on_control(c)
-                },
-                recv(grant) -> slot => if let Ok(slot) = slot {
-                    self.on_place(slot)
-                },
-                recv(registry) -> r => if let Ok(r) = r {
-                    self.on_registry_reply(r)
-                },
-                default(wait) => {}
+                } else if i == on_events {
+                    match op.recv(&events) {
+                        Ok(ev) => self.on_child_events(ev),
+                        // The reader thread ended without saying so: treat it as an exit.
+                        Err(_) => self.on_child_exit(),
+                    }
+                } else if i == on_control {
+                    if let Ok(c) = op.recv(&control) {
+                        self.on_control(c)
+                    }
+                } else if i == on_grant {
+                    if let Ok(slot) = op.recv(&grant) {
+                        self.on_place(slot)
+                    }
+                } else if i == on_registry {
+                    if let Ok(r) = op.recv(&registry) {
+                        self.on_registry_reply(r)
+                    }
+                }
             }
             self.on_timers(Instant::now());
             self.sync_drain();
             self.flush();
             self.publish();
-            if let (None, Some(link)) = (&self.query, &mut self.link) {
-                link.release_buffers(); // between queries a session stays small
+            if self.query.is_none() {
+                for v in &mut self.viewers {
+                    v.link.release_buffers(); // between queries a session stays small
+                }
             }
         };
         self.finish(end);
@@ -369,12 +392,32 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// A child event, and those that wait behind it, up to [`EVENT_BATCH`] while the
+    /// viewers keep up.
+    fn on_child_events(&mut self, ev: ChildEvent) {
+        self.on_child_event(ev);
+        for _ in 1..EVENT_BATCH {
+            if self.pending_output() > HIGH_WATER || self.ending.is_some() {
+                break;
+            }
+            let Some(c) = self.seat.live() else { break };
+            match c.child.events().try_recv() {
+                Ok(ev) => self.on_child_event(ev),
+                Err(_) => break,
+            }
+        }
+    }
+
     // ---- client side ------------------------------------------------------------
 
-    fn on_client_input(&mut self) {
-        let Some(link) = &mut self.link else { return };
+    /// Viewer `viewer` sent something (or its socket has room again).
+    fn on_client_input(&mut self, viewer: u64) {
+        let Some(v) = self.viewers.iter_mut().find(|v| v.id == viewer) else {
+            return;
+        };
         let mut messages = Vec::new();
-        let result = link.receive(|_, m| messages.push(m));
+        let result = v.link.receive(|_, m| messages.push(m));
+        self.speaker = viewer;
         if !messages.is_empty() {
             self.active_at = now_unix();
         }
@@ -395,9 +438,7 @@ impl<'a> Session<'a> {
         }
         match result {
             Ok(()) => {}
-            Err(LinkError::Closed(code)) => self.lose(Lost::Closed(code)),
-            Err(LinkError::Gone(why)) => self.lose(Lost::Gone(why)),
-            Err(LinkError::Protocol(why)) => self.lose(Lost::Protocol(why)),
+            Err(e) => self.lose_link(viewer, e),
         }
     }
 
@@ -406,7 +447,7 @@ impl<'a> Session<'a> {
             ClientMessage::Query { prompt, options } => self.start_query(prompt, options),
             ClientMessage::Interrupt => self.interrupt(),
             ClientMessage::Input { text } => self.input(text),
-            ClientMessage::Ping => self.send(ServerMessage::Pong {}),
+            ClientMessage::Ping => self.reply(ServerMessage::Pong {}),
             ClientMessage::PermissionResponse {
                 request_id,
                 behavior,
@@ -427,7 +468,8 @@ impl<'a> Session<'a> {
                 let registry = &self.shared.registry;
                 let answer =
                     crate::history::answer(registry, dir.as_deref(), &self.principal, request);
-                self.send(answer);
+                // Only the device that asked: another one is not told to load it.
+                self.reply(answer);
             }
             ClientMessage::Batch { messages } if top_level => {
                 for m in messages {
@@ -904,6 +946,7 @@ impl<'a> Session<'a> {
             cwd: self.cwd.clone(),
             child_pid: self.seat.pid(),
             query_running: self.query.is_some(),
+            viewers: self.viewers.len(),
         }
     }
 
@@ -918,8 +961,8 @@ impl<'a> Session<'a> {
 
     /// What the session is doing, as `/sessions` shows it.
     fn state(&self) -> SessionState {
-        match (&self.link, self.seat.queued(), &self.query) {
-            (None, ..) => SessionState::Detached,
+        match (self.viewers.is_empty(), self.seat.queued(), &self.query) {
+            (true, ..) => SessionState::Detached,
             (_, Some(_), _) => SessionState::Queued,
             (_, None, Some(_)) => SessionState::Running,
             (_, None, None) => SessionState::Idle,
@@ -952,10 +995,11 @@ impl<'a> Session<'a> {
         if let Some(d) = self.detached_until {
             next = next.min(d);
         }
-        if let Some(d) = self
-            .link
-            .as_ref()
-            .and_then(|l| l.stall_deadline(config.timeouts.stall_timeout))
+        let stall = config.timeouts.stall_timeout;
+        for d in self
+            .viewers
+            .iter()
+            .filter_map(|v| v.link.stall_deadline(stall))
         {
             next = next.min(d);
         }
@@ -966,13 +1010,16 @@ impl<'a> Session<'a> {
         let config = &self.shared.config;
         if now >= self.next_ping {
             self.next_ping = now + config.timeouts.ping_interval;
-            if let Some(link) = &mut self.link {
-                if now.duration_since(link.last_heard) > config.timeouts.ping_interval * 2 {
-                    return self.lose(Lost::HeartbeatTimeout);
+            let mut gone = Vec::new();
+            for v in &mut self.viewers {
+                if now.duration_since(v.link.last_heard) > config.timeouts.ping_interval * 2 {
+                    gone.push((v.id, Lost::HeartbeatTimeout));
+                } else if v.link.ping().is_err() {
+                    gone.push((v.id, Lost::Gone("ping failed".into())));
                 }
-                if link.ping().is_err() {
-                    return self.lose(Lost::Gone("ping failed".into()));
-                }
+            }
+            for (viewer, why) in gone {
+                self.lose(viewer, why);
             }
         }
         if self.detached_until.is_some_and(|d| now >= d) {
@@ -1016,18 +1063,23 @@ impl<'a> Session<'a> {
                 self.stop_child();
             }
         }
-        if let Some(link) = self
-            .link
-            .as_ref()
-            .filter(|l| l.stalled_for() >= config.timeouts.stall_timeout)
-        {
+        let behind = self.max_behind();
+        let stalled: Vec<(u64, usize)> = self
+            .viewers
+            .iter()
+            .filter(|v| {
+                v.link.stalled_for() >= config.timeouts.stall_timeout || v.link.pending() > behind
+            })
+            .map(|v| (v.id, v.link.pending()))
+            .collect();
+        for (viewer, pending) in stalled {
             log::warn!(
-                "[{}] client kept its backlog above the high-water mark for {:?} ({} bytes waiting); disconnecting",
+                "[{}] client kept its backlog above the high-water mark for {:?}, or fell \
+                 behind the others (viewer {viewer}, {pending} bytes waiting); disconnecting",
                 self.label,
                 config.timeouts.stall_timeout,
-                link.pending()
             );
-            self.lose(Lost::Stalled);
+            self.lose(viewer, Lost::Stalled);
         }
     }
 
@@ -1053,7 +1105,7 @@ impl<'a> Session<'a> {
                 }
             }
             Control::Attach(link, last_seq) => self.attach(*link, last_seq),
-            Control::Reclaim if self.link.is_none() && self.query.is_none() => {
+            Control::Reclaim if self.viewers.is_empty() && self.query.is_none() => {
                 log::info!("[{}] ended to make room for a new session", self.label);
                 self.end(End::GraceExpired);
             }
@@ -1101,7 +1153,8 @@ impl<'a> Session<'a> {
             self.flush();
         }
         self.listing.update(|i| i.state = SessionState::Closing);
-        if let Some(link) = &mut self.link {
+        for v in &mut self.viewers {
+            let link = &mut v.link;
             match &end {
                 // A drain's clients reconnect through the balancer to another instance.
                 End::Shutdown if draining => link.close(Closing::Restarting),
@@ -1120,8 +1173,14 @@ impl<'a> Session<'a> {
             self.send_interrupt();
         }
         self.query = None;
-        if let Some(link) = &mut self.link {
-            link.finish(Duration::from_secs(1));
+        // Each viewer's close on a thread of its own but the last (the session's):
+        // one slow peer does not hold up the others'.
+        let last = self.viewers.pop();
+        for v in self.viewers.drain(..) {
+            v.link.finish_elsewhere(Duration::from_secs(1));
+        }
+        if let Some(mut v) = last {
+            v.link.finish(Duration::from_secs(1));
         }
         self.stop_child();
         log::info!("[{}] session closed", self.label);
