@@ -10,9 +10,9 @@
 //!   directly instead of behind `ToolSearch`; older ones (2.1.197, checked) accept the
 //!   key and change nothing, so no choice is needed — `/health` says whether tool
 //!   search was seen.
-//! - warm children (`warm.rs`): parked spares (`--await-claim`, bound by a
-//!   `claim_session` control request) where the CLI takes `--await-claim`, else a child
-//!   started ahead and sent `initialize`. 2.1.332 hides the flag from `--help`, so the
+//! - warm children (`warm.rs`): the first started ahead and sent `initialize` (the
+//!   fastest first answer), the others parked spares (`--await-claim`, bound by a
+//!   `claim_session` control request) where the CLI takes `--await-claim`. 2.1.332 hides the flag from `--help`, so the
 //!   start-up check asks the CLI itself ([`ClaimProbe`]): a parked spare started with
 //!   stdin at its end exits 0 at once; a CLI that does not know the flag exits 1 with
 //!   `error: unknown option '--await-claim'` (2.1.197, checked).
@@ -177,7 +177,9 @@ impl Detected {
             "init": init,
             "paths": {
                 "client_tools": "always_load",
-                "warm": if self.parked_spares() { "parked_spare" } else { "initialize_ahead" },
+                // The first warm child is started ahead; the others parked where the
+                // CLI can park them (`warm.rs`).
+                "warm": if self.parked_spares() { "initialize_ahead+parked_spare" } else { "initialize_ahead" },
             },
         })
     }
@@ -245,6 +247,6 @@ mod tests {
         d.claim.set(ClaimProbe::Accepted).unwrap();
         assert!(d.parked_spares());
         assert_eq!(d.health()["await_claim"]["status"], "accepted");
-        assert_eq!(d.health()["paths"]["warm"], "parked_spare");
+        assert_eq!(d.health()["paths"]["warm"], "initialize_ahead+parked_spare");
     }
 }

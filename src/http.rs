@@ -246,6 +246,8 @@ fn gauges(shared: &Shared) -> crate::metrics::Gauges {
             failing: warm.failing,
             started: warm.started,
             taken: warm.taken,
+            parked: warm.parked,
+            claimed: warm.claimed,
         },
     }
 }

@@ -228,6 +228,10 @@ pub struct WarmGauges {
     pub failing: bool,
     pub started: u64,
     pub taken: u64,
+    /// Of the waiting children, parked spares.
+    pub parked: usize,
+    /// Of those taken, parked spares bound by `claim_session`.
+    pub claimed: u64,
 }
 
 /// Everything, as the text `/metrics` answers: these gauges and the process's counters.
@@ -354,6 +358,20 @@ pub fn render(gauges: &Gauges) -> String {
         "counter",
         "Warm children taken by a new session's first query.",
         warm.taken,
+    );
+    single(
+        &mut out,
+        "claude_ws_warm_children_parked",
+        "gauge",
+        "Of the waiting warm children, parked spares (--await-claim).",
+        warm.parked as u64,
+    );
+    single(
+        &mut out,
+        "claude_ws_warm_children_claimed_total",
+        "counter",
+        "Of the warm children taken, parked spares bound by claim_session.",
+        warm.claimed,
     );
     single(
         &mut out,

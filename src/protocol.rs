@@ -100,6 +100,23 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Whether an error of this code only refuses the one client message it answers
+    /// (it was malformed, or came at the wrong time), changing nothing for anybody
+    /// else: a session with several viewers tells the sender alone.
+    pub fn refuses_one_message(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::InvalidJson
+                | ErrorCode::InvalidMessage
+                | ErrorCode::MissingType
+                | ErrorCode::UnknownType
+                | ErrorCode::BinaryNotSupported
+                | ErrorCode::QueryInProgress
+                | ErrorCode::NoActiveQuery
+                | ErrorCode::UnknownRequest
+        )
+    }
+
     /// The stable wire form.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -20,15 +20,16 @@
 //!   `--child-idle-secs` is forgotten and its child stopped. A child is only ever
 //!   taken by its own principal's sessions.
 //!
-//! How they wait: where the CLI takes `--await-claim` (`features.rs`), each is a parked
-//! spare, started in a parking directory under its CLI state
-//! (`<CLAUDE_CONFIG_DIR or ~/.claude>/spares`); a session binds it with a
-//! `claim_session` control request (`cwd`, and `permission_mode` when the query names
-//! one), so a spare also serves a query that differs from its spec only in those two.
-//! The claim is answered before the user message is written; a refused claim stops the
-//! spare and the session starts a child of its own (nothing of the query is lost).
-//! Elsewhere (2.1.197) a warm child is started in its spec's directory and taken only
-//! by exactly that spec.
+//! How they wait: the first (and a principal's one) is started in its spec's directory
+//! and sent `initialize`, and is taken only by exactly that spec: that is the fastest
+//! first answer on every version. Where the CLI takes `--await-claim` (`features.rs`),
+//! the others (`--warm-children` 2 or more, one CLI state) are parked spares, started
+//! in a parking directory under the CLI state (`<CLAUDE_CONFIG_DIR or
+//! ~/.claude>/spares`); a session binds one with a `claim_session` control request
+//! (`cwd`, and `permission_mode` when the query names one), so a spare also serves a
+//! query that differs from its spec only in those two. The claim is answered before
+//! the user message is written; a refused claim stops the spare and the session starts
+//! a child of its own (nothing of the query is lost).
 //!
 //! Each warm child holds one of the `--max-running` places, taken only when free and
 //! nobody waits (`places.rs`), and gives it up first when a query waits for one (the
@@ -381,16 +382,16 @@ impl Warm {
             if let Some(w) = pool.wanted.iter_mut().find(|w| w.principal == principal) {
                 w.seen = Instant::now();
             }
-            // The oldest that is up; else the oldest (still ahead of a fresh start). One
-            // that has exited is left to the pool thread, which sees its end.
+            // The oldest that is up, started ahead before parked (it answers sooner);
+            // else the oldest (still ahead of a fresh start). One that has exited is
+            // left to the pool thread, which sees its end.
             let fit: Vec<usize> = (0..pool.waiting.len())
                 .filter(|&i| serves(&pool.waiting[i]) && pool.waiting[i].child.try_wait().is_none())
                 .collect();
+            let w = &pool.waiting;
             let i = fit
-                .iter()
-                .copied()
-                .find(|&i| pool.waiting[i].initialised)
-                .or_else(|| fit.first().copied())?;
+                .into_iter()
+                .min_by_key(|&i| (!w[i].initialised, w[i].parked))?;
             pool.taken += 1;
             pool.waiting.remove(i)
         };
@@ -560,6 +561,20 @@ impl Warm {
         }
     }
 
+    /// Whether the next child is a parked spare: only where the CLI can park one, for
+    /// everybody, and once a child started ahead of the default spec waits. A child
+    /// started ahead (sent `initialize` in its spec's directory) answers a query of
+    /// exactly that spec fastest (~110 ms on 2.1.332 against ~200 ms for a claimed
+    /// spare, docs/performance.md); a parked spare serves a first query in any
+    /// directory and permission mode. So the first child waits started ahead, and the
+    /// others (`--warm-children` 2 or more) parked. A principal's one child is
+    /// started ahead: its default query is what a returning user sends.
+    fn parks_next(&self, pool: &Pool) -> bool {
+        self.features.parked_spares()
+            && matches!(self.serves, Some(WarmFor::Everybody(_)))
+            && pool.waiting.iter().any(|w| !w.parked)
+    }
+
     /// Start children until the target is met, a place is missing, or the backoff
     /// says wait. Nothing starts before the start-up check knows whether the CLI
     /// takes `--await-claim`.
@@ -568,14 +583,17 @@ impl Warm {
             return; // the check wakes the pool when it is done
         }
         loop {
-            let (spec, principal) = {
+            let (spec, principal, park) = {
                 let pool = lock(&self.inner);
                 let backing_off = pool.retry_at.is_some_and(|at| Instant::now() < at);
                 if pool.stopping || backing_off {
                     return;
                 }
                 match self.next_wanted(&pool) {
-                    Some(next) => next,
+                    Some((spec, principal)) => {
+                        let park = self.parks_next(&pool);
+                        (spec, principal, park)
+                    }
                     None => return,
                 }
             };
@@ -583,11 +601,7 @@ impl Warm {
                 return; // `places` says Freed when one comes free
             };
             // A parked spare waits in a directory of its own; the claim moves it.
-            let park = if self.features.parked_spares() {
-                parking(&spec)
-            } else {
-                None
-            };
+            let park = if park { parking(&spec) } else { None };
             let mut start = spec.spec();
             if let Some(dir) = &park {
                 start.cwd = Some(dir.clone());

@@ -292,7 +292,7 @@ fn parked_spares(s: &TestServer) -> bool {
     assert_eq!(
         path,
         if parked {
-            "parked_spare"
+            "initialize_ahead+parked_spare"
         } else {
             "initialize_ahead"
         },
@@ -313,9 +313,10 @@ fn init_cwd(msgs: &[Value]) -> String {
 #[test]
 fn the_real_cli_answers_from_a_warm_child() {
     let api = MockApi::start();
-    let s = ServerOptions::real(&api).arg("--warm-children=1").start();
-    let warm = warm_ready(&s, 1);
+    let s = ServerOptions::real(&api).arg("--warm-children=2").start();
+    let warm = warm_ready(&s, 2);
     let parked = parked_spares(&s);
+    // The first is started ahead; the second parked where the CLI can park it.
     assert_eq!(health(&s)["warm"]["parked"], u64::from(parked));
     let mut c = s.connect();
     let msgs = c.query("hello warm", json!({}));
@@ -327,9 +328,10 @@ fn the_real_cli_answers_from_a_warm_child() {
     let child = session_child(&s).expect("a child");
     assert!(warm.contains(&child), "{child} not in {warm:?}");
     assert_eq!(api.user_texts().len(), 1, "{:?}", api.user_texts());
-    // A parked spare was claimed into the workspace, not left where it was parked.
+    // The default query takes the child started ahead (it answers sooner), not the
+    // parked spare; it runs in the workspace.
     let h = health(&s);
-    assert_eq!(h["warm"]["claimed"], u64::from(parked), "{h}");
+    assert_eq!(h["warm"]["claimed"], 0, "{h}");
     assert_eq!(
         std::fs::canonicalize(init_cwd(&msgs)).unwrap(),
         std::fs::canonicalize(&s.workspace).unwrap()
@@ -339,8 +341,8 @@ fn the_real_cli_answers_from_a_warm_child() {
 #[test]
 fn a_parked_spare_is_claimed_for_another_directory_and_permission_mode() {
     let api = MockApi::start();
-    let s = ServerOptions::real(&api).arg("--warm-children=1").start();
-    let warm = warm_ready(&s, 1);
+    let s = ServerOptions::real(&api).arg("--warm-children=2").start();
+    let warm = warm_ready(&s, 2);
     let parked = parked_spares(&s);
     let sub = s.workspace.join("sub");
     std::fs::create_dir_all(&sub).unwrap();
@@ -364,6 +366,72 @@ fn a_parked_spare_is_claimed_for_another_directory_and_permission_mode() {
     let child = session_child(&s).expect("a child");
     assert_eq!(warm.contains(&child), parked, "{child} / {warm:?}");
     assert_eq!(health(&s)["warm"]["claimed"], u64::from(parked));
+    let (_, _, metrics) = http_request(&s.http_addr, "GET", "/metrics", &[]);
+    let line = format!(
+        "claude_ws_warm_children_claimed_total {}",
+        u64::from(parked)
+    );
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no {line:?} in\n{metrics}"
+    );
+}
+
+/// A claim the CLI refuses (here: the claimed directory is gone, which 2.1.332 answers
+/// with `cwd_not_found`; a wrapper rewrites the claim's `cwd` on its way in): the spare
+/// is stopped, the query starts a child of its own and completes, nothing of it lost.
+#[test]
+fn a_refused_claim_leaves_the_query_to_a_child_of_its_own() {
+    let api = MockApi::start();
+    let dir = TempDir::new("warm-claim");
+    let wrapper = dir.path().join("claude");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             case \" $* \" in *' --await-claim '*)\n\
+               sed -u '/claim_session/ s|\"cwd\":\"[^\"]*\"|\"cwd\":\"/nonexistent-claim-dir\"|' \
+               | {real} \"$@\"; exit $? ;;\n\
+             esac\n\
+             exec {real} \"$@\"\n",
+            real = cli::real_claude().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut options = ServerOptions::real(&api).arg("--warm-children=2");
+    options.claude = wrapper;
+    let s = options.start();
+    let warm = warm_ready(&s, 2);
+    let parked = parked_spares(&s);
+    let sub = s.workspace.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let mut c = s.connect();
+    let msgs = c.query(
+        "hello despite the claim",
+        json!({"cwd": sub.display().to_string()}),
+    );
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    assert!(assistant_text(&msgs).contains("Echo: hello despite the claim"));
+    assert_eq!(
+        std::fs::canonicalize(init_cwd(&msgs)).unwrap(),
+        std::fs::canonicalize(&sub).unwrap()
+    );
+    assert_eq!(api.user_texts().len(), 1, "{:?}", api.user_texts());
+    // A child of its own, not a warm one; the refused spare is stopped and not counted.
+    let child = session_child(&s).expect("a child");
+    assert!(!warm.contains(&child), "{child} / {warm:?}");
+    let h = health(&s);
+    assert_eq!(h["warm"]["claimed"], 0, "{h}");
+    assert_eq!(h["warm"]["taken"], 0, "{h}");
+    if parked {
+        let gone = eventually(WAIT, || {
+            let now: BTreeSet<u32> = children_of(s.pid()).into_iter().collect();
+            warm.iter().filter(|p| now.contains(p)).count() == 1
+        });
+        assert!(gone, "the refused spare was not stopped: {}", health(&s));
+    }
 }
 
 // ---- a warm child per principal (authentication on: each in its own sandbox) ----------

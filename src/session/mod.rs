@@ -555,6 +555,11 @@ impl<'a> Session<'a> {
             crate::history::note_prompt(&dir, &self.id, &prompt.text());
         }
         if let Err(e) = self.write_user_message(prompt) {
+            if e.code == ErrorCode::ClaudeExited && self.seat.live().is_some() {
+                // The child is exiting before it read the prompt: its exit (which
+                // comes) ends the query, with what it wrote to stderr.
+                return;
+            }
             // Nothing reached the child, so nothing will end this query but us.
             self.send_error(e);
             return self.end_query(QueryOutcome::Error);

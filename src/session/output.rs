@@ -127,9 +127,14 @@ impl Session<'_> {
             .unwrap_or(0)
     }
 
+    /// An error to the viewers: to the one whose message it refuses alone (nothing
+    /// changed for the others, see [`ErrorCode::refuses_one_message`]), else to all.
     pub(super) fn send_error(&mut self, e: ClientError) {
         log::debug!("[{}] error to client: {e}", self.label);
         crate::metrics::error_sent(e.code);
+        if e.code.refuses_one_message() {
+            return self.reply(e.into());
+        }
         self.send(e.into());
     }
 
