@@ -172,3 +172,24 @@ fn the_readme_links_to_every_reference_document() {
         assert!(!doc(file).is_empty(), "{file} is empty");
     }
 }
+
+/// The versions the README names as supported are the ones scripts/install-claude.sh
+/// pins (the newest) and installs as `oldest` (CI's second pass).
+#[test]
+fn the_readme_names_the_pinned_and_oldest_cli() {
+    let script = doc("scripts/install-claude.sh");
+    let value = |name: &str| {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("no {name}=\"…\" in scripts/install-claude.sh"))
+            .to_string()
+    };
+    let readme = doc("README.md");
+    for (name, role) in [("PINNED", "the newest"), ("OLDEST", "the oldest")] {
+        let version = value(name);
+        let line = format!("**{version}** ({role}");
+        assert!(readme.contains(&line), "the README does not say {line:?}");
+    }
+}
