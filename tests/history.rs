@@ -56,13 +56,7 @@ fn rows(s: &TestServer) -> Vec<Value> {
 /// Connect as `sub` and read `connection_established`.
 fn connect_as(s: &TestServer, sub: &str) -> Client {
     let token = support::jwt::user_jwt(SECRET, sub);
-    let mut c = s
-        .try_connect(&format!("{}?token={token}", s.ws_url), &[])
-        .unwrap_or_else(|e| panic!("connect failed: {e}\n{}", s.logs()));
-    let hello = c.recv();
-    assert_eq!(hello["type"], "connection_established", "{hello}");
-    c.session_id = hello["data"]["session_id"].as_str().unwrap().to_string();
-    c
+    s.connect_with(&format!("{}?token={token}", s.ws_url), &[])
 }
 
 /// Send `request` and read up to its answer of type `kind` (or an `error`).

@@ -25,18 +25,6 @@ fn jwt(secret: &str, user: &str) -> String {
     support::jwt::user_jwt(secret, user)
 }
 
-/// Connect as JWT user `user` and read `connection_established`.
-fn login(s: &TestServer, secret: &str, user: &str) -> Client {
-    let token = format!("Bearer {}", jwt(secret, user));
-    let mut c = s
-        .try_connect(&s.ws_url, &[("Authorization", &token)])
-        .unwrap_or_else(|e| panic!("{user} could not connect: {e}\n{}", s.logs()));
-    let hello = c.recv();
-    assert_eq!(hello["type"], "connection_established", "{hello}");
-    c.session_id = hello["data"]["session_id"].as_str().unwrap().to_string();
-    c
-}
-
 /// A server of the real CLI with JWT authentication (the secret in a file): the
 /// sandbox is on by default.
 fn two_user_server(api: &MockApi, extra: &[&str]) -> (TestServer, TempDir) {
@@ -101,8 +89,8 @@ fn one_user_sees_nothing_of_the_other_nor_of_the_server() {
     let (s, _secrets) = two_user_server(&api, &[]);
     assert_eq!(s.get("/health").1["sandbox"], "bubblewrap");
     assert!(s.logged("--admin-token was given on the command line"));
-    let mut alice = login(&s, SECRET, "alice");
-    let mut bob = login(&s, SECRET, "bob");
+    let mut alice = s.login(SECRET, "alice");
+    let mut bob = s.login(SECRET, "bob");
 
     // Alice works in a workspace of her own, inside the server's root, 0700.
     let home = ask(&mut alice, "bash pwd");
@@ -220,7 +208,7 @@ fn a_sandboxed_child_is_stopped_interrupted_evicted_and_reaped() {
         &api,
         &["--max-running=1", "--stop-grace-secs=1", NO_REATTACH],
     );
-    let mut alice = login(&s, SECRET, "alice");
+    let mut alice = s.login(SECRET, "alice");
     // Interrupted like any other: the interrupt reaches claude inside through stdin.
     alice.query("remember delta", json!({}));
     alice.send(json!({"type": "query", "prompt": "slow 100 100"}));
@@ -240,7 +228,7 @@ fn a_sandboxed_child_is_stopped_interrupted_evicted_and_reaped() {
 
     // Evicted: with one place, bob's query waits until alice's idle child is stopped
     // (stdin closed: it exits by itself) and reaped with everything in its sandbox.
-    let mut bob = login(&s, SECRET, "bob");
+    let mut bob = s.login(SECRET, "bob");
     let msgs = bob.query("hi", json!({}));
     assert!(
         types(&msgs).contains(&"query_queued".to_string()),
@@ -298,7 +286,7 @@ fn a_sandboxed_child_is_stopped_interrupted_evicted_and_reaped() {
 fn a_server_killed_with_sigkill_leaves_no_sandboxed_process() {
     let api = MockApi::start();
     let (mut s, _secrets) = two_user_server(&api, &[]);
-    let mut alice = login(&s, SECRET, "alice");
+    let mut alice = s.login(SECRET, "alice");
     alice.send(json!({"type": "query", "prompt": "bash tail -f /dev/null",
                       "options": {"allowed_tools": ["Bash"]}}));
     let server = s.pid();

@@ -338,24 +338,33 @@ fn the_real_cli_answers_from_a_warm_child() {
     );
 }
 
+/// `prompt` with `options` and the `cwd` of a new directory in the workspace, from a
+/// new connection: it completes, answered in that directory. Its messages.
+fn query_in_sub(s: &TestServer, prompt: &str, mut options: Value) -> Vec<Value> {
+    let sub = s.workspace.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    options["cwd"] = json!(sub.display().to_string());
+    let msgs = s.connect().query(prompt, options);
+    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    let echo = format!("Echo: {prompt}");
+    assert!(assistant_text(&msgs).contains(&echo), "{msgs:?}");
+    assert_eq!(
+        std::fs::canonicalize(init_cwd(&msgs)).unwrap(),
+        std::fs::canonicalize(&sub).unwrap()
+    );
+    msgs
+}
+
 #[test]
 fn a_parked_spare_is_claimed_for_another_directory_and_permission_mode() {
     let api = MockApi::start();
     let s = ServerOptions::real(&api).arg("--warm-children=2").start();
     let warm = warm_ready(&s, 2);
     let parked = parked_spares(&s);
-    let sub = s.workspace.join("sub");
-    std::fs::create_dir_all(&sub).unwrap();
-    let mut c = s.connect();
-    let msgs = c.query(
+    let msgs = query_in_sub(
+        &s,
         "hello elsewhere",
-        json!({"cwd": sub.display().to_string(), "permission_mode": "acceptEdits"}),
-    );
-    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
-    assert!(assistant_text(&msgs).contains("Echo: hello elsewhere"));
-    assert_eq!(
-        std::fs::canonicalize(init_cwd(&msgs)).unwrap(),
-        std::fs::canonicalize(&sub).unwrap()
+        json!({"permission_mode": "acceptEdits"}),
     );
     let init = msgs
         .iter()
@@ -405,19 +414,7 @@ fn a_refused_claim_leaves_the_query_to_a_child_of_its_own() {
     let s = options.start();
     let warm = warm_ready(&s, 2);
     let parked = parked_spares(&s);
-    let sub = s.workspace.join("sub");
-    std::fs::create_dir_all(&sub).unwrap();
-    let mut c = s.connect();
-    let msgs = c.query(
-        "hello despite the claim",
-        json!({"cwd": sub.display().to_string()}),
-    );
-    assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
-    assert!(assistant_text(&msgs).contains("Echo: hello despite the claim"));
-    assert_eq!(
-        std::fs::canonicalize(init_cwd(&msgs)).unwrap(),
-        std::fs::canonicalize(&sub).unwrap()
-    );
+    query_in_sub(&s, "hello despite the claim", json!({}));
     assert_eq!(api.user_texts().len(), 1, "{:?}", api.user_texts());
     // A child of its own, not a warm one; the refused spare is stopped and not counted.
     let child = session_child(&s).expect("a child");
@@ -449,17 +446,6 @@ fn users_server(api: &MockApi, extra: &[&str]) -> (TestServer, TempDir) {
         .start();
     assert_eq!(health(&s)["sandbox"], "bubblewrap");
     (s, secrets)
-}
-
-fn login(s: &TestServer, user: &str) -> Client {
-    let token = format!("Bearer {}", support::jwt::user_jwt(SECRET, user));
-    let mut c = s
-        .try_connect(&s.ws_url, &[("Authorization", &token)])
-        .unwrap_or_else(|e| panic!("{user} could not connect: {e}\n{}", s.logs()));
-    let hello = c.recv();
-    assert_eq!(hello["type"], "connection_established", "{hello}");
-    c.session_id = hello["data"]["session_id"].as_str().unwrap().to_string();
-    c
 }
 
 /// The server's children (sandboxes) that are not `known`, once `n` warm children
@@ -504,11 +490,11 @@ fn a_returning_user_is_answered_by_a_warm_child_of_their_own() {
         "nothing is started before anybody comes"
     );
     // alice connects: a child is started for her before she asks anything.
-    let alice = login(&s, "alice");
+    let alice = s.login(SECRET, "alice");
     let alices = new_warm(&s, 1, 1, &BTreeSet::new());
     assert_eq!(alices.len(), 1, "{alices:?}");
     // bob comes and asks at once: whatever serves him, never alice's child.
-    let mut bob = login(&s, "bob");
+    let mut bob = s.login(SECRET, "bob");
     let msgs = bob.query("hello from bob", json!({}));
     assert!(
         assistant_text(&msgs).contains("Echo: hello from bob"),
@@ -536,7 +522,7 @@ fn a_returning_user_is_answered_by_a_warm_child_of_their_own() {
     // She comes back later: a new session, answered by the child kept for her.
     let known: BTreeSet<u32> = children_of(s.pid()).into_iter().collect();
     let again = new_warm(&s, 2, 2, &known);
-    let mut alice = login(&s, "alice");
+    let mut alice = s.login(SECRET, "alice");
     let msgs = alice.query("alice again", json!({}));
     assert!(
         assistant_text(&msgs).contains("Echo: alice again"),
@@ -558,9 +544,9 @@ fn the_least_recently_active_principals_warm_child_gives_its_place_up_first() {
         &["--warm-children=2", "--max-running=2", "--admin-token=adm"],
     );
     // alice, then bob: each gets a warm child, and the two hold both places.
-    let alice = login(&s, "alice");
+    let alice = s.login(SECRET, "alice");
     let alices = new_warm(&s, 1, 1, &BTreeSet::new());
-    let mut bob = login(&s, "bob");
+    let mut bob = s.login(SECRET, "bob");
     let bobs = new_warm(&s, 2, 2, &alices);
     assert_eq!((alices.len(), bobs.len()), (1, 1), "{alices:?} {bobs:?}");
     // bob asks with options no warm child has: his query needs a place of its own,

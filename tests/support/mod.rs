@@ -262,8 +262,20 @@ impl TestServer {
 
     /// Connect and read `connection_established`.
     pub fn connect(&self) -> Client {
+        self.connect_with(&self.ws_url, &[])
+    }
+
+    /// Connect as JWT user `user` (an HS256 token signed with `secret`, sent in the
+    /// `Authorization` header) and read `connection_established`.
+    pub fn login(&self, secret: &str, user: &str) -> Client {
+        let token = format!("Bearer {}", jwt::user_jwt(secret, user));
+        self.connect_with(&self.ws_url, &[("Authorization", &token)])
+    }
+
+    /// Connect to `url` with extra headers and read `connection_established`.
+    pub fn connect_with(&self, url: &str, headers: &[(&str, &str)]) -> Client {
         let mut c = self
-            .try_connect(&self.ws_url, &[])
+            .try_connect(url, headers)
             .unwrap_or_else(|e| panic!("connect failed: {e}\nserver log:\n{}", self.logs()));
         let hello = c.recv();
         assert_eq!(hello["type"], "connection_established", "{hello}");
