@@ -399,3 +399,31 @@ fn only_the_sessions_own_user_may_join_it() {
     assert_eq!(joined["type"], "viewer_joined", "{joined}");
     assert_eq!(joined["data"]["viewers"], 2, "{joined}");
 }
+
+/// Stand-in CLI (the real one withdraws a prompt only at an interrupt, when the server
+/// has answered it already): a question the CLI withdraws is withdrawn from every
+/// viewer that was asked, and a late answer from either is refused to that one alone.
+#[test]
+fn a_question_the_cli_withdraws_is_withdrawn_from_every_viewer() {
+    let s = ServerOptions::fake().start();
+    let (mut a, mut b, _) = two_viewers(&s);
+    a.send(json!({"type": "define_tool", "tool": {"name": "Fmt", "input_schema": {"type": "object", "properties": {}}}}));
+    assert_eq!(a.until("tool_defined").len(), 1);
+    assert_eq!(b.until("tool_defined").len(), 1);
+    a.send(json!({"type": "query", "prompt": "ask-then-cancel", "options": {"permission_prompts": true}}));
+    for c in [&mut a, &mut b] {
+        let msgs = c.until("query_end");
+        assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+        let kinds = types(&msgs);
+        let at = |k: &str| kinds.iter().position(|t| t == k).unwrap_or(usize::MAX);
+        assert!(at("permission_request") < at("permission_cancelled"), "{kinds:?}");
+        assert!(at("tool_call") < at("tool_call_cancelled"), "{kinds:?}");
+        assert_eq!(only(&msgs, "permission_cancelled")["request_id"], "perm-1");
+        assert_eq!(only(&msgs, "tool_call_cancelled")["call_id"], "mcp-1");
+    }
+    b.send(json!({"type": "permission_response", "request_id": "perm-1", "behavior": "allow"}));
+    assert_eq!(b.recv()["data"]["code"], "unknown_request");
+    // Only b was told: a's next message is the answer to its own ping.
+    a.send(json!({"type": "ping"}));
+    assert_eq!(a.recv()["type"], "pong");
+}
