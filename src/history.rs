@@ -12,7 +12,7 @@
 //! become messages through the same translation as the CLI's stdout
 //! ([`crate::cli::translate`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -130,7 +130,9 @@ fn title_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
         .then(|| dir.join(RECORDS).join(format!("{session_id}.title")))
 }
 
-/// Keep a `result_message` of `conversation` as it was sent, for `load_conversation`.
+/// Keep a `result_message` of `conversation` as it was sent, for `load_conversation`,
+/// with the time it was sent (`{"at_ms": …, "result": {…}}`): what places it in its
+/// turn of the transcript ([`results_before`]).
 pub fn note_result(dir: &Path, conversation: &str, fields: &Map<String, Value>) {
     let Some(file) = results_file(dir, conversation) else {
         return;
@@ -139,7 +141,11 @@ pub fn note_result(dir: &Path, conversation: &str, fields: &Map<String, Value>) 
         if let Some(parent) = file.parent() {
             crate::spec::create_private_dir(parent)?;
         }
-        let mut line = serde_json::to_vec(fields).map_err(std::io::Error::other)?;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let kept = json!({"at_ms": at_ms, "result": fields});
+        let mut line = serde_json::to_vec(&kept).map_err(std::io::Error::other)?;
         line.push(b'\n');
         std::fs::OpenOptions::new()
             .create(true)
@@ -254,14 +260,14 @@ fn wire(message: &ServerMessage) -> Option<Value> {
 
 /// Read the transcript at `file`, with the results kept for it; only the summary
 /// when `messages` is false.
-fn read_transcript(file: &Path, results: Vec<Value>, messages: bool) -> Transcript {
+fn read_transcript(file: &Path, results: Vec<Kept>, messages: bool) -> Transcript {
     let mut t = Transcript::default();
     let Ok(f) = std::fs::File::open(file) else {
         return t;
     };
-    let mut results = results.into_iter();
-    let mut push_result = |t: &mut Transcript| {
-        if let Some(r) = results.next() {
+    let mut results: VecDeque<Kept> = results.into();
+    let mut push_results = |t: &mut Transcript, end: TurnEnd| {
+        for r in results_before(&mut results, end) {
             t.messages
                 .push(json!({"type": "result_message", "data": r}));
         }
@@ -295,7 +301,9 @@ fn read_transcript(file: &Path, results: Vec<Value>, messages: bool) -> Transcri
         if kind == "user" {
             if let Some(prompt) = prompt_of(&line) {
                 if t.turns > 0 && messages {
-                    push_result(&mut t);
+                    let at = line.get("timestamp").and_then(Value::as_str);
+                    let end = at.and_then(unix_ms).map_or(TurnEnd::Unknown, TurnEnd::At);
+                    push_results(&mut t, end);
                 }
                 t.turns += 1;
                 if t.first_prompt.is_none() {
@@ -320,7 +328,7 @@ fn read_transcript(file: &Path, results: Vec<Value>, messages: bool) -> Transcri
         }
     }
     if t.turns > 0 && messages {
-        push_result(&mut t);
+        push_results(&mut t, TurnEnd::Last);
     }
     t
 }
@@ -360,14 +368,96 @@ fn summary_of(file: &Path) -> Transcript {
     summary
 }
 
+/// A `result_message` kept for a conversation.
+#[derive(Debug)]
+struct Kept {
+    /// Its fields, as they were sent.
+    result: Value,
+    /// When it was sent (milliseconds since the epoch); `None` in records written
+    /// before the time was kept.
+    at_ms: Option<u64>,
+}
+
+impl Kept {
+    fn of(line: Value) -> Kept {
+        match line {
+            Value::Object(mut o) if o.get("result").is_some_and(Value::is_object) => Kept {
+                at_ms: o.get("at_ms").and_then(Value::as_u64),
+                result: o.remove("result").unwrap_or_default(),
+            },
+            // The first records: the result's own fields, nothing else.
+            other => Kept {
+                result: other,
+                at_ms: None,
+            },
+        }
+    }
+
+    /// About when the turn it ends started: the time it was sent less the turn's
+    /// `duration_ms` (the CLI's own clock of the turn).
+    fn turn_started_ms(&self) -> Option<u64> {
+        let took = self.result.get("duration_ms").and_then(Value::as_u64);
+        Some(self.at_ms?.saturating_sub(took.unwrap_or(0)))
+    }
+}
+
 /// The results kept for `conversation`, oldest first.
-fn results_of(dir: &Path, conversation: &str) -> Vec<Value> {
+fn results_of(dir: &Path, conversation: &str) -> Vec<Kept> {
     let Some(text) = results_file(dir, conversation).and_then(|f| std::fs::read(f).ok()) else {
         return Vec::new();
     };
     text.split(|b| *b == b'\n')
         .filter_map(|l| serde_json::from_slice(l).ok())
+        .map(Kept::of)
         .collect()
+}
+
+/// Where the turn whose results are wanted ends.
+#[derive(Clone, Copy)]
+enum TurnEnd {
+    /// The next prompt, written at this time (milliseconds since the epoch).
+    At(u64),
+    /// The next prompt, with no time.
+    Unknown,
+    /// The transcript's end: the rest are the last turn's.
+    Last,
+}
+
+/// The results of the turn that ends at `end`: those kept with their time whose turn
+/// started before the next prompt, so a turn that ended without one (its child died)
+/// takes none and the later turns still get theirs. A record without its time (or a
+/// prompt without one) goes one to a turn, in order, as before times were kept.
+fn results_before(results: &mut VecDeque<Kept>, end: TurnEnd) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(front) = results.front() {
+        let timed = front.turn_started_ms();
+        let take = match (end, timed) {
+            (TurnEnd::Last, _) => true,
+            (TurnEnd::At(next), Some(started)) => started < next,
+            (TurnEnd::At(_), None) | (TurnEnd::Unknown, _) => out.is_empty(),
+        };
+        if !take {
+            break;
+        }
+        out.extend(results.pop_front().map(|k| k.result));
+        if timed.is_none() && !matches!(end, TurnEnd::Last) {
+            break;
+        }
+    }
+    out
+}
+
+/// An ISO 8601 UTC time (`2026-12-07T01:08:44.945Z`) in Unix milliseconds (the
+/// fraction's first three digits; none: `.000`).
+fn unix_ms(t: &str) -> Option<u64> {
+    let ms = match t.get(19..20) {
+        Some(".") => {
+            let digits: String = t[20..].chars().take_while(char::is_ascii_digit).collect();
+            format!("{digits:0<3}").get(..3)?.parse::<u64>().ok()?
+        }
+        _ => 0,
+    };
+    Some(unix_seconds(t)? * 1000 + ms)
 }
 
 /// An ISO 8601 UTC time (`2026-12-07T01:08:44.945Z`) in Unix seconds.
@@ -659,6 +749,58 @@ mod tests {
     }
 
     #[test]
+    fn results_go_to_the_turns_they_end() {
+        let dir = std::env::temp_dir().join(format!("claude-ws-results-{}", std::process::id()));
+        let file = dir.join("t.jsonl");
+        std::fs::create_dir_all(&dir).unwrap();
+        let prompt = |text: &str, at: &str| json!({"type":"user","message":{"role":"user","content":text},"timestamp":at});
+        let lines = [
+            prompt("one", "2026-12-07T01:00:00.000Z"),
+            prompt("two", "2026-12-07T01:00:10.000Z"),
+            prompt("three", "2026-12-07T01:00:20.500Z"),
+        ];
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&file, text).unwrap();
+        let t0 = unix_ms("2026-12-07T01:00:00.000Z").unwrap();
+        // Turn two's child died: it has no result. Each was sent a little after its
+        // turn's end, which came `duration_ms` after its start.
+        let kept = |n: u64, at: u64, took: u64| Kept {
+            result: json!({"n": n, "duration_ms": took}),
+            at_ms: Some(at),
+        };
+        let results = vec![kept(1, t0 + 9_000, 8_990), kept(3, t0 + 29_000, 8_000)];
+        let t = read_transcript(&file, results, true);
+        let seen: Vec<String> = t
+            .messages
+            .iter()
+            .map(|m| match m["type"].as_str().unwrap() {
+                "query_start" => m["data"]["prompt"].as_str().unwrap().to_string(),
+                _ => format!("r{}", m["data"]["n"]),
+            })
+            .collect();
+        assert_eq!(seen, ["one", "r1", "two", "three", "r3"]);
+        // Records without their time: one a turn, in order.
+        let old = vec![Kept::of(json!({"n": 1})), Kept::of(json!({"n": 2}))];
+        let t = read_transcript(&file, old, true);
+        let n_after = |i: usize| t.messages[i]["data"]["n"].clone();
+        assert_eq!((n_after(1), n_after(3)), (json!(1), json!(2)));
+        assert_eq!(t.messages.len(), 5);
+        // The kept form reads back.
+        let k = Kept::of(json!({"at_ms": 5, "result": {"result": "text", "duration_ms": 2}}));
+        assert_eq!((k.at_ms, k.turn_started_ms()), (Some(5), Some(3)));
+        assert_eq!(k.result["result"], "text");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn iso_times_read_as_unix_milliseconds() {
+        assert_eq!(unix_ms("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(unix_ms("1970-01-01T00:00:01Z"), Some(1_000));
+        assert_eq!(unix_ms("2026-12-07T01:08:44.945Z"), Some(1_796_605_724_945));
+        assert_eq!(unix_ms("2026-12-07T01:08:44.Z"), Some(1_796_605_724_000));
+    }
+
+    #[test]
     fn iso_times_read_as_unix_seconds() {
         assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(
@@ -686,7 +828,7 @@ mod tests {
         ];
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&file, text).unwrap();
-        let t = read_transcript(&file, vec![json!({"n": 1})], true);
+        let t = read_transcript(&file, vec![Kept::of(json!({"n": 1}))], true);
         let types: Vec<_> = t
             .messages
             .iter()

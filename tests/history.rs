@@ -185,8 +185,14 @@ fn conversations_are_listed_newest_first_loaded_as_sent_and_continued_and_nobody
         text.contains("remember apples") && !text.contains("pears"),
         "{text}"
     );
-    // One conversation, one row: the session now holding it, live.
-    let rows = list(&mut c);
+    // One conversation, one row: the session now holding it, live. (2.1.197 writes
+    // its transcript up to ~0.5 s after the turn's result: the turns are counted from
+    // it, so the list catches up.)
+    let mut rows = list(&mut c);
+    eventually(WAIT, || {
+        rows = list(&mut c);
+        rows.first().is_some_and(|r| r["turns"] == 2)
+    });
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[0]["session_id"], c.session_id.as_str());
     assert_eq!(

@@ -416,7 +416,10 @@ fn a_question_the_cli_withdraws_is_withdrawn_from_every_viewer() {
         assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
         let kinds = types(&msgs);
         let at = |k: &str| kinds.iter().position(|t| t == k).unwrap_or(usize::MAX);
-        assert!(at("permission_request") < at("permission_cancelled"), "{kinds:?}");
+        assert!(
+            at("permission_request") < at("permission_cancelled"),
+            "{kinds:?}"
+        );
         assert!(at("tool_call") < at("tool_call_cancelled"), "{kinds:?}");
         assert_eq!(only(&msgs, "permission_cancelled")["request_id"], "perm-1");
         assert_eq!(only(&msgs, "tool_call_cancelled")["call_id"], "mcp-1");
