@@ -1,9 +1,11 @@
 //! The on-disk records of conversations: which CLI conversation a server session id
 //! holds, kept under a principal's state directory (`claude-ws-sessions/<session id>`),
 //! so `resume` by a session id works after the session ended, here or on another
-//! instance sharing `--state-dir`.
+//! instance sharing `--state-dir`; and which of them a session holds now, on any
+//! instance (`claude-ws-sessions/<session id>.live`, a lease its session refreshes).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::spec::create_private_dir;
 
@@ -24,6 +26,76 @@ pub fn cli_own_dir(child_env: &[(String, String)]) -> Option<PathBuf> {
 /// directory.
 fn record_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
     crate::util::is_session_id(session_id).then(|| dir.join("claude-ws-sessions").join(session_id))
+}
+
+/// How often a session that holds a conversation refreshes its lease.
+pub const LEASE_REFRESH: Duration = Duration::from_secs(20);
+/// A lease not refreshed for this long is stale: its instance is gone (killed, or
+/// its host down) without removing it.
+pub const LEASE_TTL: Duration = Duration::from_secs(75);
+
+fn lease_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
+    let file = record_file(dir, session_id)?;
+    Some(file.with_file_name(format!("{session_id}.live")))
+}
+
+/// Server session `session_id` is alive (on this instance): write or refresh its
+/// lease, which tells every instance sharing the state directory that the session's
+/// conversation is live ([`is_held`]).
+pub fn hold(dir: &Path, session_id: &str) {
+    let Some(file) = lease_file(dir, session_id) else {
+        return;
+    };
+    let write = || -> std::io::Result<()> {
+        if let Some(parent) = file.parent() {
+            create_private_dir(parent)?;
+        }
+        std::fs::write(&file, holder())
+    };
+    if let Err(e) = write() {
+        log::warn!("cannot keep the lease of session {session_id}: {e}");
+    }
+}
+
+/// Server session `session_id` ends: its lease goes.
+pub fn release(dir: &Path, session_id: &str) {
+    if let Some(file) = lease_file(dir, session_id) {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// What a lease says of the instance holding it: `<pid>@<host>`.
+fn holder() -> String {
+    format!("{}@{}", std::process::id(), host())
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether server session `session_id` is alive on some instance sharing `dir`: its
+/// lease was refreshed within [`LEASE_TTL`], and, written on this host, by a process
+/// that still runs (an instance killed here frees its sessions at once; one on
+/// another host, once its lease is stale).
+pub fn is_held(dir: &Path, session_id: &str) -> bool {
+    let Some(file) = lease_file(dir, session_id) else {
+        return false;
+    };
+    let age = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
+    if !age.is_ok_and(|a| a < LEASE_TTL) {
+        return false;
+    }
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    match text.trim().split_once('@') {
+        Some((pid, at)) if at == host() => pid
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists()),
+        _ => true,
+    }
 }
 
 /// Remember that server session `session_id` holds CLI conversation `conversation`.

@@ -8,7 +8,8 @@
 //! conversation is recorded in the principal's state directory (`--state-dir`, shared
 //! by the instances), opens a new session that keeps the client's session id and goes
 //! on with that conversation (`connection_established` says `resumed:
-//! "conversation"`; nothing is replayed, `seq` starts again at 1).
+//! "conversation"`; nothing is replayed, `seq` starts again at 1) — unless a session
+//! of that id is live on another instance (its lease, `conversations.rs`): 409.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -145,10 +146,21 @@ pub fn check(
             }
             Err(AttachRefusal::Unknown) => {
                 // `/sdk` resumes a conversation on disk with `options.resume` instead.
-                let recorded = shared.state_dir.as_ref().filter(|_| !sdk).and_then(|dir| {
-                    let dir = crate::spec::principal_dir(dir, &principal);
-                    crate::conversations::recorded_conversation(&dir, &session_id)
-                });
+                let dir = shared.state_dir.as_ref().filter(|_| !sdk);
+                let dir = dir.map(|d| crate::spec::principal_dir(d, &principal));
+                let recorded = dir
+                    .as_ref()
+                    .and_then(|dir| crate::conversations::recorded_conversation(dir, &session_id));
+                if dir.is_some_and(|d| crate::conversations::is_held(&d, &session_id)) {
+                    // Resumed here, its conversation would have two CLIs writing it.
+                    log::warn!("refused {peer}: session {session_id} is live on another instance");
+                    return Err(refuse(
+                        StatusCode::CONFLICT,
+                        ErrorCode::ConversationLive,
+                        "that session is live on another instance sharing the state directory: \
+                         reach it through the balancer, which routes it by its id",
+                    ));
+                }
                 let Some(conversation) = recorded else {
                     return Err(refuse(
                         StatusCode::NOT_FOUND,

@@ -518,7 +518,8 @@ fn row(dir: &Path, session_id: &str, live: Option<&SessionInfo>) -> Option<(u64,
             "updated_at": updated_at,
             "turns": turns,
             "cwd": cwd,
-            "live": live.is_some(),
+            // Held here, or by a session on another instance sharing the directory.
+            "live": live.is_some() || crate::conversations::is_held(dir, session_id),
         }),
     ))
 }
@@ -564,7 +565,7 @@ fn list(
         let mut best: HashMap<String, (bool, u64, String)> = HashMap::new();
         for (id, conversation) in records(dir) {
             let rank = (
-                live.contains_key(&id),
+                live.contains_key(&id) || crate::conversations::is_held(dir, &id),
                 modified_ms(&dir.join(RECORDS).join(&id)).unwrap_or(0),
                 id,
             );
@@ -695,7 +696,8 @@ fn delete(
     let conversation = conversation_of(dir, session_id)?;
     let dir = dir.ok_or_else(|| not_found(session_id))?;
     let ids = records_of(dir, session_id, &conversation);
-    if ids.iter().any(|id| live.contains_key(id)) {
+    let held = |id: &String| live.contains_key(id) || crate::conversations::is_held(dir, id);
+    if ids.iter().any(held) {
         return Err(ClientError::new(
             ErrorCode::ConversationLive,
             "a session holds this conversation now: end it (end_session) before deleting it",
@@ -704,6 +706,7 @@ fn delete(
     // Every record of the conversation goes (a `resume` by another session made one).
     let mut files = Vec::new();
     for id in &ids {
+        crate::conversations::release(dir, id); // a stale lease, if any
         files.push(dir.join(RECORDS).join(id));
         files.extend(title_file(dir, id));
         files.extend(prompt_file(dir, id));

@@ -407,3 +407,74 @@ fn at_the_per_user_cap_a_dropped_session_of_that_user_makes_room_and_nobody_else
     let msgs = a.query("recall", json!({"resume": first}));
     assert!(assistant_text(&msgs).contains("remember kiwis"), "{msgs:?}");
 }
+
+/// Two instances sharing `--state-dir` (as behind nginx): a conversation a session
+/// holds on one is listed live on the other and cannot be deleted there; once that
+/// session ends it is neither; a lease its instance never removed (killed) stops
+/// counting once it is stale.
+#[test]
+fn a_conversation_live_on_another_instance_is_live_here_too() {
+    let api = MockApi::start();
+    let state = TempDir::new("history-state");
+    let one = server(&api, state.path(), &[]);
+    let two = server(&api, state.path(), &[]);
+    let mut a = connect_as(&one, "alice");
+    let figs = a.query("remember figs", json!({}));
+    assert_eq!(only(&figs, "query_end")["outcome"], "completed");
+    let id = a.session_id.clone();
+    let mut c = connect_as(&two, "alice");
+    let row_of = |c: &mut Client| {
+        list(c)
+            .into_iter()
+            .find(|r| r["session_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} is not listed"))
+    };
+    assert_eq!(row_of(&mut c)["live"], true);
+    let delete = json!({"type": "delete_conversation", "session_id": id});
+    let m = ask(&mut c, delete.clone(), "conversation_deleted");
+    assert_eq!(code(&m), "conversation_live");
+    // A reattach that reaches this instance instead of the one holding the session is
+    // refused: resumed here, the conversation would have two CLIs.
+    let token = support::jwt::user_jwt(SECRET, "alice");
+    let url = format!("{}?token={token}&session_id={id}&last_seq=1", two.ws_url);
+    let refused = two.try_connect(&url, &[]).map(|_| ()).unwrap_err();
+    assert!(
+        refused.contains("409") && refused.contains("conversation_live"),
+        "{refused}"
+    );
+
+    // Its session ends on the first instance: its lease goes with it.
+    a.ws.close(Some(NORMAL_CLOSE)).unwrap();
+    let _ = a.closed();
+    assert!(eventually(WAIT, || rows(&one).is_empty()));
+    assert_eq!(row_of(&mut c)["live"], false);
+    let lease = std::fs::read_dir(state.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("claude-ws-sessions"))
+        .find(|p| p.is_dir())
+        .expect("the principal's records")
+        .join(format!("{id}.live"));
+    assert!(!lease.exists(), "{} is left", lease.display());
+
+    // A lease left by an instance that was killed on this host: not live.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    let _ = { gone }.wait();
+    std::fs::write(&lease, format!("{dead}@{}", host.trim())).unwrap();
+    assert_eq!(row_of(&mut c)["live"], false);
+    // One left by an instance on another host: live while fresh, not once stale.
+    std::fs::write(&lease, "1@another-host").unwrap();
+    assert_eq!(row_of(&mut c)["live"], true);
+    let stale = std::process::Command::new("touch")
+        .args(["-d", "2 minutes ago"])
+        .arg(&lease)
+        .status()
+        .unwrap();
+    assert!(stale.success());
+    assert_eq!(row_of(&mut c)["live"], false);
+    let m = ask(&mut c, delete, "conversation_deleted");
+    assert_eq!(m["type"], "conversation_deleted", "{m}");
+    assert!(!lease.exists(), "the stale lease outlived its conversation");
+}

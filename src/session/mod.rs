@@ -145,6 +145,10 @@ pub struct Session<'a> {
     cwd: Option<String>,
     /// The changing part of the `/sessions` row as last published (see [`Row`]).
     listed: Row,
+    /// While the session holds a conversation: when its lease is refreshed next
+    /// (`conversations::hold`), so other instances sharing the state directory list the
+    /// conversation as live.
+    lease_due: Option<Instant>,
 }
 
 /// The part of a session's `/sessions` row that changes. Computed from the session at
@@ -295,6 +299,7 @@ impl<'a> Session<'a> {
                 query_running: false,
                 viewers: 1,
             },
+            lease_due: None,
         }
     }
 
@@ -302,6 +307,9 @@ impl<'a> Session<'a> {
     /// then stop its child and close the connection.
     fn run(mut self) {
         log::info!("[{}] session open, peer {}", self.label, self.peer);
+        if self.claude_session_id.is_some() {
+            self.keep_lease(Instant::now());
+        }
         let hello = if self.resumed_conversation {
             self.hello(Some("conversation".into()), 1)
         } else {
@@ -843,7 +851,19 @@ impl<'a> Session<'a> {
         self.state_dir.clone().or_else(own)
     }
 
+    /// Write or refresh this session's lease (it holds a conversation), and say when
+    /// it is due again.
+    fn keep_lease(&mut self, now: Instant) {
+        if let Some(dir) = self.history_dir() {
+            crate::conversations::hold(&dir, &self.id);
+            self.lease_due = Some(now + crate::conversations::LEASE_REFRESH);
+        }
+    }
+
     fn learn_claude_session(&mut self, id: Option<String>) {
+        if id.is_some() && self.lease_due.is_none() {
+            self.keep_lease(Instant::now());
+        }
         if id.is_some() && id != self.claude_session_id {
             if let (Some(dir), Some(conversation)) = (&self.history_dir(), &id) {
                 // So that `resume` by this session's id works after it has ended, here
@@ -979,6 +999,9 @@ impl<'a> Session<'a> {
     fn next_deadline(&self) -> Instant {
         let config = &self.shared.config;
         let mut next = self.next_ping;
+        if let Some(d) = self.lease_due {
+            next = next.min(d);
+        }
         if self.query.is_none() {
             next = next.min(self.last_activity + config.timeouts.session_timeout);
         }
@@ -1012,6 +1035,9 @@ impl<'a> Session<'a> {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if self.lease_due.is_some_and(|d| now >= d) {
+            self.keep_lease(now);
+        }
         let config = &self.shared.config;
         if now >= self.next_ping {
             self.next_ping = now + config.timeouts.ping_interval;
@@ -1144,6 +1170,9 @@ impl<'a> Session<'a> {
         let draining = self.shared.is_draining();
         self.seat.leave_queue();
         log::info!("[{}] session ending: {why}", self.label);
+        if let (Some(_), Some(dir)) = (self.lease_due.take(), self.history_dir()) {
+            crate::conversations::release(&dir, &self.id);
+        }
         let had_query = self.query.is_some();
         if let (End::Shutdown, Some(_)) = (&end, &self.query) {
             self.send_error(ClientError::new(
