@@ -35,7 +35,7 @@ pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
 
 /// Every refusal reason: the error codes a refused upgrade carries (`handshake.rs`),
 /// then [`TOO_MANY_CONNECTIONS`], then `other` for a reason missing here (a bug).
-const REFUSALS: [&str; 11] = [
+const REFUSALS: [&str; 12] = [
     "not_found",
     "shutting_down",
     "draining",
@@ -43,6 +43,7 @@ const REFUSALS: [&str; 11] = [
     "forbidden",
     "unauthorized",
     "unknown_session",
+    "conversation_live",
     "server_full",
     "peer_full",
     TOO_MANY_CONNECTIONS,
