@@ -442,6 +442,12 @@ fn a_conversation_live_on_another_instance_is_live_here_too() {
         refused.contains("409") && refused.contains("conversation_live"),
         "{refused}"
     );
+    let (_, _, metrics) = http_request(&two.http_addr, "GET", "/metrics", &[]);
+    let counted = "claude_ws_refusals_total{reason=\"conversation_live\"} 1";
+    assert!(
+        metrics.lines().any(|l| l == counted),
+        "no {counted:?} in\n{metrics}"
+    );
 
     // Its session ends on the first instance: its lease goes with it.
     a.ws.close(Some(NORMAL_CLOSE)).unwrap();
