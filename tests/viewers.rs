@@ -412,17 +412,7 @@ fn a_question_the_cli_withdraws_is_withdrawn_from_every_viewer() {
     assert_eq!(b.until("tool_defined").len(), 1);
     a.send(json!({"type": "query", "prompt": "ask-then-cancel", "options": {"permission_prompts": true}}));
     for c in [&mut a, &mut b] {
-        let msgs = c.until("query_end");
-        assert_eq!(only(&msgs, "query_end")["outcome"], "completed", "{msgs:?}");
-        let kinds = types(&msgs);
-        let at = |k: &str| kinds.iter().position(|t| t == k).unwrap_or(usize::MAX);
-        assert!(
-            at("permission_request") < at("permission_cancelled"),
-            "{kinds:?}"
-        );
-        assert!(at("tool_call") < at("tool_call_cancelled"), "{kinds:?}");
-        assert_eq!(only(&msgs, "permission_cancelled")["request_id"], "perm-1");
-        assert_eq!(only(&msgs, "tool_call_cancelled")["call_id"], "mcp-1");
+        assert_asked_then_withdrawn(&c.until("query_end"));
     }
     b.send(json!({"type": "permission_response", "request_id": "perm-1", "behavior": "allow"}));
     assert_eq!(b.recv()["data"]["code"], "unknown_request");

@@ -541,3 +541,19 @@ pub fn assert_seq(msgs: &[Value], first: u64) {
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
+
+/// The stand-in's `ask-then-cancel` query, seen by a client: a completed query in
+/// which the permission prompt `perm-1` and the tool call `mcp-1` were asked, then
+/// withdrawn by the CLI (`permission_cancelled`, `tool_call_cancelled`).
+pub fn assert_asked_then_withdrawn(msgs: &[Value]) {
+    assert_eq!(only(msgs, "query_end")["outcome"], "completed", "{msgs:?}");
+    let kinds = types(msgs);
+    let at = |k: &str| kinds.iter().position(|t| t == k).unwrap_or(usize::MAX);
+    assert!(
+        at("permission_request") < at("permission_cancelled"),
+        "{kinds:?}"
+    );
+    assert!(at("tool_call") < at("tool_call_cancelled"), "{kinds:?}");
+    assert_eq!(only(msgs, "permission_cancelled")["request_id"], "perm-1");
+    assert_eq!(only(msgs, "tool_call_cancelled")["call_id"], "mcp-1");
+}
