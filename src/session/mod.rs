@@ -320,6 +320,7 @@ impl<'a> Session<'a> {
         self.warm_ahead();
         // Frames that came with the handshake are already buffered: no wake-up for them.
         self.on_client_input(1);
+        self.publish();
         self.flush();
         self.publish();
         let end = loop {
@@ -382,6 +383,10 @@ impl<'a> Session<'a> {
             }
             self.on_timers(Instant::now());
             self.sync_drain();
+            // The row first, then the frames: a client that reads `/sessions` when its
+            // `query_end` arrives sees the session idle. (Again after: a viewer lost in
+            // the flush changes it.)
+            self.publish();
             self.flush();
             self.publish();
             if self.query.is_none() {
