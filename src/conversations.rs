@@ -22,10 +22,14 @@ pub fn cli_own_dir(child_env: &[(String, String)]) -> Option<PathBuf> {
     get("CLAUDE_CONFIG_DIR").or_else(|| get("HOME").map(|h| h.join(".claude")))
 }
 
+/// The directory of the records, under a principal's directory (titles and first
+/// prompts of `history.rs` and the leases below live beside them).
+pub const RECORDS: &str = "claude-ws-sessions";
+
 /// Where the conversation of a server session id is recorded, under a principal's
 /// directory.
 fn record_file(dir: &Path, session_id: &str) -> Option<PathBuf> {
-    crate::util::is_session_id(session_id).then(|| dir.join("claude-ws-sessions").join(session_id))
+    crate::util::is_session_id(session_id).then(|| dir.join(RECORDS).join(session_id))
 }
 
 /// How often a session that holds a conversation refreshes its lease.
@@ -69,10 +73,14 @@ fn holder() -> String {
     format!("{}@{}", std::process::id(), host())
 }
 
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
+/// This host's name, read once (every lease written and every live one read needs it).
+fn host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 /// Whether server session `session_id` is alive on some instance sharing `dir`: its

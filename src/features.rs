@@ -12,10 +12,11 @@
 //!   search was seen.
 //! - warm children (`warm.rs`): the first started ahead and sent `initialize` (the
 //!   fastest first answer), the others parked spares (`--await-claim`, bound by a
-//!   `claim_session` control request) where the CLI takes `--await-claim`. 2.1.332 hides the flag from `--help`, so the
-//!   start-up check asks the CLI itself ([`ClaimProbe`]): a parked spare started with
-//!   stdin at its end exits 0 at once; a CLI that does not know the flag exits 1 with
-//!   `error: unknown option '--await-claim'` (2.1.197, checked).
+//!   `claim_session` control request) where the CLI takes `--await-claim`. 2.1.332
+//!   hides the flag from `--help`, so the start-up check asks the CLI itself
+//!   ([`ClaimProbe`]): a parked spare started with stdin at its end exits 0 at once; a
+//!   CLI that does not know the flag exits 1 with `error: unknown option
+//!   '--await-claim'` (2.1.197, checked).
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;

@@ -20,6 +20,7 @@ use std::time::UNIX_EPOCH;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{self, CliEvent};
+use crate::conversations::RECORDS;
 use crate::protocol::{ClientError, ErrorCode, HistoryRequest, ServerMessage};
 use crate::registry::{Endpoint, Registry, SessionInfo};
 
@@ -35,7 +36,6 @@ pub const MAX_LOAD_BYTES: usize = 8 << 20;
 /// How long a title taken from the first prompt is (characters).
 const AUTO_TITLE: usize = 80;
 
-const RECORDS: &str = "claude-ws-sessions";
 const RESULTS: &str = "claude-ws-results";
 
 /// Answer one history request of `principal`, whose state directory is `dir` (none:
@@ -222,11 +222,7 @@ fn prompt_of(line: &Map<String, Value>) -> Option<Value> {
             {
                 return None;
             }
-            blocks
-                .iter()
-                .filter_map(|b| b.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("\n")
+            crate::protocol::blocks_text(blocks)
         }
         _ => return None,
     };
@@ -237,15 +233,11 @@ fn prompt_of(line: &Map<String, Value>) -> Option<Value> {
     Some(content.clone())
 }
 
-/// The text of a prompt, for a title.
+/// The text of a prompt, for a title (its whitespace is folded there).
 fn prompt_text(prompt: &Value) -> String {
     match prompt {
         Value::String(s) => s.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter_map(|b| b.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Value::Array(blocks) => crate::protocol::blocks_text(blocks),
         _ => String::new(),
     }
 }

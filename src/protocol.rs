@@ -274,6 +274,16 @@ pub enum Prompt {
 /// Image types the Messages API takes.
 const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
 
+/// The `text` of content blocks, joined by newlines (how the CLI echoes a prompt of
+/// blocks; images and other blocks have none).
+pub fn blocks_text(blocks: &[Value]) -> String {
+    blocks
+        .iter()
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Prompt {
     /// Check a `prompt` or `text` field's value.
     fn parse(value: Value, field: &str) -> Result<Prompt, ClientError> {
@@ -318,11 +328,7 @@ impl Prompt {
     pub fn text(&self) -> String {
         match self {
             Prompt::Text(s) => s.clone(),
-            Prompt::Blocks(blocks) => blocks
-                .iter()
-                .filter_map(|b| b.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Prompt::Blocks(blocks) => blocks_text(blocks),
         }
     }
 

@@ -240,14 +240,7 @@ fn claim_request(spec: &ChildPlan) -> Option<serde_json::Value> {
 /// Where a spare of `spec` is parked: `spares/` under its CLI state directory (as the
 /// TypeScript SDK's `prewarm()` does), a directory no session works in.
 fn parking(spec: &ChildPlan) -> Option<PathBuf> {
-    let var = |name: &str| {
-        spec.env
-            .iter()
-            .find(|(k, v)| k == name && !v.is_empty())
-            .map(|(_, v)| PathBuf::from(v))
-    };
-    let state = var("CLAUDE_CONFIG_DIR").or_else(|| var("HOME").map(|h| h.join(".claude")))?;
-    let dir = state.join("spares");
+    let dir = crate::conversations::cli_own_dir(&spec.env)?.join("spares");
     match spec::create_private_dir(&dir) {
         Ok(()) => Some(dir),
         Err(e) => {
@@ -491,9 +484,9 @@ impl Warm {
                     .map(|w| w.child.events().clone())
                     .collect();
                 // A backoff or the quiet after a take not over yet, and the next
-                // principal to be forgotten, are
-                // the only timers; anything else that lets the pool start a child wakes
-                // it (a place freed, a child taken, a principal came).
+                // principal to be forgotten, are the only timers; anything else that
+                // lets the pool start a child wakes it (a place freed, a child taken, a
+                // principal came).
                 let now = Instant::now();
                 let mut wait = Duration::from_secs(3600);
                 for at in [pool.retry_at, pool.quiet_until].into_iter().flatten() {
