@@ -121,7 +121,7 @@ pub fn check(
         }
     }
     let principal = auth::principal(config, auth.user.as_deref());
-    // `/sdk` counts frames, not `seq`s (docs/sdk.md).
+    // `/sdk` counts frames, not `seq`s (docs/protocol.md, "`/sdk`").
     let seq_key = if sdk { "last_frame" } else { "last_seq" };
     let reattach = match reattach_params(req.uri().query(), seq_key) {
         Ok(r) => r,

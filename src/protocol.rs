@@ -1090,7 +1090,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// The `/sdk` endpoint's own frames (docs/sdk.md); everything else on it is the CLI's
+/// The `/sdk` endpoint's own frames (docs/protocol.md, "`/sdk`"); everything else on it is the CLI's
 /// stdout as written.
 pub mod sdk {
     use serde_json::json;

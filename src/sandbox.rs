@@ -5,7 +5,7 @@
 //! principal's state directory (`CLAUDE_CONFIG_DIR`, also its HOME) and workspace.
 //! Paths are the same inside as outside, so the cwd, the state directory and the
 //! conversation files mean the same to the server and the child. The network is
-//! shared: the CLI must reach the API. docs/sandbox.md is the reference.
+//! shared: the CLI must reach the API. docs/security.md ("The sandbox") is the reference.
 //!
 //! How stopping works with bwrap in between (`child.rs` does the signalling):
 //! - The server starts `bwrap` (the *outer* bwrap) in its own process group, with the

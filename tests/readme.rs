@@ -193,3 +193,51 @@ fn the_readme_names_the_pinned_and_oldest_cli() {
         assert!(readme.contains(&line), "the README does not say {line:?}");
     }
 }
+
+/// Every `docs/<name>.md` the code, scripts, examples and other docs point a reader to
+/// exists (a document renamed or folded into another leaves no dangling pointer).
+#[test]
+fn every_document_pointed_to_exists() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut dangling = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = [
+        "src", "tests", "scripts", "examples", "deploy", "docs", ".ci",
+    ]
+    .iter()
+    .map(|d| std::path::Path::new(root).join(d))
+    .collect();
+    stack.push(std::path::Path::new(root).join("README.md"));
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "node_modules") {
+                continue;
+            }
+            for entry in std::fs::read_dir(&path).unwrap().flatten() {
+                stack.push(entry.path());
+            }
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue; // not text
+        };
+        for (i, _) in text.match_indices("docs/") {
+            let name: String = text[i + 5..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            if name.is_empty() || !text[i + 5 + name.len()..].starts_with(".md") {
+                continue;
+            }
+            if !std::path::Path::new(root)
+                .join(format!("docs/{name}.md"))
+                .exists()
+            {
+                dangling.push(format!("{}: docs/{name}.md", path.display()));
+            }
+        }
+    }
+    assert!(
+        dangling.is_empty(),
+        "documents that do not exist: {dangling:#?}"
+    );
+}

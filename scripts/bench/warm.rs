@@ -623,10 +623,10 @@ impl Direct {
 /// the switch printed before the answer; and a parked spare's (claim sent → first
 /// answer), where the CLI takes `--await-claim`.
 #[allow(clippy::type_complexity)]
-fn direct(o: &Opts, api: &Mock) -> Res<([Duration; 3], Vec<String>, Option<Duration>)> {
+fn direct(o: &Opts, api: &Mock) -> Res<([Duration; 4], Vec<String>, Option<Duration>)> {
     let home = cli::TempDir::new("bench-warm-direct");
     let park = home.subdir("park");
-    let mut runs: [Vec<Duration>; 3] = Default::default();
+    let mut runs: [Vec<Duration>; 4] = Default::default();
     let mut extra = Vec::new();
     let mut parked = Vec::new();
     for _ in 0..o.direct {
@@ -653,6 +653,11 @@ fn direct(o: &Opts, api: &Mock) -> Res<([Duration; 3], Vec<String>, Option<Durat
                 d.write(&json!({"type": "control_request", "request_id": "p",
                                 "request": {"subtype": "set_permission_mode", "mode": "plan"}}))?;
             }
+            if i == 3 {
+                d.write(&json!({"type": "control_request", "request_id": "u",
+                                "request": {"subtype": "get_context_usage"}}))?;
+                d.until("control_response")?;
+            }
             let start = d.ask()?;
             let before = d.until("assistant")?;
             run.push(start.elapsed());
@@ -666,9 +671,9 @@ fn direct(o: &Opts, api: &Mock) -> Res<([Duration; 3], Vec<String>, Option<Durat
         v.sort();
         pct(v, 0.5)
     };
-    let [a, b, c] = &mut runs;
+    let [a, b, c, u] = &mut runs;
     let parked = (!parked.is_empty()).then(|| med(&mut parked));
-    Ok(([med(a), med(b), med(c)], extra, parked))
+    Ok(([med(a), med(b), med(c), med(u)], extra, parked))
 }
 
 fn machine() -> String {
@@ -796,16 +801,18 @@ fn run(o: &Opts) -> Res<()> {
 
     if o.runs("direct") {
         println!("== the CLI alone ({} runs each)", o.direct);
-        let ([cold, ahead, switched], extra, parked) = direct(o, &api)?;
+        let ([cold, ahead, switched, primed], extra, parked) = direct(o, &api)?;
         let _ = writeln!(
             s,
             "\n| the CLI alone, message → first `assistant` (median of {}) | |\n|---|---:|\n\
              | started by the message | {} |\n| started ahead (answered `initialize`) | {} |\n\
-             | started ahead, then `set_model` + `set_permission_mode` | {} |",
+             | started ahead, then `set_model` + `set_permission_mode` | {} |\n\
+             | started ahead, then `get_context_usage` answered | {} |",
             o.direct,
             ms(cold),
             ms(ahead),
-            ms(switched)
+            ms(switched),
+            ms(primed)
         );
         let _ = writeln!(
             s,

@@ -1,5 +1,5 @@
 //! `/sdk`: the CLI's own stream-json on a WebSocket, for the official Agent SDKs
-//! (docs/sdk.md).
+//! (docs/protocol.md, "`/sdk`").
 //!
 //! The first client frame is `sdk_start` with `query.options`' names (plus
 //! `sdk_mcp_servers`); they are checked by the same policy as `/ws` (`spec::build`) and

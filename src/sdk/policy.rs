@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 
-/// Subtypes passed as they are (see docs/sdk.md for why each is safe).
+/// Subtypes passed as they are (docs/protocol.md, "Control requests", says why each is safe).
 pub const PASSED: &[&str] = &[
     "initialize",
     "interrupt",
