@@ -177,3 +177,46 @@ fn the_scan_reads_braced_and_plain_paths() {
         ["util"]
     );
 }
+
+/// `docs/design.md` shows the same floors as [`FLOORS`] and names every source file in
+/// its module list, so the map a newcomer reads is the one the build holds.
+#[test]
+fn the_design_doc_shows_these_floors_and_every_module() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/design.md")).expect("docs/design.md");
+    let mut shown: Vec<Vec<String>> = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // `| 3 | pending, cli |`: ["", "3", "pending, cli", ""]
+        if cells.len() == 4 && cells[1].parse::<usize>() == Ok(shown.len()) {
+            shown.push(cells[2].split(',').map(|m| m.trim().to_string()).collect());
+        }
+    }
+    let held: Vec<Vec<String>> = FLOORS
+        .iter()
+        .map(|f| f.iter().map(|m| m.to_string()).collect())
+        .collect();
+    assert_eq!(
+        shown, held,
+        "docs/design.md's floor table differs from FLOORS"
+    );
+    let mut missing = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from(format!("{root}/src"))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                if !doc.contains(&rel) {
+                    missing.push(rel);
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/design.md's module list lacks {missing:?}"
+    );
+}
