@@ -21,6 +21,12 @@
 //! close other than 1000, or `end_session`), it is detached for
 //! `--reconnect-grace-secs`, its query still running and its messages kept
 //! (`replay.rs`), until the client reattaches (`attach.rs`) or the grace passes.
+//!
+//! This file is the loop and the client's side (dispatch, queries, input, interrupt);
+//! beside it: `seat.rs` (the child seat: the one child, the place it waits for),
+//! `from_child.rs` (what the child says), `asks.rs` (its questions and the client's
+//! answers), `output.rs` (what goes to the viewers), `attach.rs` (viewers joining and
+//! leaving), `timers.rs` (the one deadline the loop waits for).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +37,6 @@ use tungstenite::Message;
 
 use crate::child::{ChildEvent, Stop, Undelivered};
 use crate::cli;
-use crate::cli::CliEvent;
 use crate::handshake::Newcomer;
 use crate::limits::RateWindow;
 use crate::link::{Link, HIGH_WATER};
@@ -40,13 +45,15 @@ use crate::protocol::{
     parse_client_text, parse_client_value, ClientError, ClientMessage, Closing, ErrorCode, Prompt,
     QueryOptions, QueryOutcome, ServerMessage, Setting,
 };
-use output::Viewer;
 mod asks;
 mod attach;
+mod from_child;
 mod output;
 mod seat;
+mod timers;
 
 use asks::MAX_REGISTRY_REQUESTS;
+use output::Viewer;
 use seat::{Kept, Placed, Seat, Spawner};
 
 use crate::places::ChildSlot;
@@ -760,195 +767,7 @@ impl<'a> Session<'a> {
         ))
     }
 
-    // ---- child side -------------------------------------------------------------
-
-    fn on_child_event(&mut self, ev: ChildEvent) {
-        match ev {
-            ChildEvent::Lines(chunk) => {
-                for event in cli::events(&chunk) {
-                    self.on_child_line(event);
-                    if self.seat.live().is_none() || self.ending.is_some() {
-                        break; // the child was stopped or the session ends: the rest is moot
-                    }
-                }
-            }
-            ChildEvent::Closed => self.on_child_exit(),
-        }
-    }
-
-    fn on_child_line(&mut self, event: CliEvent<'_>) {
-        match event {
-            CliEvent::Forward(m) => self.send(m),
-            CliEvent::Init {
-                session_id,
-                message,
-            } => {
-                self.learn_claude_session(session_id);
-                self.shared.features.learn_init(&message);
-                self.send(message);
-                if let Some(q) = &mut self.query {
-                    let step = q.turn_started(Instant::now());
-                    if step == Step::Interrupt {
-                        log::info!(
-                            "[{}] interrupting the turn that answers queued input",
-                            self.label
-                        );
-                    }
-                    self.apply(step);
-                }
-            }
-            CliEvent::Replay { text } => {
-                if let Some(c) = self.seat.live_mut() {
-                    c.echoes = true;
-                }
-                if let Some(q) = &mut self.query {
-                    q.echoed(&text);
-                }
-            }
-            CliEvent::Result {
-                session_id,
-                is_error,
-                message,
-            } => {
-                let missing = match &message {
-                    ServerMessage::ResultMessage(fields) => {
-                        crate::conversations::result_not_found(fields)
-                    }
-                    _ => None,
-                };
-                if let Some(why) = missing {
-                    self.send(message);
-                    return self.resume_failed(why);
-                }
-                self.learn_claude_session(session_id);
-                if let (Some(dir), Some(c), ServerMessage::ResultMessage(fields)) =
-                    (&self.history_dir(), &self.claude_session_id, &message)
-                {
-                    crate::history::note_result(dir, c, fields);
-                }
-                self.send(message);
-                let echoes = self.seat.live().is_some_and(|c| c.echoes);
-                if let Some(q) = &mut self.query {
-                    let step = q.result(is_error, echoes, Instant::now());
-                    self.apply(step);
-                }
-            }
-            CliEvent::ControlRequest {
-                request_id,
-                request,
-            } => self.on_control_request(request_id, request),
-            CliEvent::ControlResponse { request_id, error } => {
-                self.on_control_response(&request_id, error)
-            }
-            CliEvent::CancelRequest { request_id } => self.on_cancel_request(&request_id),
-            CliEvent::Internal => {}
-            CliEvent::Invalid(text) => self.send_error(ClientError::new(
-                ErrorCode::ClaudeOutputInvalid,
-                format!("claude printed a line that is not a JSON object: {text:?}"),
-            )),
-        }
-    }
-
-    /// Where the principal's conversations are recorded: its state directory, else
-    /// the CLI's own (one principal then).
-    fn history_dir(&self) -> Option<PathBuf> {
-        let own = || crate::conversations::cli_own_dir(&self.shared.child_env);
-        self.state_dir.clone().or_else(own)
-    }
-
-    /// Write or refresh this session's lease (it holds a conversation), and say when
-    /// it is due again.
-    fn keep_lease(&mut self, now: Instant) {
-        if let Some(dir) = self.history_dir() {
-            crate::conversations::hold(&dir, &self.id);
-            self.lease_due = Some(now + crate::conversations::LEASE_REFRESH);
-        }
-    }
-
-    fn learn_claude_session(&mut self, id: Option<String>) {
-        if id.is_some() && self.lease_due.is_none() {
-            self.keep_lease(Instant::now());
-        }
-        if id.is_some() && id != self.claude_session_id {
-            if let (Some(dir), Some(conversation)) = (&self.history_dir(), &id) {
-                // So that `resume` by this session's id works after it has ended, here
-                // or on another instance sharing the state directory.
-                if let Err(e) =
-                    crate::conversations::record_conversation(dir, &self.id, conversation)
-                {
-                    log::warn!("[{}] cannot record the conversation id: {e}", self.label);
-                }
-                let from = self
-                    .claude_session_id
-                    .as_ref()
-                    .or(self.last_options.resume.as_ref());
-                if let Some(from) = from {
-                    crate::history::carry_results(dir, from, conversation);
-                }
-            }
-            self.claude_session_id = id;
-        }
-    }
-
-    fn on_child_exit(&mut self) {
-        let Some(live) = self.seat.live_mut() else {
-            return;
-        };
-        // Its reader reports the end once the child has exited: this does not wait.
-        let report = live.child.exit_report();
-        let pid = live.child.pid();
-        match report.status {
-            Some(s) => log::info!("[{}] claude pid={pid} exited ({s})", self.label),
-            None => log::info!("[{}] claude pid={pid} closed stdout", self.label),
-        }
-        self.stop_child();
-        let Some(q) = &self.query else { return };
-        let outcome = q.child_gone();
-        if outcome == QueryOutcome::Error {
-            let message = report.sentence("claude", " before the query finished", 1000);
-            if crate::conversations::says_not_found(&message) {
-                return self.resume_failed(message);
-            }
-            self.send_error(ClientError::new(ErrorCode::ClaudeExited, message));
-        }
-        self.end_query(outcome);
-    }
-
-    /// The conversation a query resumed does not exist: the query ends with
-    /// `conversation_not_found`, and the session forgets it (and the child that was
-    /// started for it), so its next query starts a new conversation.
-    fn resume_failed(&mut self, why: String) {
-        log::info!("[{}] resume failed: {why}", self.label);
-        self.stop_child();
-        self.seat.forget_plan();
-        self.claude_session_id = None;
-        self.resumed_conversation = false;
-        self.send_error(ClientError::new(
-            ErrorCode::ConversationNotFound,
-            format!("{why}; the next query starts a new conversation"),
-        ));
-        self.end_query(QueryOutcome::Error);
-    }
-
-    /// The child is gone (or going): it asks nothing any more.
-    fn child_gone(&mut self) {
-        self.pending.refuse(None, Unanswered::ClientGone);
-        self.settings_sent.clear();
-    }
-
-    /// Hand the session's child, if it has one, to the reaper to stop as `how` says
-    /// (its place among `--max-running` goes with it, given back once it is reaped).
-    /// Returns at once.
-    fn stop_child_with(&mut self, how: Stop) {
-        if self.seat.stop(how) {
-            self.child_gone();
-        }
-    }
-
-    /// Stop the child the way that keeps its conversation (close stdin, then escalate).
-    fn stop_child(&mut self) {
-        self.stop_child_with(Stop::Graceful(self.shared.config.timeouts.stop_grace));
-    }
+    // ---- query end and the /sessions row -----------------------------------
 
     fn end_query(&mut self, outcome: QueryOutcome) {
         let Some(query) = self.query.take() else {
@@ -996,126 +815,6 @@ impl<'a> Session<'a> {
             (_, Some(_), _) => SessionState::Queued,
             (_, None, Some(_)) => SessionState::Running,
             (_, None, None) => SessionState::Idle,
-        }
-    }
-
-    // ---- timers -----------------------------------------------------------------
-
-    fn next_deadline(&self) -> Instant {
-        let config = &self.shared.config;
-        let mut next = self.next_ping;
-        if let Some(d) = self.lease_due {
-            next = next.min(d);
-        }
-        if self.query.is_none() {
-            next = next.min(self.last_activity + config.timeouts.session_timeout);
-        }
-        if let Some(d) = self.query.as_ref().and_then(Query::deadline) {
-            next = next.min(d);
-        }
-        if let Some(d) = self.pending.deadline() {
-            next = next.min(d);
-        }
-        if let (Some(d), None) = (
-            self.seat.idle_deadline(config.timeouts.child_idle),
-            &self.query,
-        ) {
-            next = next.min(d);
-        }
-        if let Some(q) = self.seat.queued() {
-            next = next.min(q.deadline);
-        }
-        if let Some(d) = self.detached_until {
-            next = next.min(d);
-        }
-        let stall = config.timeouts.stall_timeout;
-        for d in self
-            .viewers
-            .iter()
-            .filter_map(|v| v.link.stall_deadline(stall))
-        {
-            next = next.min(d);
-        }
-        next
-    }
-
-    fn on_timers(&mut self, now: Instant) {
-        if self.lease_due.is_some_and(|d| now >= d) {
-            self.keep_lease(now);
-        }
-        let config = &self.shared.config;
-        if now >= self.next_ping {
-            self.next_ping = now + config.timeouts.ping_interval;
-            let mut gone = Vec::new();
-            for v in &mut self.viewers {
-                if now.duration_since(v.link.last_heard) > config.timeouts.ping_interval * 2 {
-                    gone.push((v.id, Lost::HeartbeatTimeout));
-                } else if v.link.ping().is_err() {
-                    gone.push((v.id, Lost::Gone("ping failed".into())));
-                }
-            }
-            for (viewer, why) in gone {
-                self.lose(viewer, why);
-            }
-        }
-        if self.detached_until.is_some_and(|d| now >= d) {
-            return self.end(End::GraceExpired);
-        }
-        if self.query.is_none() && now >= self.last_activity + config.timeouts.session_timeout {
-            return self.end(End::IdleTimeout);
-        }
-        if self.seat.queued().is_some_and(|q| now >= q.deadline) {
-            self.seat.leave_queue();
-            self.send_error(ClientError::new(
-                ErrorCode::ServerBusy,
-                format!(
-                    "no claude place came free within {} s: all {} are busy \
-                     (--max-running, --queue-timeout-secs); try again later",
-                    config.timeouts.queue_timeout.as_secs_f64(),
-                    config.max_running
-                ),
-            ));
-            self.end_query(QueryOutcome::Error);
-        }
-        if self.pending.deadline().is_some_and(|d| now >= d) {
-            self.refuse_pending(Some(now), Unanswered::TimedOut);
-        }
-        if self.query.as_ref().is_some_and(|q| q.overdue(now)) {
-            log::warn!(
-                "[{}] interrupt not honoured within {:?}; ending claude's process group",
-                self.label,
-                config.timeouts.interrupt_grace
-            );
-            self.stop_child_with(Stop::Now);
-            self.end_query(QueryOutcome::Interrupted);
-        }
-        let idle = config.timeouts.child_idle;
-        if let (Some(d), None) = (self.seat.idle_deadline(idle), &self.query) {
-            if now >= d {
-                log::info!(
-                    "[{}] claude idle for {idle:?}; stopping it until the next query",
-                    self.label
-                );
-                self.stop_child();
-            }
-        }
-        let behind = self.max_behind();
-        let stalled: Vec<(u64, usize)> = self
-            .viewers
-            .iter()
-            .filter(|v| {
-                v.link.stalled_for() >= config.timeouts.stall_timeout || v.link.pending() > behind
-            })
-            .map(|v| (v.id, v.link.pending()))
-            .collect();
-        for (viewer, pending) in stalled {
-            log::warn!(
-                "[{}] client kept its backlog above the high-water mark for {:?}, or fell \
-                 behind the others (viewer {viewer}, {pending} bytes waiting); disconnecting",
-                self.label,
-                config.timeouts.stall_timeout,
-            );
-            self.lose(viewer, Lost::Stalled);
         }
     }
 
