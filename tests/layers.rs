@@ -36,13 +36,10 @@ const FLOORS: &[&[&str]] = &[
     &["server"],
 ];
 
-/// Module name → the modules of the crate it names in `crate::` paths. `src/x.rs` and
-/// everything under `src/x/` are the module `x`; `lib.rs` and `main.rs` are the root,
-/// above every floor.
-fn imports() -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// Every `.rs` file under `src`.
+fn source_files(src: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
-    let mut dirs = vec![src.clone()];
+    let mut dirs = vec![src.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).expect("read src/") {
             let path = entry.expect("an entry").path();
@@ -53,6 +50,15 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
             }
         }
     }
+    files
+}
+
+/// Module name → the modules of the crate it names in `crate::` paths. `src/x.rs` and
+/// everything under `src/x/` are the module `x`; `lib.rs` and `main.rs` are the root,
+/// above every floor.
+fn imports() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let files = source_files(&src);
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in files {
         let rel = file.strip_prefix(&src).expect("under src/");
@@ -200,21 +206,11 @@ fn the_design_doc_shows_these_floors_and_every_module() {
         shown, held,
         "docs/design.md's floor table differs from FLOORS"
     );
-    let mut missing = Vec::new();
-    let mut dirs = vec![std::path::PathBuf::from(format!("{root}/src"))];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("src").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let rel = path.strip_prefix(root).unwrap().display().to_string();
-                if !doc.contains(&rel) {
-                    missing.push(rel);
-                }
-            }
-        }
-    }
+    let missing: Vec<String> = source_files(&Path::new(root).join("src"))
+        .iter()
+        .map(|path| path.strip_prefix(root).unwrap().display().to_string())
+        .filter(|rel| !doc.contains(rel.as_str()))
+        .collect();
     assert!(
         missing.is_empty(),
         "docs/design.md's module list lacks {missing:?}"
